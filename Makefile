@@ -1,0 +1,37 @@
+# Every target sets itself up on a fresh machine: a .venv with the package and all its extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARTIFACTS ?= artifacts
+
+.PHONY: setup test demo lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[all,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) examples/demo.py --out $(ARTIFACTS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
+	$(PY) -m ruff format --check keras_gates export serving tests examples benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format keras_gates export serving tests examples benchmarks
+	$(PY) -m ruff check --fix keras_gates export serving tests examples benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) $(ARTIFACTS) build *.egg-info .pytest_cache

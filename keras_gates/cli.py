@@ -1,0 +1,62 @@
+"""The ``keras-gates`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+this file only wires them together. Heavy imports (TensorFlow, onnxruntime) happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from keras_gates.version import __version__
+
+# (subcommand, module, one-line help)
+COMMANDS = (
+    ("inspect", "keras_gates.inspect.cli", "trace every gate of a model and write a report"),
+    ("export", "keras_gates.export.cli", "export a Keras model to ONNX with native LSTM/GRU nodes"),
+    ("serve", "keras_gates.serving.cli", "serve ONNX models over the Open Inference Protocol (v2)"),
+)
+
+
+class CommandError(Exception):
+    """An error a subcommand reports to the user as one line, exiting with status 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-gates",
+        description="Keras recurrent layers you can open up gate by gate: inspect, export, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"keras-gates {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (CommandError, FileNotFoundError, ValueError) as err:
+        print(f"keras-gates {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
