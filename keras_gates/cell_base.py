@@ -115,6 +115,11 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         """The gates that own variables (all of them, unless a variant derives one)."""
         return self.gate_names
 
+    @property
+    def compute_order(self) -> tuple[str, ...]:
+        """The order in which :meth:`fused_weights` lays the gates out for :meth:`step`."""
+        return self.weighted_gates
+
     def gate_parts(self, gate: str) -> tuple[str, ...]:
         """The parts (``kernel``, ``recurrent_kernel``, ...) that ``gate`` owns."""
         return ("kernel", "recurrent_kernel") + (("bias",) if self.use_bias else ())
@@ -203,8 +208,8 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
 
     def fused_weights(self, order: tuple[str, ...] | None = None) -> dict[str, Any]:
         """``{part: tensor}`` with the gates concatenated along the last axis in ``order``
-        (default: the cell's compute order). Read once per call, outside the recurrence."""
-        order = order or self.weighted_gates
+        (default: :attr:`compute_order`). Read once per call, outside the recurrence."""
+        order = order or self.compute_order
         fused = {}
         for part in self._all_parts():
             owners = [g for g in order if part in self.gate_parts(g)]
@@ -260,20 +265,18 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
 
     # ----------------------------------------------------------------------------- compute
     def project_inputs(self, inputs, weights, training=False):
-        """``inputs @ W + b`` for a step ``(batch, features)`` or a whole sequence
-        ``(batch, time, features)``, with the input dropout mask(s) applied."""
-        masks = self.get_dropout_mask(inputs if inputs.ndim == 2 else inputs[:, 0])
+        """``inputs @ W + b`` for one step ``(batch, features)`` or a whole time-major sequence
+        ``(time, batch, features)``, with the input dropout mask(s) applied."""
+        masks = self.get_dropout_mask(inputs if len(inputs.shape) == 2 else inputs[0])
         if not (training and self.dropout > 0.0):
             projected = ops.matmul(inputs, weights["kernel"])
+        elif not isinstance(masks, list):
+            projected = ops.matmul(inputs * masks, weights["kernel"])
         else:
-            expand = (lambda m: m) if inputs.ndim == 2 else (lambda m: ops.expand_dims(m, 1))
-            if not isinstance(masks, list):
-                projected = ops.matmul(inputs * expand(masks), weights["kernel"])
-            else:
-                kernels = ops.split(weights["kernel"], len(masks), axis=-1)
-                projected = ops.concatenate(
-                    [ops.matmul(inputs * expand(m), k) for m, k in zip(masks, kernels)], axis=-1
-                )
+            kernels = ops.split(weights["kernel"], len(masks), axis=-1)
+            projected = ops.concatenate(
+                [ops.matmul(inputs * m, k) for m, k in zip(masks, kernels)], axis=-1
+            )
         if self.use_bias:
             projected = projected + weights["bias"]
         return projected

@@ -36,8 +36,13 @@ PART_SHAPES = {
 
 
 def split(array: Any, order: Sequence[str], axis: int = -1) -> dict[str, Any]:
-    """Split a fused array into ``{gate: block}`` following ``order``."""
-    blocks = np.split(np.asarray(array), len(order), axis=axis)
+    """Split a fused array (numpy, or a backend tensor) into ``{gate: block}`` by ``order``."""
+    if isinstance(array, (np.ndarray, list, tuple)):
+        blocks = np.split(np.asarray(array), len(order), axis=axis)
+    else:
+        from keras import ops
+
+        blocks = ops.split(array, len(order), axis=axis)
     return dict(zip(order, blocks))
 
 

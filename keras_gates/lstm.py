@@ -82,27 +82,46 @@ class GatedLSTMCell(GatedCell):
             return initializers.get("ones")
         return None
 
+    @property
+    def compute_order(self):
+        # Sigmoid gates first, so one activation covers them all when there are no peepholes.
+        return tuple(
+            g for g in ("input", "forget", "output", "candidate") if g in self.weighted_gates
+        )
+
     def step(self, x_proj, states, weights, training=False):
         h_prev, c_prev = states
         z = x_proj + self.project_state(h_prev, weights["recurrent_kernel"], training)
         sigma, phi = self.recurrent_activation, self.activation
-        if self.coupled_input_forget:
-            z_i, z_g, z_o = ops.split(z, 3, axis=-1)
-            z_f = None
-        else:
-            z_i, z_f, z_g, z_o = ops.split(z, 4, axis=-1)
         if self.use_peepholes:
-            peep = dict(zip(("input", "forget", "output"), _split_peepholes(self, weights)))
-            z_i = z_i + peep["input"] * c_prev
-            if z_f is not None:
-                z_f = z_f + peep["forget"] * c_prev
-        i = sigma(z_i)
-        f = 1.0 - i if z_f is None else sigma(z_f)
-        g = phi(z_g)
-        c = f * c_prev + i * g
-        o = sigma(z_o + peep["output"] * c) if self.use_peepholes else sigma(z_o)
+            i, f, g, o, c = self._peephole_gates(z, c_prev, weights)
+        else:
+            z_sigma, z_g = ops.split(z, [self.units * (len(self.compute_order) - 1)], axis=-1)
+            gates = ops.split(sigma(z_sigma), len(self.compute_order) - 1, axis=-1)
+            i, f, o = gates if len(gates) == 3 else (gates[0], 1.0 - gates[0], gates[1])
+            g = phi(z_g)
+            c = f * c_prev + i * g
         h = o * phi(c)
         return h, [h, c], {"input": i, "forget": f, "candidate": g, "output": o, "cell": c}
+
+    def _peephole_gates(self, z, c_prev, weights):
+        sigma, phi = self.recurrent_activation, self.activation
+        blocks = dict(zip(self.compute_order, ops.split(z, len(self.compute_order), axis=-1)))
+        peep = gate_orders.split(weights["peephole"], self.peephole_gates)
+        i = sigma(blocks["input"] + peep["input"] * c_prev)
+        f = (
+            1.0 - i
+            if self.coupled_input_forget
+            else sigma(blocks["forget"] + peep["forget"] * c_prev)
+        )
+        g = phi(blocks["candidate"])
+        c = f * c_prev + i * g
+        o = sigma(blocks["output"] + peep["output"] * c)
+        return i, f, g, o, c
+
+    @property
+    def peephole_gates(self):
+        return tuple(g for g in self.compute_order if "peephole" in self.gate_parts(g))
 
     def get_config(self):
         config = {
@@ -111,12 +130,6 @@ class GatedLSTMCell(GatedCell):
             "coupled_input_forget": self.coupled_input_forget,
         }
         return {**super().get_config(), **config}
-
-
-def _split_peepholes(cell, weights):
-    owners = [g for g in cell.weighted_gates if "peephole" in cell.gate_parts(g)]
-    blocks = dict(zip(owners, ops.split(weights["peephole"], len(owners), axis=-1)))
-    return blocks.get("input"), blocks.get("forget"), blocks.get("output")
 
 
 @keras.saving.register_keras_serializable(package="keras_gates")
@@ -147,6 +160,7 @@ class GatedLSTM(GatedRNN):
 
     cell_class = GatedLSTMCell
     keras_class = keras.layers.LSTM
+    keras_order = gate_orders.KERAS_LSTM
     cell_arguments = ("unit_forget_bias", "use_peepholes", "coupled_input_forget")
 
     def _cudnn_ok(self) -> bool:
@@ -158,7 +172,7 @@ class GatedLSTM(GatedRNN):
             initial_state[0],
             initial_state[1],
             mask,
-            kernel=weights["kernel"],
+            kernel=weights["kernel"],  # fused in Keras' ifco order by the caller
             recurrent_kernel=weights["recurrent_kernel"],
             bias=weights.get("bias"),
             activation=self.cell.activation,

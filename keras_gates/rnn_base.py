@@ -27,6 +27,7 @@ class GatedRNN(keras.layers.RNN):
 
     cell_class: type = None
     keras_class: type = None
+    keras_order: tuple[str, ...] = ()  # the fused gate order of keras_class (and cuDNN)
     cell_arguments: tuple[str, ...] = ()
 
     def __init__(
@@ -108,10 +109,10 @@ class GatedRNN(keras.layers.RNN):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if tree.is_nested(mask):
             mask = mask[0]
-        weights = self.cell.fused_weights()
         if self.use_cudnn in ("auto", True) and self._cudnn_ok() and not self.recurrent_dropout:
             try:
                 dropped = self._with_input_dropout(sequences, training)
+                weights = self.cell.fused_weights(self.keras_order)
                 return self._cudnn_loop(dropped, initial_state, mask, weights)
             except NotImplementedError:
                 pass
@@ -121,29 +122,44 @@ class GatedRNN(keras.layers.RNN):
                 "configuration on this device. Pass use_cudnn='auto' to fall back to the "
                 "default implementation."
             )
+        weights = self.cell.fused_weights()
         return self._generic_loop(sequences, initial_state, mask, weights, training)
 
     def _generic_loop(self, sequences, initial_state, mask, weights, training, trace=False):
-        x_proj = self.cell.project_inputs(sequences, weights, training)
+        # Input projections x @ W + b: on an accelerator, one matmul for all steps before the loop
+        # (time-major, so the wide projection is never transposed). On a CPU, measured faster
+        # inside the loop: TensorFlow runs the projections of later steps in parallel with the
+        # recurrent chain on a spare core (see benchmarks/train_step.py and the README).
+        sequences = ops.transpose(sequences, (1, 0, 2))
+        outside = _gpu_available()
+        if outside:
+            sequences = self.cell.project_inputs(sequences, weights, training)
+        if mask is not None:
+            mask = ops.transpose(mask, (1, 0))
 
         def step(x_t, states):
-            output, new_states, activations = self.cell.step(x_t, list(states), weights, training)
+            x_proj = x_t if outside else self.cell.project_inputs(x_t, weights, training)
+            output, new_states, activations = self.cell.step(x_proj, states, weights, training)
             if trace:
                 traced = [activations[name] for name in self._trace_names()]
                 output = ops.concatenate([*traced, output], axis=-1)
             return output, new_states
 
-        return backend_rnn(
+        last_output, outputs, states = backend_rnn(
             step,
-            x_proj,
+            sequences,
             initial_state,
             go_backwards=self.go_backwards,
             mask=mask,
             unroll=self.unroll and not trace,
-            input_length=sequences.shape[1],
+            input_length=sequences.shape[0],
+            time_major=True,
             zero_output_for_mask=self.zero_output_for_mask or trace,
             return_all_outputs=self.return_sequences or trace,
         )
+        if self.return_sequences or trace:
+            outputs = ops.transpose(outputs, (1, 0, 2))
+        return last_output, outputs, states
 
     def _with_input_dropout(self, sequences, training):
         if not (training and self.dropout > 0.0):
@@ -261,7 +277,7 @@ class GatedRNN(keras.layers.RNN):
         input_dim = layer.cell.kernel.shape[0]
         batch = layer.states[0].shape[0] if layer.stateful else None
         gated.build((batch, None, input_dim))
-        gated.set_gate_weights(_split_keras_weights(layer, gated.gate_names))
+        gated.set_gate_weights(_split_keras_weights(layer, cls.keras_order))
         if layer.stateful:
             for mine, theirs in zip(gated.states, layer.states):
                 mine.assign(theirs.value)
@@ -282,7 +298,7 @@ class GatedRNN(keras.layers.RNN):
         layer = self.keras_class.from_config(config)
         batch = self.states[0].shape[0] if self.stateful else None
         layer.build((batch, None, self.cell.input_dim))
-        _assign_keras_weights(layer, self.get_gate_weights(), self.gate_names)
+        _assign_keras_weights(layer, self.get_gate_weights(), self.keras_order)
         return layer
 
     # ----------------------------------------------------------------------------- config
