@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.src.backend.common.name_scope import current_path
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
@@ -150,7 +151,8 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         path = current_path()
         flat = getattr(self, "_flat_path", False) and "/" in path
         owner = path.rsplit("/", 1)[0] if flat else path
-        initial = {part: self._initial_values(part, input_dim) for part in self._all_parts()}
+        with tf.init_scope():  # draw eagerly: build may run inside a scratch graph
+            initial = {part: self._initial_values(part, input_dim) for part in self._all_parts()}
         self.gate_variables: dict[str, dict[str, keras.Variable]] = {}
         for gate in self.weighted_gates:
             with keras.name_scope(gate, override_parent=owner):
@@ -178,13 +180,13 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         shape = gate_orders.PART_SHAPES[part](input_dim, self.units)
         fused_shape = shape[:-1] + (shape[-1] * len(gates),)
         fused = self._default_initializer(gates[0], part)(fused_shape, dtype=self.variable_dtype)
-        values = dict(zip(gates, ops.split(fused, len(gates), axis=-1)))
+        values = dict(zip(gates, np.split(ops.convert_to_numpy(fused), len(gates), axis=-1)))
         for gate in gates:
             custom = self.gate_initializers.get(gate, {}).get(part)
             if custom is None and part != "peephole":
                 custom = self._implicit_initializer(gate, part)
             if custom is not None:
-                values[gate] = custom(shape, dtype=self.variable_dtype)
+                values[gate] = ops.convert_to_numpy(custom(shape, dtype=self.variable_dtype))
         return values
 
     def _implicit_initializer(self, gate: str, part: str):

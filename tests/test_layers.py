@@ -269,3 +269,18 @@ def test_bad_gate_weights_are_rejected_before_writing():
     coupled(X)
     with pytest.raises(ValueError, match="owns no weights"):
         coupled.set_gate_weights({"forget": {"bias": np.zeros(3)}})
+
+
+def test_builds_inside_a_subclassed_model():
+    class Model(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.gru = GatedGRU(4, return_sequences=True)
+            self.lstm = GatedLSTM(3, use_peepholes=True)
+
+        def call(self, x):
+            return self.lstm(self.gru(x))
+
+    model = Model()
+    assert tuple(model(X).shape) == (3, 3)
+    assert model.gru.get_gate_weights()["reset"]["kernel"].shape == (4, 4)
