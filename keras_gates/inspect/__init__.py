@@ -1,0 +1,71 @@
+"""Gate inspection: trace every gate of a model, saturation statistics, plots and a report.
+
+Three lines::
+
+    from keras_gates.inspect import write_report
+    paths = write_report(model, x, "report")
+    print("open", paths["html"])
+
+Computing (:func:`trace_model`, :func:`inspect_model`, :mod:`.stats`) returns plain numpy/JSON data;
+plotting (:mod:`.plots`) and writing (:func:`write_report`) are separate.
+"""
+
+from keras_gates.inspect.htmlpage import render_html
+from keras_gates.inspect.plots import (
+    plot_gate_heatmaps,
+    plot_saturation,
+    plot_state_trajectories,
+    plot_weight_norms,
+    save_figure,
+)
+from keras_gates.inspect.report import write_plots, write_report, write_report_files
+from keras_gates.inspect.stats import (
+    DEFAULT_HIGH,
+    DEFAULT_LOW,
+    aggregate_stats,
+    layer_stats,
+    saturation_stats,
+    spectral_radius,
+    weight_summary,
+)
+from keras_gates.inspect.summary import (
+    SUMMARY_FORMAT,
+    build_summary,
+    format_table,
+    inspect_model,
+)
+from keras_gates.inspect.trace import (
+    GatedLayerRef,
+    find_gated_layers,
+    gate_value_ranges,
+    input_mask_from_value,
+    trace_model,
+)
+
+__all__ = [
+    "DEFAULT_HIGH",
+    "DEFAULT_LOW",
+    "SUMMARY_FORMAT",
+    "GatedLayerRef",
+    "aggregate_stats",
+    "build_summary",
+    "find_gated_layers",
+    "format_table",
+    "gate_value_ranges",
+    "input_mask_from_value",
+    "inspect_model",
+    "layer_stats",
+    "plot_gate_heatmaps",
+    "plot_saturation",
+    "plot_state_trajectories",
+    "plot_weight_norms",
+    "render_html",
+    "saturation_stats",
+    "save_figure",
+    "spectral_radius",
+    "trace_model",
+    "weight_summary",
+    "write_plots",
+    "write_report",
+    "write_report_files",
+]

@@ -1,0 +1,109 @@
+"""``keras-gates inspect MODEL.keras --input SAMPLES.npy [--mask-value V] --out DIR``.
+
+Writes one PNG per plot, ``summary.json`` and a self-contained ``index.html`` into DIR and prints
+a short table of saturation per gate. Heavy imports (Keras, TensorFlow, matplotlib) happen in
+:func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``inspect`` options to ``parser``."""
+    parser.add_argument("model", metavar="MODEL.keras", help="model saved with model.save()")
+    parser.add_argument(
+        "--input", required=True, metavar="SAMPLES.npy", help="input batch saved with numpy.save"
+    )
+    parser.add_argument(
+        "--mask-value",
+        type=float,
+        default=None,
+        metavar="V",
+        help="input steps equal to V in every feature are padding and not counted",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
+    parser.add_argument(
+        "--low",
+        type=float,
+        default=0.1,
+        help="left-saturated below this fraction of a gate's range (default 0.1)",
+    )
+    parser.add_argument(
+        "--high",
+        type=float,
+        default=0.9,
+        help="right-saturated above this fraction of a gate's range (default 0.9)",
+    )
+    parser.add_argument(
+        "--sample", type=int, default=0, help="batch index drawn in the heatmaps (default 0)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=6, help="units drawn in the state trajectories (default 6)"
+    )
+    parser.add_argument(
+        "--max-samples",
+        type=int,
+        default=1024,
+        help="inspect at most this many samples of the input (default 1024)",
+    )
+
+
+def _require_file(path: str, argument: str, fix: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{argument} '{path}' does not exist or is not a file: {fix}.")
+
+
+def load_samples(path: str, max_samples: int):
+    """Load a .npy input batch, keeping the first ``max_samples`` samples."""
+    import numpy as np
+
+    _require_file(path, "--input", "pass an array saved with numpy.save(path, x)")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--input '{path}' is not a .npy array ({err}); save the batch with numpy.save."
+        ) from err
+    if not isinstance(x, np.ndarray) or x.ndim < 2:
+        raise ValueError(
+            f"--input '{path}' must hold one array of shape (batch, time, ...), got "
+            f"{getattr(x, 'shape', type(x).__name__)}."
+        )
+    if max_samples < 1:
+        raise ValueError(f"--max-samples must be at least 1, got {max_samples}.")
+    return x[:max_samples]
+
+
+def load_model(path: str):
+    """Load a ``.keras`` model with the keras-gates layers registered."""
+    import keras
+
+    import keras_gates  # noqa: F401  (registers GatedLSTM/GatedGRU for deserialisation)
+
+    _require_file(path, "MODEL", "pass a model saved with model.save('model.keras')")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as err:  # any loader failure means a bad MODEL argument
+        raise ValueError(f"MODEL '{path}' could not be loaded as a Keras model: {err}") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    """Inspect the model, write the report and print the saturation table."""
+    from keras_gates.inspect.report import write_report_files
+    from keras_gates.inspect.summary import format_table, inspect_model
+
+    _require_file(args.model, "MODEL", "pass a model saved with model.save('model.keras')")
+    x = load_samples(args.input, args.max_samples)
+    model = load_model(args.model)
+    if len(x) == args.max_samples:
+        print(f"inspecting the first {len(x)} samples of {args.input} (--max-samples)")
+    result = inspect_model(model, x, mask_value=args.mask_value, low=args.low, high=args.high)
+    paths = write_report_files(result, args.out, sample=args.sample, top_k=args.top_k)
+    print(format_table(result["summary"]))
+    print(
+        f"\nreport: {paths['html']} ({len(paths['images'])} images, summary in {paths['summary']})"
+    )
+    return 0

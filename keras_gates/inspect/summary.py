@@ -1,0 +1,218 @@
+"""Inspect a whole model: traces, statistics, weight summaries and a JSON-serialisable summary.
+
+``summary.json`` / :func:`inspect_model`'s ``"summary"`` (format ``keras-gates-inspect/1``)::
+
+    {
+      "format": "keras-gates-inspect/1",
+      "model": str,                                  # model name
+      "thresholds": {"low": float, "high": float},   # saturation thresholds
+      "input": {"shape": [int, ...], "mask_value": float | null},
+      "layers": {                                    # one entry per gated layer, keyed as
+        KEY: {                                       # GatedLayerRef.key
+          "class": str, "units": int, "direction": "forward" | "backward" | null,
+          "gates": [str, ...],                       # traced gates, in layer.gate_names order
+          "valid_steps": int, "total_steps": int,    # (sample, step) pairs counted / traced
+          "saturation": {GATE: {
+              "left_saturated": float, "right_saturated": float,   # mean over units
+              "mean": float, "std": float,                          # over all valid values
+              "range": [lo, hi],       # activation range; thresholds are fractions of it
+              "per_unit": {"left_saturated": [..], "right_saturated": [..],
+                           "mean": [..], "std": [..]}}},
+          "weights": {GATE: {"kernel_norm": float, "recurrent_kernel_norm": float,
+                             "bias_norm": float | null, "spectral_radius": float,
+                             ["recurrent_bias_norm": float], ["peephole_norm": float]}}
+        }
+      },
+      "images": [{"file": str, "layer": KEY, "kind": str, "width": int, "height": int}]
+    }
+
+``"images"`` is filled by :func:`keras_gates.inspect.write_report`. NaN (no valid step) is null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from keras_gates.inspect.stats import (
+    DEFAULT_HIGH,
+    DEFAULT_LOW,
+    STAT_KEYS,
+    UNIT_RANGE,
+    aggregate_stats,
+    check_thresholds,
+    layer_stats,
+    to_json_list,
+    to_json_number,
+    weight_summary,
+)
+from keras_gates.inspect.trace import (
+    GatedLayerRef,
+    find_gated_layers,
+    gate_value_ranges,
+    trace_model,
+)
+
+SUMMARY_FORMAT = "keras-gates-inspect/1"
+SUMMARY_KEYS = ("format", "model", "thresholds", "input", "layers", "images")
+LAYER_KEYS = (
+    "class",
+    "units",
+    "direction",
+    "gates",
+    "valid_steps",
+    "total_steps",
+    "saturation",
+    "weights",
+)
+
+
+def _input_shape(x) -> list[int] | list[list[int]]:
+    if isinstance(x, Mapping):
+        return [list(np.shape(v)) for v in x.values()]
+    if isinstance(x, (list, tuple)):
+        return [list(np.shape(v)) for v in x]
+    return list(np.shape(x))
+
+
+def inspect_model(
+    model,
+    x,
+    mask_value: float | None = None,
+    low: float = DEFAULT_LOW,
+    high: float = DEFAULT_HIGH,
+) -> dict:
+    """Trace every gated layer of ``model`` on ``x`` and compute all statistics.
+
+    Args:
+        model: a built Keras model containing GatedLSTM/GatedGRU layers (also nested or inside
+            ``Bidirectional``).
+        x: an input batch for the model.
+        mask_value: optional padding value of the input (see :func:`trace_model`).
+        low, high: saturation thresholds (default 0.1 / 0.9).
+
+    Returns:
+        ``{"refs": {key: GatedLayerRef}, "traces": {key: trace}, "stats": {key: {gate: per-unit
+        arrays}}, "weights": {key: weight summary}, "summary": JSON-serialisable dict}``.
+
+    Example:
+        >>> result = inspect_model(model, x)                   # doctest: +SKIP
+        >>> result["summary"]["layers"]["gated_lstm"]["saturation"]["forget"]["right_saturated"]
+    """
+    low, high = check_thresholds(low, high)
+    refs = find_gated_layers(model)
+    traces = trace_model(model, x, mask_value=mask_value, refs=refs)
+    ranges = {ref.key: gate_value_ranges(ref.layer) for ref in refs}
+    stats = {ref.key: layer_stats(traces[ref.key], low, high, ranges[ref.key]) for ref in refs}
+    weights = {ref.key: weight_summary(ref.layer.get_gate_weights()) for ref in refs}
+    summary = build_summary(
+        model_name=model.name,
+        refs=refs,
+        traces=traces,
+        stats=stats,
+        weights=weights,
+        ranges=ranges,
+        thresholds=(low, high),
+        input_shape=_input_shape(x),
+        mask_value=mask_value,
+    )
+    return {
+        "refs": {ref.key: ref for ref in refs},
+        "traces": traces,
+        "stats": stats,
+        "weights": weights,
+        "summary": summary,
+    }
+
+
+def build_summary(
+    *,
+    model_name: str,
+    refs: Sequence[GatedLayerRef],
+    traces: Mapping[str, Mapping[str, np.ndarray]],
+    stats: Mapping[str, Mapping[str, Mapping]],
+    weights: Mapping[str, Mapping[str, Mapping]],
+    ranges: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+    thresholds: tuple[float, float],
+    input_shape: list,
+    mask_value: float | None,
+) -> dict:
+    """Assemble the JSON-serialisable summary documented in this module's docstring."""
+    layers = {
+        ref.key: _layer_summary(
+            ref, traces[ref.key], stats[ref.key], weights[ref.key], (ranges or {}).get(ref.key, {})
+        )
+        for ref in refs
+    }
+    return {
+        "format": SUMMARY_FORMAT,
+        "model": model_name,
+        "thresholds": {"low": thresholds[0], "high": thresholds[1]},
+        "input": {"shape": input_shape, "mask_value": to_json_number(mask_value)},
+        "layers": layers,
+        "images": [],
+    }
+
+
+def _layer_summary(ref: GatedLayerRef, trace, stats, weights, ranges) -> dict:
+    gates = list(stats)
+    first = np.asarray(trace[gates[0]])
+    mask = trace.get("mask")
+    valid = (
+        int(np.asarray(mask, dtype=bool).sum())
+        if mask is not None
+        else first.shape[0] * first.shape[1]
+    )
+    return {
+        "class": type(ref.layer).__name__,
+        "units": int(first.shape[-1]),
+        "direction": ref.direction,
+        "gates": gates,
+        "valid_steps": valid,
+        "total_steps": int(first.shape[0] * first.shape[1]),
+        "saturation": {
+            gate: _gate_summary(stats[gate], ranges.get(gate, UNIT_RANGE)) for gate in gates
+        },
+        "weights": {
+            gate: {name: to_json_number(value) for name, value in entry.items()}
+            for gate, entry in weights.items()
+        },
+    }
+
+
+def _gate_summary(gate_stats, value_range) -> dict:
+    totals = aggregate_stats(gate_stats)
+    return {
+        **{key: to_json_number(totals[key]) for key in STAT_KEYS},
+        "range": [float(value_range[0]), float(value_range[1])],
+        "per_unit": {key: to_json_list(gate_stats[key]) for key in STAT_KEYS},
+    }
+
+
+def _cell(value: float | None) -> str:
+    return "   n/a" if value is None else f"{value:6.3f}"
+
+
+def format_table(summary: Mapping) -> str:
+    """A short fixed-width text table of saturation per layer and gate."""
+    low, high = summary["thresholds"]["low"], summary["thresholds"]["high"]
+    rows = [
+        (key, gate, entry)
+        for key, layer in summary["layers"].items()
+        for gate, entry in layer["saturation"].items()
+    ]
+    width = max([len("layer"), *(len(key) for key, _, _ in rows)])
+    gate_width = max([len("gate"), *(len(gate) for _, gate, _ in rows)])
+    head = f"{'layer':<{width}}  {'gate':<{gate_width}}  {'left':>6}  {'right':>6}"
+    lines = [head + f"  {'mean':>6}  {'std':>6}"]
+    for key, gate, entry in rows:
+        numbers = "  ".join(
+            _cell(entry[name]) for name in ("left_saturated", "right_saturated", "mean", "std")
+        )
+        lines.append(f"{key:<{width}}  {gate:<{gate_width}}  {numbers}")
+    lines.append(
+        f"left/right: fraction of valid steps below {low:g} / above {high:g} of each gate's "
+        "activation range (sigmoid: 0..1, tanh: -1..1)"
+    )
+    return "\n".join(lines)
