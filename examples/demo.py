@@ -98,6 +98,7 @@ def export(model: keras.Model, data, out: Path) -> tuple[Path, Path]:
 def serve_and_query(repo: Path, onnx_path: Path, model: keras.Model, data, out: Path) -> None:
     banner("6. serve on loopback (Open Inference Protocol v2) and query with tritonclient")
     import tritonclient.http as http
+
     from keras_gates.export import read_signature
 
     port = _free_port()

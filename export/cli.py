@@ -1,0 +1,63 @@
+"""``keras-gates export``: a ``.keras`` model -> ONNX with native LSTM/GRU nodes (+ Triton repo)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the Keras model file (.keras) to export")
+    parser.add_argument("-o", "--output", required=True, help="the ONNX file to write")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="add per-layer state inputs/outputs (<layer>.h_in/.h_out, .c_in/.c_out) for "
+        "chunked inference (automatic for stateful models)",
+    )
+    parser.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository")
+    parser.add_argument("--name", help="Triton model name (default: the output file's stem)")
+    parser.add_argument("--version", type=int, default=1, help="Triton model version (default 1)")
+    parser.add_argument(
+        "--no-validate", action="store_true", help="skip the onnxruntime-vs-Keras comparison"
+    )
+    parser.add_argument(
+        "--atol", type=float, default=1e-5, help="max abs error allowed by validation (1e-5)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from keras_gates.export.exporter import to_onnx
+    from keras_gates.export.triton import NAME_RULE, write_triton_repo
+
+    output = Path(args.output)
+    name = args.name or output.stem
+    if args.triton_repo is not None:
+        if not Path(args.triton_repo).is_dir():  # checked before the (slow) export
+            raise FileNotFoundError(
+                f"Received --triton-repo {args.triton_repo!r}, which is not a directory. "
+                "Create it first."
+            )
+        if not NAME_RULE.match(name):
+            raise ValueError(f"Received an invalid --name {name!r}: use letters, digits, _ . -")
+    if args.atol <= 0:
+        raise ValueError(f"Received an invalid value for --atol, expected > 0, got {args.atol}.")
+    result = to_onnx(
+        args.model,
+        output,
+        opset=args.opset,
+        streaming=True if args.streaming else None,
+        validate=not args.no_validate,
+        atol=args.atol,
+    )
+    rnn = {k: v for k, v in result.op_counts.items() if k in ("LSTM", "GRU", "Loop", "Scan")}
+    print(f"wrote {output} ({rnn or 'no RNN nodes'}, inputs {_names(result.signature.inputs)})")
+    if args.triton_repo is not None:
+        folder = write_triton_repo(output, args.triton_repo, name, version=args.version)
+        print(f"wrote Triton model {folder} (version {args.version})")
+    return 0
+
+
+def _names(specs) -> str:
+    return ", ".join(spec.name for spec in specs)

@@ -1,0 +1,247 @@
+"""One handler per layer type that becomes a native ONNX ``LSTM``/``GRU`` node.
+
+While the model is traced for tf2onnx, each handled layer call is *cut*: its input leaves the
+traced function as an extra output (time-major, with its ``sequence_lens``), and its result
+enters as extra placeholder inputs shaped like the ONNX operator's outputs (``Y``
+``[T, D, B, U]``, ``Y_h``/``Y_c`` ``[D, B, U]``). The handler rebuilds the Keras outputs from
+those placeholders with ordinary TensorFlow ops (transpose, reverse, merge), so tf2onnx converts
+the plumbing and :mod:`.splice` only has to drop one RNN node into each cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import tensorflow as tf
+
+from .errors import ExportError
+from .rnn_weights import DirectionWeights, gru_direction, lstm_direction
+
+
+@dataclasses.dataclass
+class Cut:
+    """One gated layer call replaced by one ONNX RNN node."""
+
+    index: int
+    layer: Any  # the gated layer, or the Bidirectional wrapper
+    handler: Handler
+    op_type: str  # "LSTM" | "GRU"
+    direction: str  # "forward" | "reverse" | "bidirectional"
+    units: int
+    outputs: tuple[str, ...]  # ONNX outputs consumed: subset of ("Y", "Y_h", "Y_c")
+    state_names: tuple[str, ...] = ()  # streaming: ("h",) or ("h", "c")
+    has_initial: bool = False  # initial states come in (streaming or initial_state=)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.direction == "bidirectional" else 1
+
+    def tensor(self, part: str) -> str:
+        """Internal name of one tensor of the cut (``X``, ``seq_lens``, ``h0``, ``Y``, ...)."""
+        return f"kg_cut{self.index}_{part}"
+
+    def placeholder_specs(self) -> list[tf.TensorSpec]:
+        d, u = self.num_directions, self.units
+        shapes = {"Y": [None, d, None, u], "Y_h": [d, None, u], "Y_c": [d, None, u]}
+        return [tf.TensorSpec(shapes[o], tf.float32, name=self.tensor(o)) for o in self.outputs]
+
+
+class Handler:
+    """Base handler for a single-direction gated layer (``GatedLSTM``/``GatedGRU``)."""
+
+    op_type = ""
+    state_names: tuple[str, ...] = ("h",)
+
+    def matches(self, layer: Any) -> bool:
+        raise NotImplementedError
+
+    def inner(self, layer: Any) -> list[Any]:
+        """The gated layer(s) in ONNX direction order."""
+        return [layer]
+
+    def direction_weights(self, layer: Any) -> DirectionWeights:
+        raise NotImplementedError
+
+    def node_attributes(self, layer: Any) -> dict[str, Any]:
+        return {}
+
+    def plan(self, layer: Any, index: int, streaming: bool) -> Cut:
+        """Which ONNX outputs the Keras outputs need, before tracing."""
+        check_exportable(layer)
+        first = self.inner(layer)[0]
+        if streaming and getattr(layer, "go_backwards", False):
+            raise ExportError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) has go_backwards=True and cannot "
+                "be exported with `streaming=True`: a chunk would be read end to start. Export "
+                "without streaming."
+            )
+        outputs = ["Y"] if first.return_sequences else []
+        if not first.return_sequences or first.return_state or streaming:
+            outputs.append("Y_h")
+        if "c" in self.state_names and (first.return_state or streaming):
+            outputs.append("Y_c")
+        return Cut(
+            index=index,
+            layer=layer,
+            handler=self,
+            op_type=self.op_type,
+            direction=self.direction(layer),
+            units=int(first.units),
+            outputs=tuple(outputs),
+            state_names=self.state_names if streaming else (),
+        )
+
+    def direction(self, layer: Any) -> str:
+        return "reverse" if layer.go_backwards else "forward"
+
+    def rebuild(self, cut: Cut, ph: dict[str, tf.Tensor], seq_lens: tf.Tensor) -> list[tf.Tensor]:
+        """Keras outputs ``[y, *states]`` from the ONNX-shaped placeholders."""
+        layer = cut.layer
+        if layer.return_sequences:
+            y = tf.transpose(ph["Y"][:, 0], [1, 0, 2])
+            if layer.go_backwards:  # Keras returns the steps in processing order
+                y = tf.reverse_sequence(y, seq_lens, seq_axis=1, batch_axis=0)
+        else:
+            y = ph["Y_h"][0]
+        states = [ph[f"Y_{s}"][0] for s in self.state_names] if layer.return_state else []
+        return [y, *states]
+
+
+class LSTMHandler(Handler):
+    op_type = "LSTM"
+    state_names = ("h", "c")
+
+    def matches(self, layer: Any) -> bool:
+        from keras_gates import GatedLSTM
+
+        return isinstance(layer, GatedLSTM)
+
+    def direction_weights(self, layer: Any) -> DirectionWeights:
+        return lstm_direction(layer)
+
+    def node_attributes(self, layer: Any) -> dict[str, Any]:
+        return {"input_forget": 1} if layer.coupled_input_forget else {}
+
+
+class GRUHandler(Handler):
+    op_type = "GRU"
+
+    def matches(self, layer: Any) -> bool:
+        from keras_gates import GatedGRU
+
+        return isinstance(layer, GatedGRU)
+
+    def direction_weights(self, layer: Any) -> DirectionWeights:
+        return gru_direction(layer)
+
+    def node_attributes(self, layer: Any) -> dict[str, Any]:
+        return {"linear_before_reset": int(bool(layer.reset_after))}
+
+
+class BidirectionalHandler(Handler):
+    """``Bidirectional`` around a gated layer: one node with ``direction="bidirectional"``."""
+
+    def __init__(self, base: Handler):
+        self.base = base
+        self.op_type = base.op_type
+        self.state_names = base.state_names
+
+    def matches(self, layer: Any) -> bool:
+        import keras
+
+        return isinstance(layer, keras.layers.Bidirectional) and self.base.matches(
+            layer.forward_layer
+        )
+
+    def inner(self, layer: Any) -> list[Any]:
+        return [layer.forward_layer, layer.backward_layer]
+
+    def direction(self, layer: Any) -> str:
+        return "bidirectional"
+
+    def direction_weights(self, layer: Any) -> DirectionWeights:
+        return self.base.direction_weights(layer)
+
+    def node_attributes(self, layer: Any) -> dict[str, Any]:
+        forward, backward = self.inner(layer)
+        attrs = self.base.node_attributes(forward)
+        if attrs != self.base.node_attributes(backward):
+            raise ExportError(
+                f"Layer {layer.name!r} (Bidirectional): the forward and backward layers differ in "
+                f"{sorted(attrs)}; one ONNX node needs the same value. Use the same configuration "
+                "for both directions."
+            )
+        return attrs
+
+    def plan(self, layer: Any, index: int, streaming: bool) -> Cut:
+        forward, backward = self.inner(layer)
+        if streaming:
+            raise ExportError(
+                f"Layer {layer.name!r} (Bidirectional) cannot be exported with `streaming=True`: "
+                "its backward direction needs the whole sequence. Export without streaming."
+            )
+        if forward.go_backwards or not backward.go_backwards:
+            raise ExportError(
+                f"Layer {layer.name!r} (Bidirectional): expected a forward layer with "
+                "go_backwards=False and a backward layer with go_backwards=True, got "
+                f"{forward.go_backwards} and {backward.go_backwards}. Wrap a layer with "
+                "go_backwards=False."
+            )
+        if forward.units != backward.units:
+            raise ExportError(
+                f"Layer {layer.name!r} (Bidirectional): both directions need the same `units`, "
+                f"got {forward.units} and {backward.units}."
+            )
+        check_exportable(backward)
+        cut = self.base.plan(forward, index, streaming=False)
+        return dataclasses.replace(cut, layer=layer, handler=self, direction="bidirectional")
+
+    def rebuild(self, cut: Cut, ph: dict[str, tf.Tensor], seq_lens: tf.Tensor) -> list[tf.Tensor]:
+        layer = cut.layer
+        if layer.return_sequences:  # ONNX aligns both directions with the input steps
+            y, y_rev = (tf.transpose(ph["Y"][:, d], [1, 0, 2]) for d in (0, 1))
+        else:
+            y, y_rev = ph["Y_h"][0], ph["Y_h"][1]
+        merged = _merge(layer.merge_mode, y, y_rev)
+        states = []
+        if layer.return_state:
+            states = [ph[f"Y_{s}"][d] for d in (0, 1) for s in self.state_names]
+        return [*merged, *states]
+
+
+def _merge(mode: str | None, y: tf.Tensor, y_rev: tf.Tensor) -> list[tf.Tensor]:
+    """Keras ``Bidirectional`` merge modes."""
+    if mode == "concat":
+        return [tf.concat([y, y_rev], axis=-1)]
+    if mode == "sum":
+        return [y + y_rev]
+    if mode == "ave":
+        return [(y + y_rev) / 2]
+    if mode == "mul":
+        return [y * y_rev]
+    return [y, y_rev]
+
+
+def check_exportable(layer: Any) -> None:
+    """Settings the ONNX operators cannot express (at inference) raise here."""
+    if getattr(layer, "dtype_policy", None) is not None:
+        policy = layer.dtype_policy.compute_dtype
+        if policy != "float32":
+            raise ExportError(
+                f"Layer {layer.name!r} ({type(layer).__name__}) computes in {policy}; the ONNX "
+                "export supports float32 only. Export a float32 copy of the model."
+            )
+
+
+HANDLERS: list[Handler] = [
+    BidirectionalHandler(LSTMHandler()),
+    BidirectionalHandler(GRUHandler()),
+    LSTMHandler(),
+    GRUHandler(),
+]
+
+
+def find_handler(layer: Any) -> Handler | None:
+    """The handler converting ``layer`` to a native RNN node, or ``None``."""
+    return next((h for h in HANDLERS if h.matches(layer)), None)

@@ -1,0 +1,195 @@
+"""Run an exported model with onnxruntime: :class:`Predictor` and its streaming :class:`Stream`."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .signature import Signature, read_signature
+
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class Predictor:
+    """An onnxruntime session around an exported model, honest about where it runs.
+
+    Args:
+        path: The ``.onnx`` file written by :func:`keras_gates.export.to_onnx`.
+        device: ``"auto"`` (CUDA when onnxruntime has it, else CPU), ``"cpu"`` or ``"cuda"``
+            (raises when CUDA is not available or the session did not start on it).
+        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+
+    ``provider`` is the execution provider the session actually runs on. ``predict`` may be
+    called from several threads at once; each :meth:`stream` keeps its own state.
+
+    Example:
+
+    >>> predictor = Predictor("model.onnx", device="cpu")  # doctest: +SKIP
+    >>> predictor.predict(x)["dense"].shape  # doctest: +SKIP
+    (2, 1)
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        if device not in DEVICES:
+            raise ValueError(
+                f"Received an invalid value for argument `device`, expected one of {DEVICES}, "
+                f"got {device!r}."
+            )
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(
+                "Received an invalid value for argument `threads`, expected a positive integer "
+                f"or None, got {threads!r}."
+            )
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Received a model path that does not exist: {str(path)!r}.")
+        available = ort.get_available_providers()
+        if device == "cuda" and CUDA not in available:
+            raise RuntimeError(
+                f"Received `device='cuda'` but this onnxruntime has no {CUDA} (available: "
+                f"{available}). Install onnxruntime-gpu, or pass device='cpu' or 'auto'."
+            )
+        wanted = [CUDA, CPU] if device != "cpu" and CUDA in available else [CPU]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.path = str(path)
+        self.device = device
+        self.session = ort.InferenceSession(self.path, options, providers=wanted)
+        self.provider = self.session.get_providers()[0]
+        if CUDA in wanted and self.provider != CUDA:
+            message = (
+                f"onnxruntime could not start {CUDA} for {self.path!r}; running on {self.provider}."
+            )
+            if device == "cuda":
+                raise RuntimeError(
+                    message + " Check the CUDA/cuDNN installation or use device='cpu'."
+                )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        self.signature = _signature(self)
+        self._names = [t.name for t in self.signature.outputs if t.role == "output"]
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.path!r}, provider={self.provider!r})"
+
+    @property
+    def data_inputs(self) -> list[str]:
+        """Names of the inputs a caller provides (everything but lengths and states)."""
+        return [t.name for t in self.signature.inputs if t.role in ("sequence", "other")]
+
+    def predict(self, x: Any, lengths: Any = None) -> dict[str, np.ndarray]:
+        """Run a batch from zero state.
+
+        Args:
+            x: An array (single-input models), a list of arrays in input order, or a dict by
+                input name. Sequences are ``[batch, time, ...]``, right-padded.
+            lengths: Valid length of each sequence (int, ``[batch]``); default: the full time
+                dimension for every row.
+
+        Returns:
+            ``{output_name: array}`` (state outputs of streaming models left out). Per-step
+            outputs of gated layers are zero past each length.
+        """
+        feeds = self._feeds(x, lengths, None)
+        return dict(zip(self._names, self.session.run(self._names, feeds)))
+
+    def stream(self) -> Stream:
+        """A :class:`Stream` carrying the recurrent state across chunks (streaming exports)."""
+        if not self.signature.streaming:
+            raise ValueError(
+                f"Model {self.path!r} was exported without `streaming=True`; it has no state "
+                "inputs. Re-export with streaming=True (CLI: --streaming) to stream it."
+            )
+        return Stream(self)
+
+    def _feeds(self, x: Any, lengths: Any, states: Mapping[str, np.ndarray] | None) -> dict:
+        names = self.data_inputs
+        if isinstance(x, Mapping):
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise ValueError(f"Missing model inputs {missing}; expected {names}.")
+            arrays = [x[n] for n in names]
+        elif isinstance(x, Sequence) and not isinstance(x, np.ndarray) and len(names) > 1:
+            arrays = list(x)
+        else:
+            arrays = [x]
+        if len(arrays) != len(names):
+            raise ValueError(f"Received {len(arrays)} inputs, expected {len(names)}: {names}.")
+        specs = {t.name: t for t in self.signature.inputs}
+        feeds = {n: np.asarray(a, dtype=specs[n].dtype) for n, a in zip(names, arrays)}
+        batch, time = _batch_time(self.signature, feeds)
+        if self.signature.lengths_input:
+            feeds[self.signature.lengths_input] = _lengths(lengths, batch, time)
+        for spec in self.signature.inputs_with("state"):
+            value = (states or {}).get(spec.name)
+            feeds[spec.name] = (
+                np.zeros((batch, spec.shape[1]), np.float32) if value is None else value
+            )
+        return feeds
+
+
+class Stream:
+    """Chunked inference: ``step(chunk)`` continues from the state the previous chunk left."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self._lock = threading.Lock()
+        self._states: dict[str, np.ndarray] | None = None
+
+    def reset(self) -> None:
+        """Forget the carried state; the next chunk starts from zeros."""
+        with self._lock:
+            self._states = None
+
+    @property
+    def states(self) -> dict[str, np.ndarray] | None:
+        """The carried state by input name (``<layer>.h_in``...), ``None`` before the first step."""
+        return None if self._states is None else dict(self._states)
+
+    def step(self, chunk: Any, lengths: Any = None) -> dict[str, np.ndarray]:
+        """Run the next chunk ``[batch, time, ...]``; same outputs as :meth:`Predictor.predict`."""
+        p = self.predictor
+        pairs = p.signature.state_pairs
+        with self._lock:
+            feeds = p._feeds(chunk, lengths, self._states)
+            names = p._names + [out for _, out in pairs]
+            values = p.session.run(names, feeds)
+            self._states = {inp: v for (inp, _), v in zip(pairs, values[len(p._names) :])}
+        return dict(zip(p._names, values[: len(p._names)]))
+
+
+def _signature(predictor: Predictor) -> Signature:
+    signature = read_signature(predictor.path)
+    if signature is None:
+        raise ValueError(
+            f"{predictor.path!r} has no keras-gates signature in its metadata; export it with "
+            "keras_gates.export.to_onnx (or `keras-gates export`)."
+        )
+    return signature
+
+
+def _batch_time(signature: Signature, feeds: dict) -> tuple[int, int]:
+    seq = [feeds[t.name] for t in signature.inputs_with("sequence") if t.name in feeds]
+    first = seq[0] if seq else next(iter(feeds.values()))
+    return int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
+
+
+def _lengths(lengths: Any, batch: int, time: int) -> np.ndarray:
+    if lengths is None:
+        return np.full(batch, time, np.int32)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time:
+        raise ValueError(
+            "Received an invalid value for argument `lengths`, expected one integer per sequence "
+            f"in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
+        )
+    return lengths.astype(np.int32)

@@ -1,0 +1,335 @@
+"""Trace a Keras model with its gated layers cut out, and convert the rest with tf2onnx.
+
+The model graph is run (``Functional._run_through_graph``) inside one ``tf.function`` whose
+inputs are the model inputs, ``lengths``, the streaming states and one placeholder per ONNX RNN
+output of every cut, and whose outputs are the model outputs, the streaming state outputs and,
+per cut, the time-major RNN input, its ``sequence_lens`` and initial states. A first, cheap
+discovery pass (zeros instead of placeholders) finds the cuts in execution order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from .errors import ExportError
+from .handlers import Cut, find_handler
+
+LENGTHS = "lengths"
+
+
+@dataclasses.dataclass
+class ModelIO:
+    """Final names, dtypes and shapes of the exported model's inputs and outputs."""
+
+    inputs: list[tuple[str, tf.TensorSpec, str]]  # (final name, spec, role)
+    outputs: list[str]  # final model output names (without state outputs)
+    state_inputs: list[tuple[str, Cut, str]]  # (final name, cut, "h"|"c")
+
+
+def functional_of(model: Any) -> Any | None:
+    """The ``Functional`` graph of a Functional or built Sequential model, else ``None``."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
+        return model
+    return None
+
+
+def contains_gated(layer: Any) -> bool:
+    """Whether ``layer`` is, or holds anywhere inside it, a layer the handlers convert."""
+    if find_handler(layer) is not None:
+        return True
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        return False
+    return any(find_handler(sub) is not None for sub in flatten(include_self=False))
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with repeats suffixed ``_1``, ``_2`` (Keras repeats a layer name per output)."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        result.append(name if count == 0 else f"{name}_{count}")
+    return result
+
+
+def output_names(model: Any) -> list[str]:
+    functional = functional_of(model)
+    return unique_names([t._keras_history[0].name for t in functional.outputs])
+
+
+def input_role(spec: Any) -> str:
+    """``sequence`` for ``[batch, time, features...]`` floats and ``[batch, time]`` token ids."""
+    rank = len(spec.shape)
+    is_int = "int" in str(spec.dtype)
+    return "sequence" if rank >= 3 or (rank == 2 and is_int) else "other"
+
+
+def _input_name(name: str, index: int) -> str:
+    """The Keras input name, or ``input``/``input_<i>`` for Keras' anonymous ``keras_tensor``."""
+    if name.startswith("keras_tensor"):
+        return "input" if index == 0 else f"input_{index}"
+    return name
+
+
+def model_io(model: Any, cuts: list[Cut], dynamic_time: bool) -> ModelIO:
+    functional = functional_of(model)
+    inputs = []
+    for i, tensor in enumerate(functional.inputs):
+        role = input_role(tensor)
+        shape = [None, *tensor.shape[1:]]
+        if role == "sequence" and dynamic_time:
+            shape[1] = None
+        spec = tf.TensorSpec(shape, tf.as_dtype(tensor.dtype), name=f"kg_in{i}")
+        inputs.append((_input_name(tensor.name, i), spec, role))
+    inputs.append((LENGTHS, tf.TensorSpec([None], tf.int32, name="kg_lengths"), "lengths"))
+    states = []
+    for cut in cuts:
+        for s in cut.state_names:
+            states.append((f"{cut.layer.name}.{s}_in", cut, s))
+    return ModelIO(inputs=inputs, outputs=output_names(model), state_inputs=states)
+
+
+class _Run:
+    """One pass through the model graph with gated layers cut out."""
+
+    def __init__(self, streaming: bool, lengths, states: dict, placeholders: dict | None, cuts):
+        self.streaming = streaming
+        self.lengths = lengths
+        self.states = states  # (cut index, "h"|"c") -> [B, U] tensor
+        self.placeholders = placeholders  # None during discovery
+        self.cuts: list[Cut] = cuts
+        self.count = 0
+        self.cut_outputs: dict[str, tf.Tensor] = {}
+        self.state_outputs: dict[str, tf.Tensor] = {}
+
+    def run_functional(self, functional: Any, inputs: Any) -> Any:
+        outputs = functional._run_through_graph(inputs, operation_fn=self.operation_fn)
+        return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
+
+    def operation_fn(self, op: Any):
+        handler = find_handler(op)
+        if handler is not None:
+            return lambda *args, **kwargs: self.cut(op, handler, args, kwargs)
+        if contains_gated(op):
+            inner = functional_of(op)
+            if inner is not None:
+                return lambda *args, **kwargs: self.run_functional(inner, args[0])
+            raise ExportError(
+                f"Layer {op.name!r} ({type(op).__name__}) wraps a gated layer in a way the "
+                "exporter cannot split into a native ONNX RNN node. Use the gated layer directly "
+                "(or inside Bidirectional or a nested Functional/Sequential model)."
+            )
+        if _is_time_distributed(op):
+            return _time_distributed_call(op)
+        return _inference_call(op)
+
+    def cut(self, op: Any, handler: Any, args: tuple, kwargs: dict) -> Any:
+        from keras.src import backend
+
+        index = self.count
+        self.count += 1
+        if self.placeholders is None:
+            self.cuts.append(handler.plan(op, index, self.streaming))
+        cut = self.cuts[index]
+        if cut.layer is not op:
+            raise RuntimeError(f"Tracing order changed at layer {op.name!r}; please report this.")
+        x = tf.cast(args[0], tf.float32)
+        mask = kwargs.get("mask")
+        if mask is None:
+            mask = backend.get_keras_mask(args[0])
+        seq_lens = tf.minimum(self.lengths, tf.shape(x)[1])
+        if mask is not None:
+            seq_lens = tf.minimum(seq_lens, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
+        self.cut_outputs[cut.tensor("X")] = tf.transpose(x, [1, 0, 2])
+        self.cut_outputs[cut.tensor("seq_lens")] = seq_lens
+        self._initial_states(
+            cut, x, kwargs.get("initial_state", args[1] if len(args) > 1 else None)
+        )
+        ph = self._placeholders(cut, x)
+        outputs = handler.rebuild(cut, ph, seq_lens)
+        for s in cut.state_names:
+            self.state_outputs[f"{op.name}.{s}_out"] = ph[f"Y_{s}"][0]
+        if mask is not None:
+            masks = op.compute_mask(args[0], mask)
+            masks = masks if isinstance(masks, (list, tuple)) else [masks]
+            for tensor, m in zip(outputs, masks):
+                if m is not None:
+                    backend.set_keras_mask(tensor, m)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _state(self, cut: Cut, s: str, x: tf.Tensor) -> tf.Tensor:
+        """The streaming state input ``s`` of ``cut`` (zeros during discovery)."""
+        if (cut.index, s) in self.states:
+            return self.states[(cut.index, s)]
+        return tf.zeros(tf.stack([tf.shape(x)[0], cut.units]))
+
+    def _initial_states(self, cut: Cut, x: tf.Tensor, initial_state: Any) -> None:
+        state_names = cut.handler.state_names
+        if cut.state_names:
+            if initial_state is not None:
+                raise ExportError(
+                    f"Layer {cut.layer.name!r} receives `initial_state` from the graph, which "
+                    "cannot be combined with `streaming=True`. Export without streaming."
+                )
+            per_state = {s: [self._state(cut, s, x)] for s in state_names}
+        elif initial_state is not None:
+            flat = (
+                list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+            )
+            n = len(state_names)
+            per_state = {s: flat[k::n] for k, s in enumerate(state_names)}
+        else:
+            return
+        cut.has_initial = True
+        for s, tensors in per_state.items():
+            self.cut_outputs[cut.tensor(f"{s}0")] = tf.stack(
+                [tf.cast(t, tf.float32) for t in tensors]
+            )
+
+    def _placeholders(self, cut: Cut, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self.placeholders is not None:
+            return {o: self.placeholders[cut.tensor(o)] for o in cut.outputs}
+        t, b, d = tf.shape(x)[1], tf.shape(x)[0], cut.num_directions
+        shapes = {"Y": [t, d, b, cut.units], "Y_h": [d, b, cut.units], "Y_c": [d, b, cut.units]}
+        return {o: tf.zeros(tf.stack(shapes[o])) for o in cut.outputs}
+
+
+def _inference_call(op: Any):
+    """Call ``op`` the way ``Functional`` does, with ``training=False``."""
+
+    def call(*args, **kwargs):
+        if "training" in getattr(op, "_call_context_args", ()):
+            kwargs["training"] = False
+        return op(*args, **kwargs)
+
+    return call
+
+
+def _is_time_distributed(op: Any) -> bool:
+    import keras
+
+    return isinstance(op, keras.layers.TimeDistributed)
+
+
+def _time_distributed_call(op: Any):
+    """``TimeDistributed`` as one call on ``[batch * time, ...]`` and a reshape back.
+
+    Keras 3 maps the inner layer over time with ``vectorized_map``, which tf2onnx turns into a
+    ``Loop`` (and, measured, gets the time axis wrong). Folding time into the batch is exact for
+    layers that treat rows independently, which is what ``TimeDistributed`` requires anyway.
+    """
+    from keras.src import backend
+
+    def call(x, *args, **kwargs):
+        kwargs.pop("mask", None)
+        if "training" in getattr(op.layer, "_call_context_args", ()):
+            kwargs["training"] = False
+        shape = tf.shape(x)
+        flat = tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
+        y = op.layer(flat, *args, **kwargs)
+        y = tf.reshape(y, tf.concat([shape[:2], tf.shape(y)[1:]], axis=0))
+        mask = backend.get_keras_mask(x)
+        if mask is not None:
+            backend.set_keras_mask(y, mask)
+        return y
+
+    return call
+
+
+def discover(model: Any, streaming: bool, dynamic_time: bool) -> list[Cut]:
+    """The gated layer calls of ``model`` in execution order (a cheap trace with zeros)."""
+    functional = functional_of(model)
+    if functional is None:
+        raise ExportError(
+            f"Received a model of class {type(model).__name__} without a functional graph; "
+            "expected a Functional or a built Sequential model. Build it with keras.Input first."
+        )
+    cuts: list[Cut] = []
+    io = model_io(model, [], dynamic_time)
+
+    def fn(*flat):
+        run = _Run(streaming, flat[len(io.inputs) - 1], {}, None, cuts)
+        run.run_functional(functional, list(flat[: len(io.inputs) - 1]))
+        return 0
+
+    tf.function(fn, autograph=False).get_concrete_function(*[spec for _, spec, _ in io.inputs])
+    return cuts
+
+
+@dataclasses.dataclass
+class Converted:
+    model: Any  # onnx.ModelProto with the cuts still open
+    cuts: list[Cut]
+    io: ModelIO
+    rename: dict[str, str]  # internal tensor name -> final name
+
+
+def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) -> Converted:
+    """Discover the cuts, trace the cut model and convert it with tf2onnx."""
+    cuts = discover(model, streaming, dynamic_time)
+    io = model_io(model, cuts, dynamic_time)
+    functional = functional_of(model)
+    n_in = len(io.inputs) - 1
+    state_specs = [
+        tf.TensorSpec([None, cut.units], tf.float32, name=f"kg_state{cut.index}_{s}")
+        for _, cut, s in io.state_inputs
+    ]
+    ph_specs = [spec for cut in cuts for spec in cut.placeholder_specs()]
+    specs = [spec for _, spec, _ in io.inputs] + state_specs + ph_specs
+
+    def fn(*flat):
+        lengths = flat[n_in]
+        states = {
+            (cut.index, s): flat[n_in + 1 + k] for k, (_, cut, s) in enumerate(io.state_inputs)
+        }
+        ph = dict(zip([s.name for s in ph_specs], flat[n_in + 1 + len(state_specs) :]))
+        run = _Run(streaming, lengths, states, ph, cuts)
+        outputs = run.run_functional(functional, list(flat[:n_in]))
+        flat_out = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        result = {f"kg_out{i}": tf.identity(t) for i, t in enumerate(flat_out)}
+        result.update({f"kg_stateout_{k}": tf.identity(t) for k, t in run.state_outputs.items()})
+        result.update({k: tf.identity(t) for k, t in run.cut_outputs.items()})
+        return result
+
+    onnx_model = _tf2onnx(tf.function(fn, autograph=False), specs, opset)
+    rename = {spec.name: name for name, spec, _ in io.inputs}
+    rename.update({f"kg_state{c.index}_{s}": n for n, c, s in io.state_inputs})
+    rename.update({f"kg_out{i}": name for i, name in enumerate(io.outputs)})
+    for _, cut, s in io.state_inputs:
+        rename[f"kg_stateout_{cut.layer.name}.{s}_out"] = f"{cut.layer.name}.{s}_out"
+    return Converted(onnx_model, cuts, io, rename)
+
+
+def _tf2onnx(function: Any, specs: list[tf.TensorSpec], opset: int) -> Any:
+    """``tf2onnx.convert.from_function`` on CPU, quiet, with Keras' numpy-2 patch."""
+    import tf2onnx
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    tf2onnx.logging.set_level(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patch_tf2onnx()
+        with tf.device("/cpu:0"):
+            model_proto, _ = tf2onnx.convert.from_function(function, specs, opset=opset)
+    return model_proto
+
+
+def sample_value(spec: tf.TensorSpec, batch: int, time: int, rng: np.random.Generator):
+    """A random input for ``spec`` (token ids from 1 so that ``mask_zero`` masks nothing)."""
+    shape = [batch, *(time if d is None else d for d in spec.shape[1:])]
+    if spec.dtype.is_integer:
+        return rng.integers(1, 5, size=shape).astype(spec.dtype.as_numpy_dtype)
+    return rng.normal(size=shape).astype(spec.dtype.as_numpy_dtype)
