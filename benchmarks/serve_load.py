@@ -1,0 +1,183 @@
+"""Load benchmark of ``keras-gates serve`` with ``wrk`` on loopback.
+
+Starts the server (batching on, then off), drives ``/infer`` with wrk (one sequence per request,
+JSON and binary bodies) at concurrency 1, 8 and 32 for a bounded time per cell, and prints
+throughput, p50/p99 latency and errors next to in-process onnxruntime on the same model.
+
+The model is the issue's reference: an LSTM of 128 units + Dense(1) on 100-step sequences of 32
+features, built with ``tests/serving_models.py`` (native ONNX LSTM with a lengths input), unless
+``--model`` names another .onnx file with a ``x``/``lengths`` signature.
+
+Needs ``wrk`` (Debian: ``apt-get install -y wrk``); this script installs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().parent / "serve_load.lua"
+
+
+def build_model(directory: Path, units: int, features: int) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from tests.serving_models import make_rnn_model
+
+    return make_rnn_model(
+        directory / "model.onnx", units=units, features=features, outputs=1, per_step=False
+    )
+
+
+def write_bodies(directory: Path, steps: int, features: int) -> dict[str, tuple[Path, str]]:
+    """One JSON and one binary request body for one sequence; returns {kind: (file, hdr len)}."""
+    x = np.random.default_rng(0).standard_normal((1, steps, features)).astype(np.float32)
+    tensor = {"name": "x", "datatype": "FP32", "shape": list(x.shape)}
+    json_body = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    bodies = {"json": (json_body, ""), "binary": (header + x.tobytes(), str(len(header)))}
+    found = {}
+    for kind, (body, header_length) in bodies.items():
+        path = directory / f"body.{kind}"
+        path.write_bytes(body)
+        found[kind] = (path, header_length)
+    return found
+
+
+def start_server(model: Path, port: int, max_batch: int, delay_ms: float, threads: int):
+    command = [sys.executable, "-m", "keras_gates.cli", "serve", str(model), "--port", str(port)]
+    command += ["--max-batch-size", str(max_batch), "--max-queue-delay-ms", str(delay_ms)]
+    command += ["--threads", str(threads), "--no-request-log", "--log-level", "warning"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 120 s")
+
+
+def stop_server(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_wrk(url: str, body: tuple[Path, str], connections: int, seconds: float) -> dict:
+    env = {**os.environ, "BODY_FILE": str(body[0]), "HEADER_LENGTH": body[1]}
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    command += ["-s", str(LUA), f"{url}/v2/models/model/infer"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            return result
+    raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+
+
+def in_process(model: Path, steps: int, features: int, threads: int, batch: int, seconds=1.0):
+    """Sequences per second and ms per call of onnxruntime.run at ``batch``, in this process."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, steps, features)).astype(np.float32)
+    feeds = {"x": x, "lengths": np.full(batch, steps, np.int32)}
+    session.run(None, feeds)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, feeds)
+        calls += 1
+    elapsed = time.perf_counter() - start
+    return calls * batch / elapsed, elapsed / calls * 1000
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="an .onnx model (default: build the reference)")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per cell (default 4)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated connections")
+    parser.add_argument("--bodies", default="json,binary", help="json, binary or both")
+    parser.add_argument("--batch-sizes", default="32,1", help="server --max-batch-size values")
+    parser.add_argument("--delay-ms", type=float, default=2.0, help="server --max-queue-delay-ms")
+    parser.add_argument("--threads", type=int, default=1, help="server onnxruntime threads")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--units", type=int, default=128)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("serve_load: wrk is missing; install it (Debian: apt-get install -y wrk).")
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = args.model or build_model(work, args.units, args.features)
+        bodies = write_bodies(work, args.steps, args.features)
+        rows = []
+        for max_batch in [int(b) for b in args.batch_sizes.split(",")]:
+            proc, url = start_server(model, args.port, max_batch, args.delay_ms, args.threads)
+            try:
+                for kind in args.bodies.split(","):
+                    for c in [int(c) for c in args.concurrency.split(",")]:
+                        result = run_wrk(url, bodies[kind], c, args.duration)
+                        rows.append((max_batch, kind, c, result))
+                        print_row(*rows[-1], flush=True)
+            finally:
+                stop_server(proc)
+        print_table(rows)
+        for batch in (1, 32):
+            rate, ms = in_process(model, args.steps, args.features, args.threads, batch)
+            print(f"in-process onnxruntime batch {batch:>2}: {rate:8.0f} seq/s ({ms:.2f} ms/call)")
+    return 0
+
+
+def print_row(max_batch, kind, c, r, flush=False) -> None:
+    batching = "on " if max_batch > 1 else "off"
+    errors = r["status_errors"] + r["socket_errors"]
+    print(
+        f"batching {batching} {kind:<6} c={c:<3} {r['rps']:8.0f} req/s  "
+        f"p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  errors {errors}",
+        flush=flush,
+    )
+
+
+def print_table(rows) -> None:
+    print("\n| batching | body | concurrency | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for max_batch, kind, c, r in rows:
+        errors = r["status_errors"] + r["socket_errors"]
+        print(
+            f"| {'on (max 32)' if max_batch > 1 else 'off'} | {kind} | {c} | {r['rps']:.0f} | "
+            f"{r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {errors} |"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

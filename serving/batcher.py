@@ -1,0 +1,270 @@
+"""Dynamic batching: a bounded queue in front of one worker thread per model.
+
+The event loop :meth:`Batcher.submit` s complete feeds and awaits a future; the worker thread
+takes the oldest request plus every queued request with the same batch key (up to
+``max_batch_size`` rows), pads sequence inputs to the longest along axis 1, runs the model once,
+cuts the outputs back per request (rows, and time for per-step outputs) and resolves the futures on
+the loop with one callback per batch. onnxruntime releases the GIL, so the loop keeps decoding new
+requests while a batch runs; they form the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import Unavailable
+
+log = logging.getLogger("keras_gates.serving")
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """What the batcher needs to know about a model's tensors (names only, no runtime).
+
+    Args:
+        sequence_inputs: inputs padded along axis 1 to the longest request in a batch.
+        per_step_outputs: outputs cut back along axis 1 to each request's time length.
+        can_pad: whether requests of different time lengths may share a batch (needs a lengths
+            input, filled by the caller per request).
+        max_batch_size: rows per model call; 1 turns batching off.
+    """
+
+    sequence_inputs: frozenset[str] = frozenset()
+    per_step_outputs: frozenset[str] = frozenset()
+    can_pad: bool = False
+    max_batch_size: int = 1
+
+
+class Work:
+    """One queued request."""
+
+    __slots__ = ("feeds", "rows", "steps", "key", "future", "loop", "enqueued", "started")
+
+    def __init__(self, feeds: Feeds, rows: int, steps: int | None, key: tuple, loop, future):
+        self.feeds = feeds
+        self.rows = rows
+        self.steps = steps
+        self.key = key
+        self.loop = loop
+        self.future = future
+        self.enqueued = time.perf_counter()
+        self.started = 0.0
+
+
+class BatchObserver:
+    """Receives one call per finished batch (metrics); the default ignores it."""
+
+    def batch_done(self, rows: int, queued_s: list[float], compute_s: float) -> None:
+        """Called on the event loop after a batch's futures are resolved."""
+
+
+class Batcher:
+    """A bounded request queue served by one worker thread calling ``run(feeds) -> outputs``.
+
+    Args:
+        run: the model call (thread-safe for one caller at a time).
+        layout: which inputs/outputs have a time axis and how large a batch may be.
+        max_queue_delay_s: how long a batch may wait for more requests while other requests
+            are active (see :meth:`_expecting`); 0 runs whatever is queued at once.
+        max_queue_size: queued requests beyond which :meth:`submit` answers 503.
+        observer: told about every batch (metrics).
+        name: for messages and the thread name.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Feeds], Feeds],
+        layout: BatchLayout,
+        *,
+        max_queue_delay_s: float = 0.0,
+        max_queue_size: int = 1024,
+        observer: BatchObserver | None = None,
+        name: str = "model",
+    ):
+        self._run = run
+        self.layout = layout
+        self._delay = max_queue_delay_s
+        self._max_queue = max_queue_size
+        self._observer = observer or BatchObserver()
+        self._name = name
+        self._queue: collections.deque[Work] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self.active = 0  # requests of this model between arrival and response (set on the loop)
+        self._idle = False  # the worker waits for a first request
+        self._forming = 0  # requests in the batch the worker is waiting to fill (0: not waiting)
+        self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, feeds: Feeds, rows: int, steps: int | None) -> asyncio.Future:
+        """Queue complete feeds (``rows`` on axis 0, ``steps`` on axis 1 of sequence inputs)."""
+        loop = asyncio.get_running_loop()
+        work = Work(feeds, rows, steps, self._key(feeds), loop, loop.create_future())
+        with self._cond:
+            if self._closed:
+                raise Unavailable(
+                    f"Model {self._name!r} is shutting down; retry on another server."
+                )
+            if len(self._queue) >= self._max_queue:
+                raise Unavailable(
+                    f"Model {self._name!r} is overloaded: {len(self._queue)} requests queued "
+                    f"(the limit, --max-queue-size {self._max_queue}); retry later."
+                )
+            self._queue.append(work)
+            if self._idle or (self._forming and self._ready(self._forming + len(self._queue))):
+                self._cond.notify()  # wake the worker only when it has something to do
+        return work.future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the queued requests, then stop the worker thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _key(self, feeds: Feeds) -> tuple:
+        """Requests share a batch when every non-batch dim matches (time too, unless padded)."""
+        if self.layout.can_pad:
+            seq = self.layout.sequence_inputs
+            return tuple(a.shape[2:] if n in seq else a.shape[1:] for n, a in feeds.items())
+        return tuple(a.shape[1:] for a in feeds.values())
+
+    # ---- worker thread -------------------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _next_batch(self) -> list[Work] | None:
+        limit = self.layout.max_batch_size
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._idle = True
+                self._cond.wait()
+                self._idle = False
+            first = self._queue.popleft()
+            batch, rows = [first], first.rows
+            deadline = first.enqueued + self._delay
+            while rows < limit:
+                rows = self._take_compatible(first.key, batch, rows, limit)
+                remaining = deadline - time.perf_counter()
+                if rows >= limit or remaining <= 0 or self._closed or self._ready(len(batch)):
+                    break
+                self._forming = len(batch)
+                self._cond.wait(remaining)
+                self._forming = 0
+        return batch
+
+    def _ready(self, gathered: int) -> bool:
+        """Whether a batch of ``gathered`` requests should run rather than wait for more.
+
+        It waits while some active request is neither queued nor gathered (being received, or
+        answered and about to be followed by its client's next one) and it holds less than half
+        of the active requests, so that the loop decodes the other half while this batch runs.
+        A lone client never waits.
+        """
+        active = self.active
+        return (
+            gathered >= self.layout.max_batch_size
+            or active <= gathered + len(self._queue)
+            or 2 * gathered >= active
+        )
+
+    def _take_compatible(self, key: tuple, batch: list[Work], rows: int, limit: int) -> int:
+        queue, i = self._queue, 0
+        while i < len(queue) and rows < limit:
+            work = queue[i]
+            if work.key == key and rows + work.rows <= limit:
+                del queue[i]
+                batch.append(work)
+                rows += work.rows
+            else:
+                i += 1
+        return rows
+
+    def _execute(self, batch: list[Work]) -> None:
+        start = time.perf_counter()
+        for work in batch:
+            work.started = start
+        try:
+            outputs = self._run(self._assemble(batch))
+            results: list = self._split(batch, outputs)
+        except Exception as err:  # noqa: BLE001 - delivered to the requests, logged there
+            if len(batch) > 1:  # one bad request must not fail its neighbours: run them alone
+                for work in batch:
+                    self._execute([work])
+                return
+            results = [err]
+        compute = time.perf_counter() - start
+        batch[0].loop.call_soon_threadsafe(self._deliver, batch, results, compute)
+
+    def _assemble(self, batch: list[Work]) -> Feeds:
+        if len(batch) == 1:
+            return batch[0].feeds
+        feeds = {}
+        for name in batch[0].feeds:
+            parts = [w.feeds[name] for w in batch]
+            if name in self.layout.sequence_inputs and self.layout.can_pad:
+                feeds[name] = _pad_concat(parts)
+            else:
+                feeds[name] = np.concatenate(parts)
+        return feeds
+
+    def _split(self, batch: list[Work], outputs: Feeds) -> list[Feeds]:
+        if len(batch) == 1:
+            return [outputs]
+        per_step = self.layout.per_step_outputs
+        results, offset = [], 0
+        for work in batch:
+            part = {}
+            for name, value in outputs.items():
+                piece = value[offset : offset + work.rows]
+                if name in per_step and piece.shape[1] != work.steps:
+                    piece = piece[:, : work.steps]
+                part[name] = piece
+            results.append(part)
+            offset += work.rows
+        return results
+
+    def _deliver(self, batch: list[Work], results: list, compute: float) -> None:
+        for work, result in zip(batch, results, strict=True):
+            if work.future.done():
+                continue
+            if isinstance(result, Exception):
+                work.future.set_exception(result)
+            else:
+                work.future.set_result(result)
+        rows = sum(w.rows for w in batch)
+        self._observer.batch_done(rows, [w.started - w.enqueued for w in batch], compute)
+
+
+def _pad_concat(parts: list[np.ndarray]) -> np.ndarray:
+    """Stack along axis 0, right-padding axis 1 with zeros to the longest part."""
+    steps = max(p.shape[1] for p in parts)
+    if all(p.shape[1] == steps for p in parts):
+        return np.concatenate(parts)
+    first = parts[0]
+    out = np.zeros((sum(p.shape[0] for p in parts), steps, *first.shape[2:]), first.dtype)
+    row = 0
+    for p in parts:
+        out[row : row + p.shape[0], : p.shape[1]] = p
+        row += p.shape[0]
+    return out

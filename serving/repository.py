@@ -1,0 +1,85 @@
+"""Find and load the models to serve: one ``.onnx`` file, or a repository in Triton's layout
+``REPO/NAME/VERSION/model.onnx`` (several models and versions; the newest answers by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import NotFound
+from .runtime import ModelRuntime
+
+
+def discover(path: str | Path) -> dict[str, dict[str, Path]]:
+    """``{name: {version: model.onnx}}`` for a file or a Triton-layout directory."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Model path {str(path)!r} does not exist; expected an .onnx file or a model "
+            "repository laid out as REPO/NAME/VERSION/model.onnx."
+        )
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise ValueError(f"Model file {str(path)!r} is not an .onnx file.")
+        return {path.stem: {"1": path}}
+    found: dict[str, dict[str, Path]] = {}
+    for model_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+        versions = {
+            v.name: v / "model.onnx"
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / "model.onnx").is_file()
+        }
+        if versions:
+            found[model_dir.name] = versions
+    if not found:
+        raise ValueError(
+            f"No models found under {str(path)!r}; expected REPO/NAME/VERSION/model.onnx with "
+            "VERSION a positive integer (Triton's layout)."
+        )
+    return found
+
+
+class ModelRepository:
+    """Loaded runtimes by name and version; resolves what a request names."""
+
+    def __init__(self, models: dict[str, dict[str, ModelRuntime]]):
+        self.models = {
+            name: dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
+            for name, versions in sorted(models.items())
+        }
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 1) -> ModelRepository:
+        """Load every model version found at ``path`` (see :func:`discover`)."""
+        return cls(
+            {
+                name: {v: ModelRuntime(p, name, v, threads=threads) for v, p in versions.items()}
+                for name, versions in discover(path).items()
+            }
+        )
+
+    def runtimes(self) -> list[ModelRuntime]:
+        return [rt for versions in self.models.values() for rt in versions.values()]
+
+    def versions(self, name: str) -> list[str]:
+        return list(self._versions(name))
+
+    def resolve(self, name: str, version: str | None = None) -> tuple[str, str]:
+        """``(name, version)`` of a served model; the newest version when ``version`` is None."""
+        versions = self._versions(name)
+        if not version:
+            return name, next(reversed(versions))
+        if version not in versions:
+            raise NotFound(
+                f"Model {name!r} has no version {version!r}; available versions: "
+                f"{', '.join(versions)}."
+            )
+        return name, version
+
+    def _versions(self, name: str) -> dict[str, ModelRuntime]:
+        versions = self.models.get(name)
+        if versions is None:
+            raise NotFound(
+                f"Unknown model {name!r}; available models: {', '.join(self.models) or 'none'}."
+            )
+        return versions

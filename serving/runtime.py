@@ -1,0 +1,141 @@
+"""The runtime layer: one onnxruntime ``InferenceSession`` per model version.
+
+It knows ONNX and onnxruntime and nothing about HTTP, queues or sessions. It describes the model's
+tensors (:class:`TensorInfo`, merged from onnxruntime and the keras-gates signature when the model
+carries one) and runs a batch of feeds with :meth:`ModelRuntime.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from keras_gates.export.signature import Signature, read_signature
+
+# Open Inference Protocol datatype <-> numpy dtype (BYTES is not a numeric tensor: never a model
+# input here, but the codec must name it to reject it clearly).
+V2_TO_NUMPY = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+_ORT_TO_V2 = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output as the server sees it. ``None`` in ``shape`` is a free dim."""
+
+    name: str
+    datatype: str
+    shape: tuple[int | None, ...]
+    role: str = "other"
+    per_step: bool = False
+    state_pair: str | None = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return V2_TO_NUMPY[self.datatype]
+
+    @property
+    def protocol_shape(self) -> list[int]:
+        """The shape with ``-1`` for free dims, as the protocol's metadata writes it."""
+        return [-1 if d is None else d for d in self.shape]
+
+
+def _ort_shape(shape) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
+
+
+def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
+    datatype = _ORT_TO_V2.get(ort_arg.type)
+    if datatype is None:
+        raise ValueError(
+            f"Tensor {ort_arg.name!r} has type {ort_arg.type}, which the server cannot carry; "
+            "expected a numeric tensor type."
+        )
+    shape = _ort_shape(ort_arg.shape)
+    spec = specs.get(ort_arg.name)
+    if spec is None:
+        return TensorInfo(ort_arg.name, datatype, shape, role=default_role)
+    if len(spec.shape) == len(shape):  # the signature may free dims onnxruntime pinned, never pin
+        shape = tuple(o if s is not None else None for o, s in zip(shape, spec.shape, strict=True))
+    return TensorInfo(ort_arg.name, datatype, shape, spec.role, spec.per_step, spec.state_pair)
+
+
+class ModelRuntime:
+    """An ONNX model loaded into onnxruntime, with its tensors described.
+
+    Args:
+        path: the ``.onnx`` file.
+        name: the model name clients use.
+        version: the version string (``"1"`` for a bare file).
+        threads: onnxruntime intra-op threads (1 leaves the other core to the HTTP loop).
+    """
+
+    def __init__(self, path: str | Path, name: str, version: str = "1", threads: int = 1):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.name = name
+        self.version = version
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ValueError(f"Cannot load model {name!r} from {self.path}: {err}") from err
+        self.signature: Signature | None = read_signature(self.path)
+        specs = {}
+        if self.signature is not None:
+            specs = {t.name: t for t in (*self.signature.inputs, *self.signature.outputs)}
+        # Inputs with a default (e.g. the Triton sequence controls START/END/READY/CORRID that the
+        # exporter adds to a repository's streaming model) are left to their defaults: this server
+        # runs the sequence protocol itself.
+        defaulted = {a.name for a in self._session.get_overridable_initializers()}
+        self.inputs = tuple(
+            _merge(a, specs, "other") for a in self._session.get_inputs() if a.name not in defaulted
+        )
+        self.outputs = tuple(_merge(a, specs, "output") for a in self._session.get_outputs())
+        self._output_names = [t.name for t in self.outputs]
+
+    @property
+    def streaming(self) -> bool:
+        """True when the model carries recurrent state between calls (state inputs present)."""
+        return any(t.role == "state" for t in self.inputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output by name."""
+        values = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, values, strict=True))

@@ -1,0 +1,310 @@
+"""Tiny ONNX models for the serving tests and benchmark, built with ``onnx.helper``.
+
+They stand in for what the exporter writes: batch-major ``x [batch, time, features]`` plus an int32
+``lengths [batch]`` input, transposed around a native ONNX LSTM/GRU node that takes
+``sequence_lens``, then a dense layer, with the keras-gates signature in ``metadata_props``. The
+streaming variant adds ``<layer>.h_in``/``.c_in`` inputs and ``.h_out``/``.c_out`` outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from keras_gates.export.signature import METADATA_KEY, Signature, TensorSpec
+
+OPSET = 17
+IR_VERSION = 10
+LAYER = "rnn"
+
+
+def _save(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Check and write a model atomically."""
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(model.SerializeToString())
+    os.replace(tmp, path)
+    return path
+
+
+def _weights(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+
+def _rnn_node(cell: str, units: int, features: int, rng, streaming: bool):
+    """Initializers and the RNN node reading ``xt`` (time-major) and ``lengths``."""
+    gates = 4 if cell == "lstm" else 3
+    inits = [
+        numpy_helper.from_array(_weights(rng, (1, gates * units, features), features), "W"),
+        numpy_helper.from_array(_weights(rng, (1, gates * units, units), units), "R"),
+        numpy_helper.from_array(_weights(rng, (1, 2 * gates * units), units), "B"),
+    ]
+    node_inputs = ["xt", "W", "R", "B", "lengths"]
+    extra = {"linear_before_reset": 1} if cell == "gru" else {}
+    if streaming:
+        node_inputs.append("h0")
+        if cell == "lstm":
+            node_inputs.append("c0")
+    node_outputs = ["Y", "Y_h"] + (["Y_c"] if cell == "lstm" else [])
+    op = "LSTM" if cell == "lstm" else "GRU"
+    node = helper.make_node(op, node_inputs, node_outputs, hidden_size=units, **extra)
+    return inits, node
+
+
+def make_rnn_model(
+    path: str | Path,
+    *,
+    cell: str = "lstm",
+    units: int = 8,
+    features: int = 3,
+    outputs: int = 2,
+    streaming: bool = False,
+    per_step: bool = True,
+    seed: int = 0,
+    metadata: bool = True,
+) -> Path:
+    """An RNN model ``x, lengths[, rnn.h_in, rnn.c_in] -> y[, y_steps][, rnn.h_out, rnn.c_out]``.
+
+    ``y`` is a dense layer on the last valid hidden state, ``y_steps`` the same dense layer on
+    every step (``per_step``, zeros past each length come out of the RNN as zeros before the dense
+    layer, so the bias shows there; the server cuts per-step outputs back to the request length).
+    """
+    rng = np.random.default_rng(seed)
+    inits, rnn = _rnn_node(cell, units, features, rng, streaming)
+    inits += [
+        numpy_helper.from_array(_weights(rng, (units, outputs), units), "Wd"),
+        numpy_helper.from_array(_weights(rng, (outputs,), 1), "bd"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
+    in_specs = [("x", "sequence", TensorProto.FLOAT, [None, None, features])]
+    in_specs.append(("lengths", "lengths", TensorProto.INT32, [None]))
+    out_specs = [("y", "output", TensorProto.FLOAT, [None, outputs], False)]
+    states = ["h"] + (["c"] if cell == "lstm" else [])
+    if streaming:
+        for s in states:
+            nodes.append(helper.make_node("Unsqueeze", [f"{LAYER}.{s}_in", "axis0"], [f"{s}0"]))
+            in_specs.append((f"{LAYER}.{s}_in", "state", TensorProto.FLOAT, [None, units]))
+    nodes.append(rnn)
+    nodes += [
+        helper.make_node("Squeeze", ["Y_h", "axis0"], ["h_last"]),
+        helper.make_node("MatMul", ["h_last", "Wd"], ["y_mm"]),
+        helper.make_node("Add", ["y_mm", "bd"], ["y"]),
+    ]
+    if per_step:
+        nodes += [
+            helper.make_node("Squeeze", ["Y", "axis1"], ["Y3"]),
+            helper.make_node("Transpose", ["Y3"], ["Yb"], perm=[1, 0, 2]),
+            helper.make_node("MatMul", ["Yb", "Wd"], ["ys_mm"]),
+            helper.make_node("Add", ["ys_mm", "bd"], ["y_steps"]),
+        ]
+        out_specs.append(("y_steps", "output", TensorProto.FLOAT, [None, None, outputs], True))
+    if streaming:
+        for s in states:
+            src = "h_last" if s == "h" else "c_last"
+            if s == "c":
+                nodes.append(helper.make_node("Squeeze", ["Y_c", "axis0"], ["c_last"]))
+            nodes.append(helper.make_node("Identity", [src], [f"{LAYER}.{s}_out"]))
+            out_specs.append((f"{LAYER}.{s}_out", "state", TensorProto.FLOAT, [None, units], False))
+    return _finish(path, nodes, inits, in_specs, out_specs, streaming, metadata)
+
+
+def _finish(path, nodes, inits, in_specs, out_specs, streaming, metadata) -> Path:
+    def value_info(name, elem, shape):
+        dims = [d if d is not None else f"d{name}{i}" for i, d in enumerate(shape)]
+        return helper.make_tensor_value_info(name, elem, dims)
+
+    graph = helper.make_graph(
+        nodes,
+        "serving_test",
+        [value_info(n, e, s) for n, _, e, s in in_specs],
+        [value_info(n, e, s) for n, _, e, s, _ in out_specs],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    if metadata:
+        signature = _signature(in_specs, out_specs, streaming)
+        helper.set_model_props(model, {METADATA_KEY: signature.to_json()})
+    return _save(model, path)
+
+
+def _signature(in_specs, out_specs, streaming) -> Signature:
+    dtypes = {TensorProto.FLOAT: "float32", TensorProto.INT32: "int32"}
+
+    def pair(name: str) -> str | None:
+        if name.endswith("_in"):
+            return name[:-3] + "_out"
+        if name.endswith("_out"):
+            return name[:-4] + "_in"
+        return None
+
+    inputs = tuple(
+        TensorSpec(n, r, dtypes[e], tuple(s), state_pair=pair(n) if r == "state" else None)
+        for n, r, e, s in in_specs
+    )
+    outputs = tuple(
+        TensorSpec(
+            n, r, dtypes[e], tuple(s), per_step=p, state_pair=pair(n) if r == "state" else None
+        )
+        for n, r, e, s, p in out_specs
+    )
+    return Signature(inputs=inputs, outputs=outputs, streaming=streaming, model_name="test")
+
+
+def make_dense_model(
+    path: str | Path,
+    *,
+    features: int = 4,
+    outputs: int = 2,
+    batch: int | None = None,
+    seed: int = 1,
+) -> Path:
+    """A generic model without keras-gates metadata: ``y = x @ W + b`` with ``x [batch, features]``.
+
+    ``batch=None`` leaves the batch dim free (same-shape batching possible); an int pins it.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(_weights(rng, (features, outputs), features), "W"),
+        numpy_helper.from_array(_weights(rng, (outputs,), 1), "b"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["y"]),
+    ]
+    dim = batch if batch is not None else "batch"
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dim, outputs])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return _save(model, path)
+
+
+# Every numeric datatype of the protocol with its ONNX element type.
+V2_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+}
+
+
+def make_identity_model(path: str | Path, width: int = 3) -> Path:
+    """A generic model echoing one ``[batch, width]`` input per datatype, ``in_X -> out_X``."""
+    nodes = [helper.make_node("Identity", [f"in_{t}"], [f"out_{t}"]) for t in V2_TYPES]
+    graph = helper.make_graph(
+        nodes,
+        "identity",
+        [
+            helper.make_tensor_value_info(f"in_{t}", e, ["batch", width])
+            for t, e in V2_TYPES.items()
+        ],
+        [
+            helper.make_tensor_value_info(f"out_{t}", e, ["batch", width])
+            for t, e in V2_TYPES.items()
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return _save(model, path)
+
+
+def run_direct(path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a model with a fresh onnxruntime session (the reference the server is compared to)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 running an app in a background thread.
+
+    Use as a context manager; ``url`` is its base address. Leaving the block asks uvicorn to shut
+    down gracefully (in-flight requests finish) and joins the thread.
+    """
+
+    def __init__(self, app, port: int | None = None):
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = None
+
+    def __enter__(self) -> ServerThread:
+        import threading
+        import time
+
+        self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def binary_body(tensors: list[tuple[str, np.ndarray, str]], **extra) -> tuple[bytes, int]:
+    """A v2 body with binary tensors ``(name, array, datatype)``; returns it and its JSON length."""
+    import json
+
+    header = {
+        "inputs": [
+            {
+                "name": n,
+                "datatype": t,
+                "shape": list(a.shape),
+                "parameters": {"binary_data_size": a.nbytes},
+            }
+            for n, a, t in tensors
+        ],
+        **extra,
+    }
+    head = json.dumps(header).encode()
+    return head + b"".join(a.tobytes() for _, a, _ in tensors), len(head)

@@ -1,0 +1,212 @@
+"""Dynamic batching: variable-length requests padded into one call give the unbatched answers,
+generic models batch same-shape requests, the bounded queue answers 503, shutdown is graceful."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from keras_gates.serving import (
+    ModelRepository,
+    ModelRuntime,
+    SchedulerConfig,
+    ServerConfig,
+    create_app,
+)
+from tests.serving_models import ServerThread, make_dense_model, make_rnn_model, run_direct
+
+ATOL = 1e-5  # the issue's bound for batched vs unbatched
+
+
+def body(x: np.ndarray, lengths: np.ndarray | None = None) -> dict:
+    inputs = [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+    if lengths is not None:
+        inputs.append(
+            {
+                "name": "lengths",
+                "datatype": "INT32",
+                "shape": [len(lengths)],
+                "data": lengths.tolist(),
+            }
+        )
+    return {"inputs": inputs}
+
+
+def outputs_of(doc: dict) -> dict[str, np.ndarray]:
+    return {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in doc["outputs"]}
+
+
+async def post_all(url: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
+
+
+def batch_sizes(url: str, model: str) -> dict[int, int]:
+    stats = httpx.get(f"{url}/v2/models/{model}/stats").json()["model_stats"][0]
+    return {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batching")
+    make_rnn_model(root / "lstm" / "1" / "model.onnx", units=16, features=4, seed=11)
+    make_rnn_model(root / "gru" / "1" / "model.onnx", cell="gru", units=8, features=4, seed=12)
+    make_rnn_model(root / "stream" / "1" / "model.onnx", streaming=True, features=4, seed=13)
+    make_dense_model(root / "dense" / "1" / "model.onnx")
+    return root
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "stream"])
+def test_variable_lengths_batched_equal_unbatched(repo, model):
+    config = ServerConfig(scheduler=SchedulerConfig(max_batch_size=16, max_queue_delay_ms=50))
+    rng = np.random.default_rng(1)
+    cases = []
+    for i in range(36):
+        rows, steps = 1 + (i % 3 == 0), int(rng.integers(2, 13))
+        x = rng.standard_normal((rows, steps, 4)).astype(np.float32)
+        lengths = rng.integers(1, steps + 1, rows).astype(np.int32) if i % 4 == 1 else None
+        cases.append((x, lengths))
+    with ServerThread(create_app(repo, config)) as server:
+        responses = asyncio.run(
+            post_all(server.url, f"/v2/models/{model}/infer", [body(x, n) for x, n in cases])
+        )
+        sizes = batch_sizes(server.url, model)
+    assert max(sizes) > 1, f"no batch formed: {sizes}"
+    assert sum(rows * count for rows, count in sizes.items()) == sum(len(x) for x, _ in cases)
+    path = repo / model / "1" / "model.onnx"
+    for (x, lengths), response in zip(cases, responses, strict=True):
+        assert response.status_code == 200, response.text[:300]
+        got = outputs_of(response.json())
+        feeds = {"x": x, "lengths": lengths if lengths is not None else np.full(len(x), x.shape[1])}
+        feeds["lengths"] = feeds["lengths"].astype(np.int32)
+        if model == "stream":
+            feeds.update({n: np.zeros((len(x), 8), np.float32) for n in ("rnn.h_in", "rnn.c_in")})
+        expected = run_direct(path, feeds)
+        assert set(got) == set(expected)
+        for name, value in expected.items():
+            assert got[name].shape == value.shape  # per-step outputs cut back to this request
+            np.testing.assert_allclose(got[name], value, atol=ATOL, err_msg=name)
+
+
+def test_generic_model_batches_same_shapes(repo):
+    config = ServerConfig(scheduler=SchedulerConfig(max_batch_size=8, max_queue_delay_ms=50))
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((1 + i % 2, 4)).astype(np.float32) for i in range(24)]
+    with ServerThread(create_app(repo, config)) as server:
+        responses = asyncio.run(
+            post_all(server.url, "/v2/models/dense/infer", [body(x) for x in xs])
+        )
+        sizes = batch_sizes(server.url, "dense")
+    assert max(sizes) > 1
+    for x, response in zip(xs, responses, strict=True):
+        expected = run_direct(repo / "dense" / "1" / "model.onnx", {"x": x})["y"]
+        np.testing.assert_allclose(outputs_of(response.json())["y"], expected, atol=ATOL)
+
+
+def test_max_batch_size_one_turns_batching_off(repo):
+    config = ServerConfig(scheduler=SchedulerConfig(max_batch_size=1, max_queue_delay_ms=50))
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 3 + i % 5, 4)).astype(np.float32) for i in range(16)]
+    with ServerThread(create_app(repo, config)) as server:
+        responses = asyncio.run(post_all(server.url, "/v2/models/gru/infer", [body(x) for x in xs]))
+        assert httpx.get(f"{server.url}/v2/models/gru/config").json()["max_batch_size"] == 1
+        sizes = batch_sizes(server.url, "gru")
+    assert all(r.status_code == 200 for r in responses)
+    assert sizes == {1: 16}
+
+
+class Gate:
+    """Wraps a runtime's ``run`` so a test can hold the worker thread inside the model call."""
+
+    def __init__(self, runtime: ModelRuntime):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._run = runtime.run
+        runtime.run = self
+
+    def __call__(self, feeds):
+        self.entered.set()
+        assert self.release.wait(30), "gate never released"
+        return self._run(feeds)
+
+
+def gated_app(repo, **scheduler):
+    runtime = ModelRuntime(repo / "gru" / "1" / "model.onnx", "gru")
+    gate = Gate(runtime)
+    config = ServerConfig(scheduler=SchedulerConfig(**scheduler))
+    return create_app(ModelRepository({"gru": {"1": runtime}}), config), gate
+
+
+def test_full_queue_answers_503_then_recovers(repo):
+    app, gate = gated_app(repo, max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0)
+    x = np.ones((1, 3, 4), np.float32)
+    with ServerThread(app) as server:
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                first = asyncio.create_task(client.post("/v2/models/gru/infer", json=body(x)))
+                await asyncio.to_thread(gate.entered.wait, 30)  # the worker holds request 1
+                queued = [
+                    asyncio.create_task(client.post("/v2/models/gru/infer", json=body(x)))
+                    for _ in range(2)
+                ]
+                full = 'keras_gates_queue_size{model="gru",version="1"} 2.0'
+                for _ in range(500):  # wait until both are queued behind the held request
+                    if full in (await client.get("/metrics")).text:
+                        break
+                    await asyncio.sleep(0.01)
+                rejected = await client.post("/v2/models/gru/infer", json=body(x))
+                gate.release.set()
+                return rejected, await first, await asyncio.gather(*queued)
+
+        rejected, first, queued = asyncio.run(scenario())
+        assert rejected.status_code == 503
+        assert (
+            "overloaded" in rejected.json()["error"]
+            and "--max-queue-size 2" in rejected.json()["error"]
+        )
+        assert first.status_code == 200 and all(r.status_code == 200 for r in queued)
+        again = httpx.post(f"{server.url}/v2/models/gru/infer", json=body(x))
+        assert again.status_code == 200
+        failures = [
+            line
+            for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+            if line.startswith("keras_gates_request_failure_total{") and 'code="503"' in line
+        ]
+        assert failures and failures[0].endswith(" 1.0")
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(repo):
+    app, gate = gated_app(repo, max_batch_size=4)
+    x = np.ones((1, 3, 4), np.float32)
+    server = ServerThread(app).__enter__()
+    result = {}
+
+    def request():
+        result["response"] = httpx.post(
+            f"{server.url}/v2/models/gru/infer", json=body(x), timeout=60
+        )
+
+    client = threading.Thread(target=request)
+    client.start()
+    assert gate.entered.wait(30)
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()  # uvicorn stops accepting, waits for the in-flight request
+    time.sleep(0.3)
+    assert stopper.is_alive()
+    gate.release.set()
+    client.join(30)
+    stopper.join(30)
+    assert result["response"].status_code == 200
+    expected = run_direct(
+        repo / "gru" / "1" / "model.onnx", {"x": x, "lengths": np.array([3], np.int32)}
+    )["y"]
+    np.testing.assert_allclose(outputs_of(result["response"].json())["y"], expected, atol=ATOL)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/v2/health/live")
