@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from keras_gates.atomic import write_bytes
 
 from .errors import ExportError
 from .signature import Signature
@@ -83,7 +84,7 @@ def to_onnx(
         result = _validate(model, onnx_model, signature, converted, samples, atol, path, print_fn)
     set_metadata(onnx_model, model, signature, layouts, result)
     onnx.checker.check_model(onnx_model, full_check=True)
-    write_atomic(path, onnx_model.SerializeToString())
+    write_bytes(path, onnx_model.SerializeToString())
     return ExportResult(path, signature, splicing.count_ops(onnx_model), result, layouts)
 
 
@@ -220,16 +221,3 @@ def _finish(onnx_model: Any) -> Any:
     )
     del onnx_model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(onnx_model, strict_mode=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -39,7 +39,7 @@ def write_triton_repo(
     """Write the Triton model directory for ``onnx_path``; returns ``repo/name``."""
     import onnx
 
-    from .exporter import write_atomic
+    from keras_gates.atomic import write_bytes
 
     if not NAME_RULE.match(name or ""):
         raise ValueError(
@@ -66,8 +66,8 @@ def write_triton_repo(
     check_config(text, model)
     target = repo / name / str(version)
     target.mkdir(parents=True, exist_ok=True)
-    write_atomic(target / "model.onnx", model.SerializeToString())
-    write_atomic(repo / name / "config.pbtxt", text.encode())
+    write_bytes(target / "model.onnx", model.SerializeToString())
+    write_bytes(repo / name / "config.pbtxt", text.encode())
     return repo / name
 
 

@@ -8,11 +8,11 @@ Every function takes the plain results of :mod:`keras_gates.inspect.stats` /
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 
+from keras_gates.atomic import atomic_open
 from keras_gates.inspect.stats import gate_names_of
 
 DPI = 100
@@ -172,17 +172,8 @@ def plot_state_trajectories(
 
 def save_figure(fig, path: str | os.PathLike) -> tuple[int, int]:
     """Write ``fig`` to ``path`` as PNG atomically; return its (width, height) in pixels."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as stream:
+        fig.savefig(stream, format="png", dpi=DPI)
     return png_size(path)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 
+from keras_gates.atomic import write_text
 from keras_gates.inspect import plots
 from keras_gates.inspect.htmlpage import render_html
 from keras_gates.inspect.stats import DEFAULT_HIGH, DEFAULT_LOW
@@ -16,20 +16,6 @@ from keras_gates.inspect.summary import inspect_model
 SUMMARY_FILE = "summary.json"
 HTML_FILE = "index.html"
 IMAGE_KINDS = ("heatmaps", "saturation", "weights", "states")
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (temp file in the same folder + replace)."""
-    path = os.fspath(path)
-    handle, tmp = tempfile.mkstemp(suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _file_stem(index: int, key: str) -> str:
