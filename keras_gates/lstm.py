@@ -84,7 +84,7 @@ class GatedLSTMCell(GatedCell):
 
     @property
     def compute_order(self):
-        # Sigmoid gates first, so one activation covers them all when there are no peepholes.
+        # Sigmoid gates first, the candidate last (one split serves the coupled variant too).
         return tuple(
             g for g in ("input", "forget", "output", "candidate") if g in self.weighted_gates
         )
@@ -96,10 +96,10 @@ class GatedLSTMCell(GatedCell):
         if self.use_peepholes:
             i, f, g, o, c = self._peephole_gates(z, c_prev, weights)
         else:
-            z_sigma, z_g = ops.split(z, [self.units * (len(self.compute_order) - 1)], axis=-1)
-            gates = ops.split(sigma(z_sigma), len(self.compute_order) - 1, axis=-1)
+            blocks = ops.split(z, len(self.compute_order), axis=-1)
+            gates = [sigma(block) for block in blocks[:-1]]
             i, f, o = gates if len(gates) == 3 else (gates[0], 1.0 - gates[0], gates[1])
-            g = phi(z_g)
+            g = phi(blocks[-1])
             c = f * c_prev + i * g
         h = o * phi(c)
         return h, [h, c], {"input": i, "forget": f, "candidate": g, "output": o, "cell": c}
