@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from keras_gates import __version__
@@ -34,3 +37,20 @@ def test_unknown_command_is_a_usage_error(capsys):
         main(["train"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'train'" in capsys.readouterr().err
+
+
+def test_serve_command_does_not_load_tensorflow():
+    code = (
+        "import sys; from keras_gates.cli import build_parser; "
+        "build_parser('serve').parse_args(['serve', 'model.onnx']); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF loaded'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("command", ["inspect", "export", "serve"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: keras-gates {command}" in capsys.readouterr().out
