@@ -8,6 +8,7 @@ streaming variant adds ``<layer>.h_in``/``.c_in`` inputs and ``.h_out``/``.c_out
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -248,6 +249,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(path, *args: str, cwd=None, env=None, timeout: float = 90.0):
+    """``keras-gates serve PATH ARGS`` in a subprocess on a free port; yields ``(url, process)``
+    once ``/v2/health/ready`` answers, and stops it (SIGTERM, then SIGKILL) afterwards."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    command = [sys.executable, "-m", "keras_gates.cli", "serve", str(path), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1):
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"server did not start: {proc.communicate()[0][-2000:]!r}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 class ServerThread:

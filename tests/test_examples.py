@@ -14,16 +14,15 @@ import contextlib
 import dataclasses
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+
+from tests.serving_models import serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_TIMEOUT_S = 120  # a quick run takes < 40 s on a busy 2-core CPU; leave slack for load
@@ -79,38 +78,8 @@ def streaming_server(tmp_path: Path) -> Iterator[list[str]]:
     repo = tmp_path / "repo"
     repo.mkdir()
     write_triton_repo(exported.path, repo, "sunspots_stream")
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "keras_gates.cli", "serve", str(repo), "--port", str(port)],
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_ready(port, server)
-        yield ["--url", f"127.0.0.1:{port}", "--model", "sunspots_stream"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(port: int, server: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the server exited early"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"server on port {port} not ready after {timeout} s")
+    with serve_process(repo, cwd=ROOT, env=_env()) as (url, _):
+        yield ["--url", url.removeprefix("http://"), "--model", "sunspots_stream"]
 
 
 EXAMPLES = [

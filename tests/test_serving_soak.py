@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.serving_models import free_port, make_rnn_model
+from tests.serving_models import make_rnn_model, serve_process
 
 ATOL = 1e-5
 CONCURRENCY = 16
@@ -41,26 +40,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("soak")
     make_rnn_model(root / "plain" / "1" / "model.onnx", units=16, features=4, seed=31)
     make_rnn_model(root / "stream" / "1" / "model.onnx", streaming=True, features=4, seed=32)
-    port = free_port()
-    command = [sys.executable, "-m", "keras_gates.cli", "serve", str(root), "--port", str(port)]
-    command += ["--no-request-log", "--log-level", "warning", "--max-batch-size", "16"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"server did not start: {proc.communicate()[0][-2000:]!r}")
-        time.sleep(0.1)
-    yield root, url, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    args = ("--no-request-log", "--log-level", "warning", "--max-batch-size", "16")
+    with serve_process(root, *args) as (url, proc):
+        yield root, url, proc
 
 
 def references(root, cases):
