@@ -56,19 +56,22 @@ class GatedGRUCell(GatedCell):
     def step(self, x_proj, states, weights, training=False):
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
         sigma, phi = self.recurrent_activation, self.activation
-        x_zr, x_h = ops.split(x_proj, [2 * self.units], axis=-1)
+        x_z, x_r, x_h = ops.split(x_proj, 3, axis=-1)
         u = weights["recurrent_kernel"]
         if self.reset_after:
             rec = self.project_state(h_prev, u, training)
             if self.use_bias:
                 rec = rec + weights["recurrent_bias"]
-            rec_zr, rec_h = ops.split(rec, [2 * self.units], axis=-1)
-            z, r = ops.split(sigma(x_zr + rec_zr), 2, axis=-1)
-            n = phi(x_h + r * rec_h)
+            r_z, r_r, r_h = ops.split(rec, 3, axis=-1)
+            z, r = sigma(x_z + r_z), sigma(x_r + r_r)
+            n = phi(x_h + r * r_h)
         else:
-            u_zr, u_h = ops.split(u, [2 * self.units], axis=-1)
-            rec_zr = self.project_state(h_prev, u_zr, training, slice(0, 2))
-            z, r = ops.split(sigma(x_zr + rec_zr), 2, axis=-1)
+            u_z, u_r, u_h = ops.split(u, 3, axis=-1)
+            rec_zr = self.project_state(
+                h_prev, ops.concatenate([u_z, u_r], -1), training, slice(0, 2)
+            )
+            r_z, r_r = ops.split(rec_zr, 2, axis=-1)
+            z, r = sigma(x_z + r_z), sigma(x_r + r_r)
             n = phi(x_h + self.project_state(r * h_prev, u_h, training, slice(2, 3)))
         h = z * h_prev + (1.0 - z) * n
         return h, [h], {"update": z, "reset": r, "candidate": n}
