@@ -9,6 +9,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import tensorflow as tf  # noqa: E402
 
+# The serving tests' repository, server and client fixtures.
+pytest_plugins = ["tests.serving_fixtures"]
+
 # Two logical CPU devices so that tf.distribute.MirroredStrategy can be tested on this machine.
 # This must happen before TensorFlow initialises its devices.
 _cpus = tf.config.list_physical_devices("CPU")
