@@ -37,7 +37,7 @@ class GatedGRUCell(GatedCell):
     Example:
 
     >>> layer = keras.layers.RNN(GatedGRUCell(4))
-    >>> layer(np.zeros((2, 3, 5))).shape
+    >>> tuple(layer(np.zeros((2, 3, 5))).shape)
     (2, 4)
     """
 

@@ -45,7 +45,7 @@ class GatedLSTMCell(GatedCell):
 
     >>> cell = GatedLSTMCell(4)
     >>> layer = keras.layers.RNN(cell)
-    >>> layer(np.zeros((2, 3, 5))).shape
+    >>> tuple(layer(np.zeros((2, 3, 5))).shape)
     (2, 4)
     """
 
