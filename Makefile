@@ -7,10 +7,10 @@ ARTIFACTS ?= artifacts
 
 .PHONY: setup test demo lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[all,dev]"
+	$(PY) -m pip install -q -e ".[all,dev]" -c constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
