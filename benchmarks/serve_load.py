@@ -1,8 +1,9 @@
 """Load benchmark of ``keras-gates serve`` with ``wrk`` on loopback.
 
-Starts the server (batching on, then off), drives ``/infer`` with wrk (one sequence per request,
-JSON and binary bodies) at concurrency 1, 8 and 32 for a bounded time per cell, and prints
-throughput, p50/p99 latency and errors next to in-process onnxruntime on the same model.
+Starts the server (batching on, then off; with each ``--workers`` count), drives ``/infer`` with
+wrk (one sequence per request, JSON and binary bodies) at concurrency 1, 8 and 32 for a bounded
+time per cell, and prints throughput, p50/p99 latency and errors next to in-process onnxruntime on
+the same model.
 
 The model is the issue's reference: an LSTM of 128 units + Dense(1) on 100-step sequences of 32
 features, built with ``tests/serving_models.py`` (native ONNX LSTM with a lengths input), unless
@@ -58,10 +59,11 @@ def write_bodies(directory: Path, steps: int, features: int) -> dict[str, tuple[
     return found
 
 
-def start_server(model: Path, port: int, max_batch: int, delay_ms: float, threads: int):
+def start_server(model: Path, port: int, max_batch: int, delay_ms: float, threads: int, workers=1):
     command = [sys.executable, "-m", "keras_gates.cli", "serve", str(model), "--port", str(port)]
     command += ["--max-batch-size", str(max_batch), "--max-queue-delay-ms", str(delay_ms)]
     command += ["--threads", str(threads), "--no-request-log", "--log-level", "warning"]
+    command += ["--workers", str(workers)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     import urllib.request
@@ -128,6 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="32,1", help="server --max-batch-size values")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="server --max-queue-delay-ms")
     parser.add_argument("--threads", type=int, default=1, help="server onnxruntime threads")
+    parser.add_argument("--workers", default="1", help="server --workers values, e.g. 1,2")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--features", type=int, default=32)
@@ -141,13 +144,18 @@ def main(argv=None) -> int:
         model = args.model or build_model(work, args.units, args.features)
         bodies = write_bodies(work, args.steps, args.features)
         rows = []
-        for max_batch in [int(b) for b in args.batch_sizes.split(",")]:
-            proc, url = start_server(model, args.port, max_batch, args.delay_ms, args.threads)
+        servers = [
+            (int(w), int(b)) for w in args.workers.split(",") for b in args.batch_sizes.split(",")
+        ]
+        for workers, max_batch in servers:
+            proc, url = start_server(
+                model, args.port, max_batch, args.delay_ms, args.threads, workers
+            )
             try:
                 for kind in args.bodies.split(","):
                     for c in [int(c) for c in args.concurrency.split(",")]:
                         result = run_wrk(url, bodies[kind], c, args.duration)
-                        rows.append((max_batch, kind, c, result))
+                        rows.append((workers, max_batch, kind, c, result))
                         print_row(*rows[-1], flush=True)
             finally:
                 stop_server(proc)
@@ -158,23 +166,24 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_row(max_batch, kind, c, r, flush=False) -> None:
+def print_row(workers, max_batch, kind, c, r, flush=False) -> None:
     batching = "on " if max_batch > 1 else "off"
     errors = r["status_errors"] + r["socket_errors"]
     print(
-        f"batching {batching} {kind:<6} c={c:<3} {r['rps']:8.0f} req/s  "
+        f"workers {workers} batching {batching} {kind:<6} c={c:<3} {r['rps']:8.0f} req/s  "
         f"p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  errors {errors}",
         flush=flush,
     )
 
 
 def print_table(rows) -> None:
-    print("\n| batching | body | concurrency | req/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for max_batch, kind, c, r in rows:
+    print("\n| workers | batching | body | concurrency | req/s | p50 ms | p99 ms | errors |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    for workers, max_batch, kind, c, r in rows:
         errors = r["status_errors"] + r["socket_errors"]
+        batching = f"on (max {max_batch})" if max_batch > 1 else "off"
         print(
-            f"| {'on (max 32)' if max_batch > 1 else 'off'} | {kind} | {c} | {r['rps']:.0f} | "
+            f"| {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
             f"{r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {errors} |"
         )
 

@@ -2,11 +2,31 @@
 
 PATH is an ``.onnx`` file or a Triton-layout repository ``REPO/NAME/VERSION/model.onnx``. Heavy
 imports (onnxruntime, uvicorn, FastAPI) happen in :func:`run`.
+
+``--workers N`` runs N server processes on one listening socket (uvicorn's process supervisor):
+each worker loads the repository itself and builds its app with :func:`worker_app`, which reads
+the flags from the environment variable :data:`WORKER_ENV`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+
+WORKER_ENV = "KERAS_GATES_SERVE_ARGS"  # the flags, as JSON, for the worker processes
+_WORKER_FLAGS = (
+    "path",
+    "threads",
+    "max_batch_size",
+    "max_queue_delay_ms",
+    "max_queue_size",
+    "max_sessions",
+    "session_idle_timeout_s",
+    "max_body_mb",
+    "log_level",
+    "no_request_log",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="an .onnx file or a model repository REPO/NAME/VERSION/")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with its own copy of the models (default "
+        "1); not with streaming models, whose sequences live in one process. /metrics and the "
+        "/stats endpoints then describe the worker that answers, not the whole server",
+    )
     parser.add_argument(
         "--max-batch-size", type=int, default=32, help="rows per model call; 1 turns batching off"
     )
@@ -59,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for flag in ("max_batch_size", "max_queue_size", "threads", "max_sessions"):
+    for flag in ("workers", "max_batch_size", "max_queue_size", "threads", "max_sessions"):
         if getattr(args, flag) < 1:
             raise ValueError(
                 f"Received an invalid value for --{flag.replace('_', '-')}, expected a positive "
@@ -80,15 +108,56 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .protocol import ServerConfig
-    from .repository import ModelRepository
-    from .scheduler import SchedulerConfig
 
     _check(args)
+    _configure_logging(args)
+    repository = _load(args)
+    if args.workers > 1:
+        _refuse_streaming(repository, args.workers)
+    for name, versions in repository.models.items():
+        logging.getLogger("keras_gates.serving").info(
+            "serving model %s versions %s", name, ", ".join(versions)
+        )
+    options = dict(
+        host=args.host,
+        port=args.port,
+        loop="auto",
+        http="auto",
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=args.graceful_timeout_s,
+    )
+    if args.workers == 1:
+        uvicorn.run(create_app(repository, _server_config(args)), **options)
+        return 0
+    del repository  # each worker loads its own copy
+    os.environ[WORKER_ENV] = json.dumps({flag: getattr(args, flag) for flag in _WORKER_FLAGS})
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **options)
+    return 0
+
+
+def worker_app():
+    """The app of one ``--workers`` process, built from the flags in :data:`WORKER_ENV`."""
+    from .app import create_app
+
+    args = argparse.Namespace(**json.loads(os.environ[WORKER_ENV]))
+    _configure_logging(args)
+    return create_app(_load(args), _server_config(args))
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    import logging
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     if args.no_request_log:
         logging.getLogger("keras_gates.serving.requests").setLevel(logging.WARNING)
-    config = ServerConfig(
+
+
+def _server_config(args: argparse.Namespace):
+    from .protocol import ServerConfig
+    from .scheduler import SchedulerConfig
+
+    return ServerConfig(
         scheduler=SchedulerConfig(
             max_batch_size=args.max_batch_size,
             max_queue_delay_ms=args.max_queue_delay_ms,
@@ -98,20 +167,25 @@ def run(args: argparse.Namespace) -> int:
         ),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
     )
-    repository = ModelRepository.load(args.path, threads=args.threads)
-    for name, versions in repository.models.items():
-        logging.getLogger("keras_gates.serving").info(
-            "serving model %s versions %s", name, ", ".join(versions)
-        )
-    app = create_app(repository, config)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="auto",
-        http="auto",
-        log_level=args.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=args.graceful_timeout_s,
+
+
+def _load(args: argparse.Namespace):
+    from .repository import ModelRepository
+
+    return ModelRepository.load(args.path, threads=args.threads)
+
+
+def _refuse_streaming(repository, workers: int) -> None:
+    """Streaming sessions live in one process's memory: several workers would split sequences."""
+    streaming = sorted(
+        f"{rt.name}/{rt.version} ({', '.join(t.name for t in rt.inputs if t.role == 'state')})"
+        for rt in repository.runtimes()
+        if rt.streaming
     )
-    return 0
+    if streaming:
+        raise ValueError(
+            f"Received --workers {workers}, but the repository holds streaming models with state "
+            f"inputs: {'; '.join(streaming)}. A sequence's state lives in one worker process and "
+            "its next request may reach another, so streaming needs --workers 1; serve the "
+            "streaming models from a separate single-worker server."
+        )

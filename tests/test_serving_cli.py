@@ -1,10 +1,18 @@
-"""``keras-gates serve`` arguments, model discovery in Triton's layout, and request logs."""
+"""``keras-gates serve`` arguments, model discovery in Triton's layout, request logs, and
+``--workers`` (several server processes on one port)."""
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import httpx
 import numpy as np
@@ -12,7 +20,13 @@ import pytest
 
 from keras_gates.serving import ModelRepository, NotFound, create_app, discover
 from keras_gates.serving import cli as serve_cli
-from tests.serving_models import ServerThread, make_dense_model
+from tests.serving_models import (
+    ServerThread,
+    make_dense_model,
+    make_rnn_model,
+    run_direct,
+    serve_process,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -27,6 +41,8 @@ def test_defaults_bind_loopback():
 
 
 def test_bad_arguments_name_the_flag(tmp_path):
+    with pytest.raises(ValueError, match="--workers, expected a positive integer, got 0"):
+        serve_cli.run(parse(str(tmp_path), "--workers", "0"))
     with pytest.raises(ValueError, match="--max-batch-size, expected a positive integer, got 0"):
         serve_cli.run(parse(str(tmp_path), "--max-batch-size", "0"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -69,3 +85,73 @@ def test_request_log_is_one_json_line(tmp_path, caplog):
     assert [r["status"] for r in records] == [200, 400]
     assert records[0]["id"] == "log-1" and records[0]["path"] == "/v2/models/dense/infer"
     assert np.isfinite(records[0]["ms"]) and records[0]["client"] == "127.0.0.1"
+
+
+def worker_pids(parent: int) -> list[int]:
+    """Live ``--workers`` processes of ``parent`` (multiprocessing spawn children)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read()
+        except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if ppid == parent and state != "Z" and b"spawn_main" in command:
+            found.append(int(entry))
+    return found
+
+
+def json_tensor(x: np.ndarray) -> dict:
+    return {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+
+
+def test_workers_serve_and_shut_down_gracefully(tmp_path):
+    path = make_rnn_model(tmp_path / "plain" / "1" / "model.onnx", units=8, features=3, seed=7)
+    rng = np.random.default_rng(3)
+    cases = [rng.standard_normal((2, t, 3)).astype(np.float32) for t in (4, 7, 11, 5, 9, 6)]
+    with serve_process(tmp_path, "--workers", "2", "--no-request-log") as (url, proc):
+        assert len(worker_pids(proc.pid)) == 2
+        for x in cases:  # a new connection each: either worker may answer
+            response = httpx.post(f"{url}/v2/models/plain/infer", json={"inputs": [json_tensor(x)]})
+            assert response.status_code == 200, response.text
+            expected = run_direct(path, {"x": x, "lengths": np.full(2, x.shape[1], np.int32)})
+            got = response.json()["outputs"][0]
+            assert got["name"] == "y" and got["shape"] == [2, 2]
+            np.testing.assert_allclose(np.reshape(got["data"], (2, 2)), expected["y"], atol=1e-5)
+        # A request whose body is still arriving when SIGTERM comes is answered before exit.
+        x = cases[0]
+        body = json.dumps({"inputs": [json_tensor(x)]}).encode()
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            head = "POST /v2/models/plain/infer HTTP/1.1\r\nHost: test\r\nContent-Type: "
+            head += f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall(head.encode() + body[:20])
+            time.sleep(0.5)  # a worker has the request's headers: the request is in flight
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while len(worker_pids(proc.pid)) > 1 and time.monotonic() < deadline:
+                time.sleep(0.1)  # the idle worker exits, the busy one waits for its request
+            time.sleep(1.0)
+            assert len(worker_pids(proc.pid)) == 1 and proc.poll() is None
+            sock.sendall(body[20:])
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            doc = json.loads(response.read())
+        assert response.status == 200, doc
+        expected = run_direct(path, {"x": x, "lengths": np.full(2, x.shape[1], np.int32)})
+        np.testing.assert_allclose(np.reshape(doc["outputs"][0]["data"], (2, 2)), expected["y"])
+        assert proc.wait(30) == 0 and worker_pids(proc.pid) == []
+
+
+def test_workers_refuse_streaming_models(tmp_path):
+    make_rnn_model(tmp_path / "plain" / "1" / "model.onnx", seed=1)
+    make_rnn_model(tmp_path / "stream" / "1" / "model.onnx", streaming=True, seed=2)
+    command = [sys.executable, "-m", "keras_gates.cli", "serve", str(tmp_path), "--workers", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "keras-gates serve: error: Received --workers 2" in done.stderr
+    assert "streaming models with state inputs: stream/1 (rnn.h_in, rnn.c_in)" in done.stderr
+    assert "--workers 1" in done.stderr and "plain" not in done.stderr
