@@ -32,6 +32,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/onnx_latency.py
+	@command -v wrk >/dev/null || { echo "serve_load.py needs wrk: apt-get install -y wrk"; exit 1; }
+	$(PY) benchmarks/serve_load.py --workers 1,2
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) build *.egg-info .pytest_cache
