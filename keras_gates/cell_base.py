@@ -117,6 +117,11 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         return self.gate_names
 
     @property
+    def traced_names(self) -> tuple[str, ...]:
+        """What :meth:`step` reports besides the output: every gate's activation, ..."""
+        return self.gate_names
+
+    @property
     def compute_order(self) -> tuple[str, ...]:
         """The order in which :meth:`fused_weights` lays the gates out for :meth:`step`."""
         return self.weighted_gates

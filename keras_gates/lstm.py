@@ -83,6 +83,10 @@ class GatedLSTMCell(GatedCell):
         return None
 
     @property
+    def traced_names(self):
+        return self.gate_names + ("cell",)
+
+    @property
     def compute_order(self):
         # Sigmoid gates first, the candidate last (one split serves the coupled variant too).
         return tuple(

@@ -220,7 +220,7 @@ class GatedRNN(keras.layers.RNN):
 
     # ----------------------------------------------------------------------------- tracing
     def _trace_names(self) -> tuple[str, ...]:
-        return self.gate_names + (("cell",) if len(self.state_size) == 2 else ())
+        return self.cell.traced_names
 
     def trace(self, x, mask=None, initial_state=None) -> dict[str, np.ndarray]:
         """Per-timestep activations of every gate for inputs ``x`` ``(batch, time, features)``.
