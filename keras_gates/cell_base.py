@@ -84,6 +84,7 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
                 "Received an invalid value for argument `units`, expected a positive integer, "
                 f"got {units}."
             )
+        kwargs.pop("implementation", None)  # accepted and ignored, as keras.layers.LSTM/GRU do
         super().__init__(**kwargs)
         self.units = int(units)
         self.activation = activations.get(activation)

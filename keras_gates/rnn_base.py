@@ -59,6 +59,7 @@ class GatedRNN(keras.layers.RNN):
         gate_initializers: Mapping[str, Mapping[str, Any]] | None = None,
         **kwargs,
     ):
+        kwargs.pop("implementation", None)  # accepted and ignored, as keras.layers.LSTM/GRU do
         variant = {k: kwargs.pop(k) for k in self.cell_arguments if k in kwargs}
         cell = self.cell_class(
             units,
