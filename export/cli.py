@@ -16,7 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add per-layer state inputs/outputs (<layer>.h_in/.h_out, .c_in/.c_out) for "
         "chunked inference (automatic for stateful models)",
     )
-    parser.add_argument("--triton-repo", metavar="DIR", help="also write a Triton model repository")
+    parser.add_argument(
+        "--triton-repo",
+        metavar="DIR",
+        help="also write a Triton model repository (created when missing)",
+    )
     parser.add_argument("--name", help="Triton model name (default: the output file's stem)")
     parser.add_argument("--version", type=int, default=1, help="Triton model version (default 1)")
     parser.add_argument(
@@ -33,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     name = args.name or output.stem
-    if args.triton_repo is not None:
-        if not Path(args.triton_repo).is_dir():  # checked before the (slow) export
-            raise FileNotFoundError(
-                f"Received --triton-repo {args.triton_repo!r}, which is not a directory. "
-                "Create it first."
+    if args.triton_repo is not None:  # checked before the (slow) export; created when missing
+        if Path(args.triton_repo).exists() and not Path(args.triton_repo).is_dir():
+            raise ValueError(
+                f"Received --triton-repo {args.triton_repo!r}, which is a file, expected a "
+                "directory (a missing one is created)."
             )
         if not NAME_RULE.match(name):
             raise ValueError(f"Received an invalid --name {name!r}: use letters, digits, _ . -")

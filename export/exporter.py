@@ -111,7 +111,7 @@ def load_model(model: Any) -> Any:
         return model
     import keras
 
-    import keras_gates  # noqa: F401  (registers the gated layers for deserialisation)
+    from keras_gates import register_layers
 
     source = Path(model)
     if not source.is_file():
@@ -119,6 +119,7 @@ def load_model(model: Any) -> Any:
             f"Received a model path that does not exist: {str(source)!r}. Pass a .keras file "
             "saved with model.save()."
         )
+    register_layers()  # whatever route imported Keras in this process
     try:
         return keras.saving.load_model(source, compile=False)
     except Exception as err:  # keras raises many types for unreadable files

@@ -52,9 +52,10 @@ def write_triton_repo(
             f"got {version!r}."
         )
     repo = Path(repo)
-    if not repo.is_dir():
-        raise FileNotFoundError(
-            f"Received a Triton repository {str(repo)!r} that does not exist. Create it first."
+    if repo.exists() and not repo.is_dir():
+        raise ValueError(
+            f"Received a Triton repository {str(repo)!r} that is a file, expected a directory "
+            "(it is created when missing)."
         )
     model = onnx.load(str(onnx_path))
     signature = read_signature(model)

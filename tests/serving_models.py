@@ -252,16 +252,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_process(path, *args: str, cwd=None, env=None, timeout: float = 90.0):
+def serve_process(path, *args: str, cwd=None, env=None, timeout: float = 90.0, program=None):
     """``keras-gates serve PATH ARGS`` in a subprocess on a free port; yields ``(url, process)``
-    once ``/v2/health/ready`` answers, and stops it (SIGTERM, then SIGKILL) afterwards."""
+    once ``/v2/health/ready`` answers, and stops it (SIGTERM, then SIGKILL) afterwards.
+
+    ``program`` is the command that stands for ``keras-gates`` (default: ``python -m
+    keras_gates.cli``; the tests of what users type pass the installed console script)."""
     import subprocess
     import sys
     import time
     import urllib.request
 
     port = free_port()
-    command = [sys.executable, "-m", "keras_gates.cli", "serve", str(path), "--port", str(port)]
+    program = list(program or [sys.executable, "-m", "keras_gates.cli"])
+    command = [*program, "serve", str(path), "--port", str(port)]
     proc = subprocess.Popen(
         [*command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

@@ -180,7 +180,8 @@ def test_cli_export_with_triton_repo(exported, tmp_path, capsys):
     assert _parse(tmp_path / "tiny").HasField("sequence_batching")
 
 
-def test_cli_missing_triton_repo(exported, tmp_path, capsys):
+def test_cli_triton_repo_that_is_a_file(exported, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder")
     code = main(
         [
             "export",
@@ -188,9 +189,10 @@ def test_cli_missing_triton_repo(exported, tmp_path, capsys):
             "-o",
             str(tmp_path / "x.onnx"),
             "--triton-repo",
-            str(tmp_path / "nowhere"),
+            str(tmp_path / "taken"),
         ]
     )
     assert code == 1
-    assert "--triton-repo" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--triton-repo" in err and "is a file" in err
     assert not (tmp_path / "x.onnx").exists()

@@ -81,9 +81,10 @@ def load_model(path: str):
     """Load a ``.keras`` model with the keras-gates layers registered."""
     import keras
 
-    import keras_gates  # noqa: F401  (registers GatedLSTM/GatedGRU for deserialisation)
+    from keras_gates import register_layers
 
     _require_file(path, "MODEL", "pass a model saved with model.save('model.keras')")
+    register_layers()  # whatever route imported Keras in this process
     try:
         return keras.saving.load_model(path)
     except Exception as err:  # any loader failure means a bad MODEL argument

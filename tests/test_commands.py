@@ -1,0 +1,174 @@
+"""What users type, run the way they run it: every command in its own process.
+
+A separate process writes the ``.keras`` files (so nothing is registered or imported in the
+process that reads them); each command then runs as the installed ``keras-gates`` console
+script, and every way of importing Keras is tried in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.reference import FP32_ATOL
+from tests.serving_models import serve_process
+
+KERAS_GATES = str(Path(sys.executable).with_name("keras-gates"))  # the script pip installed
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+WRITER = """
+import sys
+import keras
+import numpy as np
+from keras_gates import GatedGRU, GatedGRUCell, GatedLSTM, GatedLSTMCell
+
+folder = sys.argv[1]
+keras.utils.set_random_seed(0)
+x = keras.Input((None, 3), name="x")
+h = GatedLSTM(6, return_sequences=True, use_peepholes=True)(x)
+h = keras.layers.RNN([GatedLSTMCell(5), GatedGRUCell(4)], return_sequences=True)(h)
+y = keras.layers.Dense(2, name="y")(GatedGRU(5)(h))
+model = keras.Model(x, y)
+samples = np.random.default_rng(0).random((4, 9, 3), dtype=np.float32)
+model.save(f"{folder}/layers.keras")
+np.save(f"{folder}/layers_out.npy", model.predict(samples, verbose=0))
+
+# What the export commands take: gated layers only (one native node each).
+x = keras.Input((None, 3), name="x")
+y = keras.layers.Dense(2, name="y")(GatedGRU(5)(GatedLSTM(6, return_sequences=True)(x)))
+model = keras.Model(x, y)
+model.save(f"{folder}/model.keras")
+np.save(f"{folder}/samples.npy", samples)
+np.save(f"{folder}/model_out.npy", model.predict(samples, verbose=0))
+"""
+
+# Each route imports Keras differently, before or after keras_gates; `load` is what then loads.
+ROUTES = {
+    "import keras after": "import keras_gates\nimport keras\nload = keras.saving.load_model",
+    "import keras before": "import keras\nimport keras_gates\nload = keras.saving.load_model",
+    "import tensorflow": (
+        "import keras_gates\nimport tensorflow as tf\nimport keras\nload = keras.saving.load_model"
+    ),
+    "tf.keras": "import keras_gates\nimport tensorflow as tf\nload = tf.keras.models.load_model",
+    "find_spec probe": (
+        "import importlib.util\nimport keras_gates\nassert importlib.util.find_spec('keras')\n"
+        "import keras\nload = keras.saving.load_model"
+    ),
+}
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("saved")
+    run(sys.executable, "-c", WRITER, str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_load_model_finds_the_layers_on_every_import_route(route, saved):
+    reader = ROUTES[route] + textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        model = load(sys.argv[1] + "/layers.keras")
+        kinds = sorted({type(layer).__name__ for layer in model.layers})
+        got = model.predict(np.load(sys.argv[1] + "/samples.npy"), verbose=0)
+        np.testing.assert_allclose(got, np.load(sys.argv[1] + "/layers_out.npy"), atol=1e-6)
+        print(kinds)
+        """
+    )
+    out = run(sys.executable, "-c", reader, str(saved)).stdout
+    assert "'GatedGRU', 'GatedLSTM'" in out and "'RNN'" in out
+
+
+def test_export_command(saved, tmp_path):
+    out = run(KERAS_GATES, "export", str(saved / "model.keras"), "-o", str(tmp_path / "m.onnx"))
+    assert "max_abs_error" in out.stdout and "wrote" in out.stdout
+    got = _onnx_run(tmp_path / "m.onnx", np.load(saved / "samples.npy"))
+    np.testing.assert_allclose(got, np.load(saved / "model_out.npy"), atol=FP32_ATOL)
+
+
+def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo = tmp_path / "not" / "yet" / "there"
+    run(
+        KERAS_GATES,
+        "export",
+        str(saved / "model.keras"),
+        "-o",
+        str(tmp_path / "s.onnx"),
+        "--streaming",
+        "--triton-repo",
+        str(repo),
+        "--name",
+        "seq",
+    )
+    config = text_format.Parse(
+        (repo / "seq" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert config.HasField("sequence_batching")
+    assert (repo / "seq" / "1" / "model.onnx").is_file()
+
+
+def test_inspect_command(saved, tmp_path):
+    report = tmp_path / "report"
+    out = run(
+        KERAS_GATES,
+        "inspect",
+        str(saved / "model.keras"),
+        "--input",
+        str(saved / "samples.npy"),
+        "--out",
+        str(report),
+    )
+    assert "forget" in out.stdout and "update" in out.stdout
+    summary = json.loads((report / "summary.json").read_text())
+    assert sorted(layer["class"] for layer in summary["layers"].values()) == [
+        "GatedGRU",
+        "GatedLSTM",
+    ]
+    assert (report / "index.html").is_file()
+
+
+def test_serve_command_answers_a_request(saved, tmp_path):
+    run(KERAS_GATES, "export", str(saved / "model.keras"), "-o", str(tmp_path / "m.onnx"))
+    x = np.load(saved / "samples.npy")
+    body = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()},
+            {"name": "lengths", "datatype": "INT32", "shape": [len(x)], "data": [9] * len(x)},
+        ]
+    }
+    with serve_process(tmp_path / "m.onnx", program=[KERAS_GATES]) as (url, _):
+        request = urllib.request.Request(
+            f"{url}/v2/models/m/infer", json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    (y,) = [o for o in answer["outputs"] if o["name"] == "y"]
+    got = np.asarray(y["data"], np.float32).reshape(y["shape"])
+    np.testing.assert_allclose(got, np.load(saved / "model_out.npy"), atol=FP32_ATOL)
+
+
+def _onnx_run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"x": x, "lengths": np.full(len(x), x.shape[1], np.int32)}
+    return session.run(["y"], feeds)[0]
