@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
+DEMO_ARGS ?=
 
 .PHONY: setup test demo lint format bench clean
 
@@ -20,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) examples/demo.py --out $(ARTIFACTS)
+	$(PY) examples/demo.py --out $(ARTIFACTS) $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks

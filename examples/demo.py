@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     forecast.show_forget_gate(model)
     forecast.evaluate(model, data)
     report = forecast.inspect_gates(model, data, args.out)
+    np.save(args.out / "samples.npy", data.x_test)  # what `keras-gates inspect --input` reads
     repo = forecast.export(model, data, args.out)
     serve_and_query(repo, model, data, args.out)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s. Artefacts in {args.out}/:")
     for path in (
         args.out / "sunspots.keras",
+        args.out / "samples.npy",
         report,
         args.out / "sunspots.onnx",
         args.out / "sunspots_streaming.onnx",

@@ -252,7 +252,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_process(path, *args: str, cwd=None, env=None, timeout: float = 90.0, program=None):
+def serve_process(
+    path, *args: str, cwd=None, env=None, timeout: float = 90.0, program=None, port=None
+):
     """``keras-gates serve PATH ARGS`` in a subprocess on a free port; yields ``(url, process)``
     once ``/v2/health/ready`` answers, and stops it (SIGTERM, then SIGKILL) afterwards.
 
@@ -263,7 +265,7 @@ def serve_process(path, *args: str, cwd=None, env=None, timeout: float = 90.0, p
     import time
     import urllib.request
 
-    port = free_port()
+    port = port or free_port()
     program = list(program or [sys.executable, "-m", "keras_gates.cli"])
     command = [*program, "serve", str(path), "--port", str(port)]
     proc = subprocess.Popen(

@@ -98,6 +98,7 @@ EXAMPLES = [
         ),
         outputs=(
             "sunspots.keras",
+            "samples.npy",
             "sunspots.onnx",
             "sunspots_streaming.onnx",
             "inspect/index.html",

@@ -1,38 +1,134 @@
-"""Every Python block of the README runs, in order, in one folder (as a reader would run them).
+"""The README, run as a reader runs it: every ``python`` and ``bash`` block, in order, each in its
+own process, in one folder, after ``make demo``.
 
-A block that talks to a server (``InferenceServerClient``) gets a real ``keras-gates serve`` of
-the ``model.onnx`` an earlier block exported, on a free port.
+``make demo`` runs for real (``DEMO_ARGS=--quick`` trains 2 epochs; its artefacts go to the
+folder's ``artifacts/``); ``make test`` is the command running this. A ``keras-gates serve``
+line starts the server in the background on a free port, which replaces the README's port in
+every later block; the servers stop at the end. What a block prints is checked where the README
+says what it prints. The ``pip install`` lines are exercised by ``tests/test_install.py``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from tests.serving_models import serve_process
+from tests.serving_models import free_port, serve_process
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```(python|bash)\n(.*?)```", README, flags=re.S)
+BIN = Path(sys.executable).parent
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "MPLBACKEND": "Agg",
+}
+
+# What a block prints, where the README says it (a piece of the block -> a piece of its output).
+PRINTS = {
+    'trace["forget"].shape': "(16,) (2, 20, 16)",
+    'get_gate_weights()["reset"]': "['bias', 'kernel', 'recurrent_bias', 'recurrent_kernel']",
+    'print("open", paths["html"])': "index.html",
+    'to_onnx(model, "model.onnx")': "'GRU': 1",
+    'client.infer("model", inputs)': "(2, 2)",
+    "keras-gates inspect": "forget",
+    "-o sunspots.onnx --triton-repo": "wrote Triton model repo/sunspots",
+    "curl -s": '"outputs"',
+}
+SERVE = re.compile(r"^keras-gates serve (?P<args>.*?)(\s+#.*)?$", re.M)
+
+
+class Reader:
+    """The reader's folder, the servers they started and the ports those replaced."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.ports: dict[str, int] = {}
+        self.servers = ExitStack()
+
+    def localize(self, text: str) -> str:
+        for port, actual in self.ports.items():
+            text = re.sub(rf"\blocalhost:{port}\b", f"127.0.0.1:{actual}", text)
+        return text
+
+    def python(self, code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", self.localize(code)],
+            cwd=self.folder,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def bash(self, code: str) -> str:
+        for match in SERVE.finditer(code):
+            self.serve(match["args"].split())
+        code = SERVE.sub("", code)
+        code = re.sub(
+            r"^make demo\b.*$",
+            f"make -C {ROOT} demo ARTIFACTS={self.folder}/artifacts DEMO_ARGS=--quick",
+            code,
+            flags=re.M,
+        )
+        code = re.sub(r"^make test\b.*$", "", code, flags=re.M)  # the command running this
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", self.localize(code)],
+            cwd=self.folder,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def serve(self, args: list[str]) -> None:
+        path, rest = args[0], args[1:]
+        readme_port = "8000"
+        if "--port" in rest:
+            index = rest.index("--port")
+            readme_port = rest[index + 1]
+            del rest[index : index + 2]
+        self.ports[readme_port] = free_port()
+        server = serve_process(
+            self.folder / path,
+            *rest,
+            cwd=self.folder,
+            env=ENV,
+            program=["keras-gates"],
+            port=self.ports[readme_port],
+        )
+        self.servers.enter_context(server)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("readme")
+def reader(tmp_path_factory):
+    reader = Reader(tmp_path_factory.mktemp("reader"))
+    with reader.servers:
+        yield reader
 
 
-def test_readme_has_python_blocks():
-    assert len(BLOCKS) >= 4
+def test_readme_has_blocks_of_both_kinds():
+    kinds = [kind for kind, _ in BLOCKS]
+    assert kinds.count("python") >= 4 and kinds.count("bash") >= 4
+    assert "make demo" in BLOCKS[0][1], "the README starts with make demo"
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs(index, workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    code = BLOCKS[index]
-    if "InferenceServerClient" not in code:
-        exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "readme"})
-        return
-    with serve_process("model.onnx") as (url, _):
-        code = code.replace("localhost:8000", url.removeprefix("http://"))
-        exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "readme"})
+def test_readme_block(index, reader):
+    kind, code = BLOCKS[index]
+    printed = reader.python(code) if kind == "python" else reader.bash(code)
+    for piece, expected in PRINTS.items():
+        if piece in code:
+            assert expected in printed, f"block {index} printed:\n{printed}"
