@@ -101,6 +101,10 @@ class Reader:
             readme_port = rest[index + 1]
             del rest[index : index + 2]
         self.ports[readme_port] = free_port()
+        for index, flag in enumerate(rest[:-1]):  # --grpc-port and the like
+            if flag.startswith("--") and flag.endswith("-port"):
+                self.ports[rest[index + 1]] = free_port()
+                rest[index + 1] = str(self.ports[rest[index + 1]])
         server = serve_process(
             self.folder / path,
             *rest,
