@@ -26,6 +26,8 @@ _WORKER_FLAGS = (
     "max_body_mb",
     "log_level",
     "no_request_log",
+    "model_control_mode",
+    "repository_poll_secs",
 )
 
 
@@ -77,6 +79,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-request-log", action="store_true", help="do not write a log line per request"
+    )
+    parser.add_argument(
+        "--model-control-mode",
+        default="explicit",
+        choices=("explicit", "poll"),
+        help="explicit (default): POST /v2/repository/models/{m}/load and /unload (re)load "
+        "models; poll: rescan the repository folder every --repository-poll-secs instead (each "
+        "worker of --workers does)",
+    )
+    parser.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=15.0,
+        help="with --model-control-mode poll, seconds between scans (default 15)",
     )
     parser.add_argument(
         "--graceful-timeout-s",
@@ -166,6 +182,8 @@ def _server_config(args: argparse.Namespace):
             session_idle_timeout_s=args.session_idle_timeout_s,
         ),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        model_control_mode=args.model_control_mode,
+        repository_poll_s=args.repository_poll_secs,
     )
 
 

@@ -128,6 +128,8 @@ class ModelRuntime:
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise ValueError(f"Cannot load model {name!r} from {self.path}: {err}") from err
+        stat = self.path.stat()
+        self.file_stamp = (stat.st_mtime_ns, stat.st_size)  # what was loaded (repository polls)
         self.signature: Signature | None = read_signature(self.path)
         specs = {}
         if self.signature is not None:

@@ -127,6 +127,11 @@ class ModelScheduler:
         return self.sessions is not None
 
     @property
+    def in_flight(self) -> int:
+        """Requests of this model between arrival and response."""
+        return self._batcher.active
+
+    @property
     def queued(self) -> int:
         return self._batcher.queued
 
