@@ -55,6 +55,7 @@ class TritonPythonModel:
         self.lengths = [t["name"] for t in signature["inputs"] if t["role"] == "lengths"]
         self.per_step = {t["name"] for t in signature["outputs"] if t.get("per_step")}
         self.inputs = [i["name"] for i in config["input"]]
+        self.required = [i["name"] for i in config["input"] if not i.get("optional")]
         self.outputs = [o["name"] for o in config["output"]]
         self.dtypes = {i.name: _NUMPY.get(i.type) for i in self.session.get_inputs()}
         self.idle_s = float(_parameter(config, "idle_seconds", "60"))
@@ -83,6 +84,9 @@ class TritonPythonModel:
             tensor = self.pb.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 feeds[name] = tensor.as_numpy()
+        missing = [name for name in self.required if name not in feeds]
+        if missing:
+            raise ValueError(f"Missing input {missing[0]!r}; expected inputs {self.inputs}.")
         for name, array in feeds.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise ValueError(f"Input {name!r} contains NaN or Inf; expected finite values.")
