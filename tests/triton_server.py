@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(sys.prefix) / "triton"
-WHEEL = "nvidia-pytriton==0.7.0"
+WHEEL = "nvidia-pytriton"  # pinned in constraints.txt
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 # The stub's numpy C-API is numpy 1.x (numpy 2 corrupts output tensor sizes in it).
 STUB_PACKAGES = ("numpy==1.26.4", "onnxruntime==1.32.0")
@@ -43,7 +43,19 @@ def ensure() -> dict[str, Path]:
     wheel, env, backends = HOME / "wheel", HOME / "stub-env", HOME / "backends"
     if not (wheel / ".complete").is_file():
         shutil.rmtree(wheel, ignore_errors=True)
-        _run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", wheel, WHEEL)
+        pins = ("-c", ROOT / "constraints.txt")
+        _run(
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            *pins,
+            "--target",
+            wheel,
+            WHEEL,
+        )
         (wheel / ".complete").touch()
     server = wheel / "pytriton" / "tritonserver"
     if not (backends / "python" / "triton_python_backend_stub").is_file():
