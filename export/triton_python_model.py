@@ -52,7 +52,13 @@ class TritonPythonModel:
         self.state_pairs = [(t["name"], t["state_pair"]) for t in signature["inputs"] if
                             t["role"] == "state"]  # fmt: skip
         self.sequences = [t["name"] for t in signature["inputs"] if t["role"] == "sequence"]
-        self.lengths = [t["name"] for t in signature["inputs"] if t["role"] == "lengths"]
+        lengths = [t["name"] for t in signature["inputs"] if t["role"] == "lengths"]
+        # each lengths input belongs to a sequence input: "<input>_lengths", or the only one
+        self.lengths = {
+            name: name[: -len("_lengths")] if name[: -len("_lengths")] in self.sequences else
+            self.sequences[0]
+            for name in lengths
+        }  # fmt: skip
         self.per_step = {t["name"] for t in signature["outputs"] if t.get("per_step")}
         self.inputs = [i["name"] for i in config["input"]]
         self.required = [i["name"] for i in config["input"] if not i.get("optional")]
@@ -90,15 +96,15 @@ class TritonPythonModel:
         for name, array in feeds.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise ValueError(f"Input {name!r} contains NaN or Inf; expected finite values.")
-        steps = feeds[self.sequences[0]].shape[1] if self.sequences else None
         rows = next(iter(feeds.values())).shape[0]
-        for name in self.lengths:
+        for name, sequence in self.lengths.items():
+            steps = feeds[sequence].shape[1]
             given = feeds.get(name)
             if given is None:
                 feeds[name] = np.full(rows, steps, self.dtypes.get(name) or np.int32)
                 continue
             given = given.reshape(rows)
-            if steps is not None and (given.min() < 1 or given.max() > steps):
+            if given.min() < 1 or given.max() > steps:
                 raise ValueError(
                     f"Input {name!r} holds lengths {given.tolist()}, expected values between 1 "
                     f"and the time length {steps}."
@@ -142,7 +148,7 @@ class TritonPythonModel:
             return [dict(zip(self.outputs, self.session.run(self.outputs, feeds[0])))]
         steps = [f[self.sequences[0]].shape[1] if self.sequences else None for f in feeds]
         longest = max(steps) if self.sequences else None
-        can_pad = bool(self.lengths) and self.sequences
+        can_pad = bool(self.lengths) and len(self.sequences) == 1
         keys = {self._key(f, longest if can_pad else None) for f in feeds}
         if len(keys) > 1:  # shapes that cannot share a batch: one call each
             return [self._run([f]) [0] for f in feeds]  # fmt: skip
