@@ -21,6 +21,7 @@ from tests.serving_models import free_port, make_rnn_model, run_direct, serve_pr
 ATOL = 1e-5
 SERVERS = ("triton", "keras-gates")
 UNITS = 8
+IDLE_S = 2  # both servers drop a sequence idle this long
 
 if triton_server.unsupported():  # printed with -ra, the suite's default
     pytest.skip(f"no real Triton here: {triton_server.unsupported()}", allow_module_level=True)
@@ -40,7 +41,14 @@ def repo(tmp_path_factory, sources):
     env = triton_server.ensure()["env"]
     root = tmp_path_factory.mktemp("triton_repo")
     for name, path in sources.items():
-        write_triton_repo(path, root, name, backend="python", execution_env=str(env))
+        write_triton_repo(
+            path,
+            root,
+            name,
+            backend="python",
+            execution_env=str(env),
+            idle_microseconds=IDLE_S * 1_000_000,
+        )
     return root
 
 
@@ -53,7 +61,8 @@ def triton(repo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_gates(repo):
-    flags = ("--max-batch-size", "64", "--no-request-log", "--log-level", "warning")
+    flags = ("--max-batch-size", "64", "--session-idle-timeout-s", str(IDLE_S))
+    flags += ("--no-request-log", "--log-level", "warning")
     with serve_process(repo, *flags) as (url, _):
         yield url
 
@@ -261,6 +270,23 @@ def test_streamed_chunks_equal_whole_sequence(url, sources):
         np.testing.assert_allclose(got[k][-1]["y"], want["y"], atol=ATOL)
         steps = np.concatenate([chunk["y_steps"] for chunk in got[k]], axis=1)
         np.testing.assert_allclose(steps, want["y_steps"], atol=ATOL)
+
+
+def test_idle_sequence_is_dropped(url):
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    client = client_for(url)
+    x = sample((1, 2, 3), seed=80)
+    try:
+        infer(client, "stream", x, sequence_id=77, sequence_start=True)
+        time.sleep(IDLE_S + 1.5)
+        with pytest.raises(InferenceServerException) as caught:
+            infer(client, "stream", x, sequence_id=77)
+        assert caught.value.status() == "400"
+    finally:
+        client.close()
 
 
 # ---- errors ------------------------------------------------------------------------------------
