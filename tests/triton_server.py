@@ -94,6 +94,7 @@ def _apt(*packages: str) -> None:
             f"Triton's Python backend needs Debian's {' '.join(packages)}; install them "
             f"(apt-get install -y {' '.join(packages)}) and rerun."
         )
+    _run("apt-get", "update", "-q")
     _run("apt-get", "install", "-y", "-q", *packages)
 
 
