@@ -158,6 +158,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--servers", default="keras-gates,triton", help="keras-gates, triton or both (default)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="turns per server; the table shows medians"
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--features", type=int, default=32)
@@ -170,7 +173,6 @@ def main(argv=None) -> int:
         work = Path(tmp)
         model = args.model or build_model(work, args.units, args.features)
         bodies = write_bodies(work, args.steps, args.features)
-        rows = []
         servers = []
         if "keras-gates" in args.servers.split(","):
             servers += [
@@ -180,29 +182,41 @@ def main(argv=None) -> int:
             ]
         if "triton" in args.servers.split(","):
             servers.append(("triton", 1, 64))
-        for server, workers, max_batch in servers:  # one server at a time
-            if server == "triton":
-                proc, url = start_triton(model, work, args.port, args.threads)
-            else:
-                proc, url = start_server(
-                    model, args.port, max_batch, args.delay_ms, args.threads, workers
-                )
-            try:
-                for kind in args.bodies.split(","):
-                    for c in [int(c) for c in args.concurrency.split(",")]:
-                        result = run_wrk(url, bodies[kind], c, args.duration)
-                        rows.append((server, workers, max_batch, kind, c, result))
-                        print_row(*rows[-1], flush=True)
-            finally:
+        results: dict[tuple, list[dict]] = {}
+        for _ in range(args.rounds):  # servers take turns, one at a time
+            for server, workers, max_batch in servers:
                 if server == "triton":
-                    proc.stop()
+                    proc, url = start_triton(model, work, args.port, args.threads)
                 else:
-                    stop_server(proc)
+                    proc, url = start_server(
+                        model, args.port, max_batch, args.delay_ms, args.threads, workers
+                    )
+                try:
+                    for kind in args.bodies.split(","):
+                        for c in [int(c) for c in args.concurrency.split(",")]:
+                            result = run_wrk(url, bodies[kind], c, args.duration)
+                            cell = (server, workers, max_batch, kind, c)
+                            results.setdefault(cell, []).append(result)
+                            print_row(*cell, result, flush=True)
+                finally:
+                    if server == "triton":
+                        proc.stop()
+                    else:
+                        stop_server(proc)
+        rows = [(*cell, median(runs)) for cell, runs in results.items()]
         print_table(rows)
         for batch in (1, 32):
             rate, ms = in_process(model, args.steps, args.features, args.threads, batch)
             print(f"in-process onnxruntime batch {batch:>2}: {rate:8.0f} seq/s ({ms:.2f} ms/call)")
     return 0
+
+
+def median(runs: list[dict]) -> dict:
+    """The median of each figure over rounds (errors: the total)."""
+    merged = {key: float(np.median([r[key] for r in runs])) for key in ("rps", "p50_us", "p99_us")}
+    for key in ("status_errors", "socket_errors"):
+        merged[key] = sum(r[key] for r in runs)
+    return merged
 
 
 def print_row(server, workers, max_batch, kind, c, r, flush=False) -> None:
