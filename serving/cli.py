@@ -113,6 +113,11 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(
             f"Received an invalid value for --port, expected 1-65535, got {args.port}."
         )
+    if not args.repository_poll_secs > 0:
+        raise ValueError(
+            "Received an invalid value for --repository-poll-secs, expected a number > 0, got "
+            f"{args.repository_poll_secs}."
+        )
     if args.max_body_mb <= 0:
         raise ValueError(f"Received an invalid value for --max-body-mb, got {args.max_body_mb}.")
 

@@ -43,6 +43,12 @@ class ServerConfig:
             ``"poll"`` (rescan the repository every ``repository_poll_s`` seconds).
     """
 
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    max_body_bytes: int = 64 * 1024 * 1024
+    sweep_interval_s: float | None = None
+    model_control_mode: str = "explicit"  # or "poll" (see serving/control.py)
+    repository_poll_s: float = 15.0
+
     def __post_init__(self):
         if self.model_control_mode not in ("explicit", "poll"):
             raise ValueError(
@@ -54,12 +60,6 @@ class ServerConfig:
                 "Received an invalid value for argument `repository_poll_s`, expected a number "
                 f"> 0, got {self.repository_poll_s!r}."
             )
-
-    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
-    max_body_bytes: int = 64 * 1024 * 1024
-    sweep_interval_s: float | None = None
-    model_control_mode: str = "explicit"  # or "poll" (see serving/control.py)
-    repository_poll_s: float = 15.0
 
 
 class Served:
