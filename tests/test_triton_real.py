@@ -27,12 +27,43 @@ if triton_server.unsupported():  # printed with -ra, the suite's default
     pytest.skip(f"no real Triton here: {triton_server.unsupported()}", allow_module_level=True)
 
 
+def make_two_sequence_model(path, units: int = 4, seed: int = 13):
+    """``a [B, T, 3], a_lengths, b [B, T, 2], b_lengths -> y``: an LSTM over each sequence input
+    with its own lengths (the exporter's ``<input>_lengths``), last hidden states concatenated."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.serving_models import _finish
+
+    nodes, inits = [], []
+    for name, features in (("a", 3), ("b", 2)):
+        for weight, shape in (("W", (1, 4 * units, features)), ("R", (1, 4 * units, units))):
+            inits.append(
+                numpy_helper.from_array(sample(shape, seed + len(inits)) * 0.5, f"{name}{weight}")
+            )
+        inits.append(numpy_helper.from_array(np.zeros((1, 8 * units), np.float32), f"{name}B"))
+        nodes.append(helper.make_node("Transpose", [name], [f"{name}t"], perm=[1, 0, 2]))
+        lstm_inputs = [f"{name}t", f"{name}W", f"{name}R", f"{name}B", f"{name}_lengths"]
+        nodes.append(helper.make_node("LSTM", lstm_inputs, ["", f"{name}h"], hidden_size=units))
+        nodes.append(helper.make_node("Squeeze", [f"{name}h", "axis0"], [f"{name}last"]))
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    nodes.append(helper.make_node("Concat", ["alast", "blast"], ["y"], axis=1))
+    in_specs = [
+        ("a", "sequence", TensorProto.FLOAT, [None, None, 3]),
+        ("a_lengths", "lengths", TensorProto.INT32, [None]),
+        ("b", "sequence", TensorProto.FLOAT, [None, None, 2]),
+        ("b_lengths", "lengths", TensorProto.INT32, [None]),
+    ]
+    out_specs = [("y", "output", TensorProto.FLOAT, [None, 2 * units], False)]
+    return _finish(path, nodes, inits, in_specs, out_specs, False, True)
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("triton_sources")
     return {
         "plain": make_rnn_model(root / "plain.onnx", seed=11),
         "stream": make_rnn_model(root / "stream.onnx", streaming=True, seed=12),
+        "two": make_two_sequence_model(root / "two.onnx"),
     }
 
 
@@ -238,6 +269,30 @@ def test_concurrent_requests_of_different_lengths(url, sources):
         want = reference(sources, "plain", x, np.full(len(x), steps))
         np.testing.assert_allclose(got["y"], want["y"], atol=ATOL)
         np.testing.assert_allclose(got["y_steps"], want["y_steps"], atol=ATOL)
+
+
+def test_two_sequence_inputs_each_with_its_lengths(url, sources):
+    import tritonclient.http as http
+
+    a, b = sample((3, 5, 3), seed=90), sample((3, 5, 2), seed=91)
+    a_lengths = np.array([[5], [2], [4]], np.int32)
+    b_lengths = np.array([[1], [5], [3]], np.int32)
+    arrays = {"a": a, "a_lengths": a_lengths, "b": b, "b_lengths": b_lengths}
+    inputs = []
+    for name, value in arrays.items():
+        inputs.append(http.InferInput(name, list(value.shape), "FP32" if name in "ab" else "INT32"))
+        inputs[-1].set_data_from_numpy(value)
+    client = client_for(url)
+    try:
+        got = client.infer("two", inputs).as_numpy("y")
+        only_a = client.infer("two", inputs[:1] + inputs[2:]).as_numpy("y")  # a_lengths: full
+    finally:
+        client.close()
+    feeds = {k: v.ravel() if k.endswith("lengths") else v for k, v in arrays.items()}
+    np.testing.assert_allclose(got, run_direct(sources["two"], feeds)["y"], atol=ATOL)
+    feeds["a_lengths"] = np.full(3, 5, np.int32)
+    np.testing.assert_allclose(only_a, run_direct(sources["two"], feeds)["y"], atol=ATOL)
+    assert np.abs(got - only_a).max() > 1e-3  # the lengths mattered
 
 
 def test_lengths_in_either_form_on_keras_gates(keras_gates, sources):
