@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import FastAPI
+import orjson
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .errors import BadRequest
@@ -33,8 +34,16 @@ def add_routes(app: FastAPI, served: Served) -> None:
 
     @app.post("/v2/repository/index", tags=["repository"])
     @boundary
-    async def repository_index() -> Response:
-        return json_response(index(served))
+    async def repository_index(request: Request) -> Response:
+        body = await request.body()
+        try:
+            ready_only = bool(body.strip()) and orjson.loads(body).get("ready") is True
+        except (orjson.JSONDecodeError, AttributeError):
+            raise BadRequest('The index request body must be {} or {"ready": true}.') from None
+        entries = index(served)
+        if ready_only:
+            entries = [e for e in entries if e.get("state") == "READY"]
+        return json_response(entries)
 
     @app.post("/v2/repository/models/{model_name}/load", tags=["repository"])
     @boundary

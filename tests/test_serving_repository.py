@@ -57,6 +57,9 @@ def test_unload_and_load(small_repo):
             "state": "UNAVAILABLE",
             "reason": "unloaded",
         } in index
+        ready = c.post("/v2/repository/index", json={"ready": True}).json()
+        assert ("gru", "1") not in states(ready) and ("lstm", "1") in states(ready)
+        assert c.post("/v2/repository/index", content=b"[").status_code == 400
         assert c.post("/v2/repository/models/gru/unload").status_code == 200  # again: no-op
         assert c.post("/v2/repository/models/gru/load").status_code == 200
         answer = infer(c, "gru", x)
