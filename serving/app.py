@@ -2,7 +2,8 @@
 
 Endpoints (KServe v2 / Triton): health, server and model metadata, readiness, ``/infer`` (JSON and
 binary tensors, sequence parameters), Triton's model ``/config`` and ``/stats``, the repository
-index and Prometheus ``/metrics``. OpenAPI docs are served at ``/docs``.
+extension (index, load, unload; :mod:`.control`) and Prometheus ``/metrics``. OpenAPI docs are
+served at ``/docs``.
 """
 
 from __future__ import annotations

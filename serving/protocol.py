@@ -23,6 +23,7 @@ from .codec import decode_request, encode_error, encode_response
 from .errors import BadRequest, PayloadTooLarge, ServingError, Unavailable
 from .metrics import ServingMetrics
 from .repository import ModelRepository
+from .runtime import ModelRuntime
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
 
 log = logging.getLogger("keras_gates.serving")
@@ -75,7 +76,7 @@ class Served:
             self.attach(runtime)
         self.ready = True
 
-    def attach(self, runtime) -> ModelScheduler | None:
+    def attach(self, runtime: ModelRuntime) -> ModelScheduler | None:
         """Serve ``runtime``; returns the scheduler it replaces (to be drained and closed)."""
         key = (runtime.name, runtime.version)
         previous = self.schedulers.get(key)
