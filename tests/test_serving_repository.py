@@ -14,7 +14,7 @@ import pytest
 
 from keras_gates.serving import ModelRepository, ServerConfig, create_app
 from tests.serving_fixtures import ATOL, json_input, outputs_of, sample
-from tests.serving_models import ServerThread, make_rnn_model, run_direct
+from tests.serving_models import ServerThread, make_rnn_model, run_direct, serve_process
 
 
 @pytest.fixture()
@@ -137,6 +137,18 @@ def test_poll_mode_follows_the_folder(small_repo):
         shutil.rmtree(small_repo / "lstm")  # a model leaves
         assert wait_until(lambda: infer(c, "lstm", x).status_code == 404)
         assert states(c.post("/v2/repository/index").json())[("lstm", "1")] == "UNAVAILABLE"
+
+
+def test_cli_poll_mode(small_repo):
+    """``keras-gates serve REPO --model-control-mode poll`` as a user runs it."""
+    flags = ("--model-control-mode", "poll", "--repository-poll-secs", "0.2", "--no-request-log")
+    with serve_process(small_repo, *flags) as (url, _), httpx.Client(base_url=url) as c:
+        make_rnn_model(small_repo / "staging" / "model.onnx", cell="gru", seed=7)
+        (small_repo / "staging").rename(small_repo / "gru" / "3")
+        assert wait_until(lambda: c.get("/v2/models/gru").json()["versions"] == ["1", "3"])
+        x = sample((2, 3, 3), seed=5)
+        want = reference(small_repo / "gru" / "3" / "model.onnx", x)
+        np.testing.assert_allclose(outputs_of(infer(c, "gru", x).json())["y"], want, atol=ATOL)
 
 
 def test_in_memory_models_have_no_repository_to_load_from(small_repo):
