@@ -21,7 +21,7 @@ from tests.serving_models import free_port, make_rnn_model, run_direct, serve_pr
 ATOL = 1e-5
 SERVERS = ("triton", "keras-gates")
 UNITS = 8
-IDLE_S = 2  # both servers drop a sequence idle this long
+IDLE_S = 3  # both servers drop a sequence idle this long
 
 if triton_server.unsupported():  # printed with -ra, the suite's default
     pytest.skip(f"no real Triton here: {triton_server.unsupported()}", allow_module_level=True)
