@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# A real Triton for tests/test_triton_real.py: nvidia-pytriton's tritonserver and a Python for its
+# backend made from Debian's python3.11 (installs python3.11-venv with apt-get when missing).
+TRITON := $(VENV)/triton/.ready
+$(TRITON): $(STAMP) tests/triton_server.py
+	$(PY) -m tests.triton_server
+	touch $(TRITON)
+
+test: $(STAMP) $(TRITON)
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
 	$(PY) -m pytest -q
 

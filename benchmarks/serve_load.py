@@ -1,9 +1,12 @@
-"""Load benchmark of ``keras-gates serve`` with ``wrk`` on loopback.
+"""Load benchmark of ``keras-gates serve`` and of NVIDIA Triton with ``wrk`` on loopback.
 
-Starts the server (batching on, then off; with each ``--workers`` count), drives ``/infer`` with
-wrk (one sequence per request, JSON and binary bodies) at concurrency 1, 8 and 32 for a bounded
-time per cell, and prints throughput, p50/p99 latency and errors next to in-process onnxruntime on
-the same model.
+Starts one server at a time: ``keras-gates serve`` (batching on, then off; with each ``--workers``
+count), then a real Triton (``tritonserver`` 2.51 from the ``nvidia-pytriton`` wheel, set up by
+``tests/triton_server.py``) serving the repository ``keras-gates export --triton-backend python``
+writes for the same model (onnxruntime inside Triton's Python backend, dynamic batching, one
+instance, one onnxruntime thread). Drives ``/infer`` with wrk (the same bodies: one sequence per
+request, JSON and binary) at concurrency 1, 8 and 32 for a bounded time per cell, and prints
+throughput, p50/p99 latency and errors next to in-process onnxruntime on the same model.
 
 The model is the issue's reference: an LSTM of 128 units + Dense(1) on 100-step sequences of 32
 features, built with ``tests/serving_models.py`` (native ONNX LSTM with a lengths input), unless
@@ -82,6 +85,27 @@ def start_server(model: Path, port: int, max_batch: int, delay_ms: float, thread
     raise RuntimeError("server did not become ready in 120 s")
 
 
+def start_triton(model: Path, work: Path, port: int, threads: int):
+    """Triton serving ``model`` as ``model`` (Python-backend flavour); returns (server, url)."""
+    sys.path.insert(0, str(ROOT))
+    from keras_gates.export.triton import write_triton_repo
+    from tests import triton_server
+    from tests.serving_models import free_port
+
+    reason = triton_server.unsupported()
+    if reason:
+        raise RuntimeError(f"no Triton on this machine: {reason}")
+    env = triton_server.ensure()["env"]
+    repo = work / "triton_repo"
+    repo.mkdir(exist_ok=True)
+    folder = write_triton_repo(model, repo, "model", backend="python", execution_env=str(env))
+    config = folder / "config.pbtxt"
+    param = f'parameters {{ key: "intra_op_threads" value {{ string_value: "{threads}" }} }}\n'
+    config.write_text(config.read_text() + param)
+    server = triton_server.TritonServer(repo, port, free_port(), work / "triton.log")
+    return server.__enter__(), server.url
+
+
 def stop_server(proc) -> None:
     proc.terminate()
     try:
@@ -131,6 +155,12 @@ def main(argv=None) -> int:
     parser.add_argument("--delay-ms", type=float, default=2.0, help="server --max-queue-delay-ms")
     parser.add_argument("--threads", type=int, default=1, help="server onnxruntime threads")
     parser.add_argument("--workers", default="1", help="server --workers values, e.g. 1,2")
+    parser.add_argument(
+        "--servers", default="keras-gates,triton", help="keras-gates, triton or both (default)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="turns per server; the table shows medians"
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--features", type=int, default=32)
@@ -143,22 +173,37 @@ def main(argv=None) -> int:
         work = Path(tmp)
         model = args.model or build_model(work, args.units, args.features)
         bodies = write_bodies(work, args.steps, args.features)
-        rows = []
-        servers = [
-            (int(w), int(b)) for w in args.workers.split(",") for b in args.batch_sizes.split(",")
-        ]
-        for workers, max_batch in servers:
-            proc, url = start_server(
-                model, args.port, max_batch, args.delay_ms, args.threads, workers
-            )
-            try:
-                for kind in args.bodies.split(","):
-                    for c in [int(c) for c in args.concurrency.split(",")]:
-                        result = run_wrk(url, bodies[kind], c, args.duration)
-                        rows.append((workers, max_batch, kind, c, result))
-                        print_row(*rows[-1], flush=True)
-            finally:
-                stop_server(proc)
+        servers = []
+        if "keras-gates" in args.servers.split(","):
+            servers += [
+                ("keras-gates", int(w), int(b))
+                for w in args.workers.split(",")
+                for b in args.batch_sizes.split(",")
+            ]
+        if "triton" in args.servers.split(","):
+            servers.append(("triton", 1, 64))
+        results: dict[tuple, list[dict]] = {}
+        for _ in range(args.rounds):  # servers take turns, one at a time
+            for server, workers, max_batch in servers:
+                if server == "triton":
+                    proc, url = start_triton(model, work, args.port, args.threads)
+                else:
+                    proc, url = start_server(
+                        model, args.port, max_batch, args.delay_ms, args.threads, workers
+                    )
+                try:
+                    for kind in args.bodies.split(","):
+                        for c in [int(c) for c in args.concurrency.split(",")]:
+                            result = run_wrk(url, bodies[kind], c, args.duration)
+                            cell = (server, workers, max_batch, kind, c)
+                            results.setdefault(cell, []).append(result)
+                            print_row(*cell, result, flush=True)
+                finally:
+                    if server == "triton":
+                        proc.stop()
+                    else:
+                        stop_server(proc)
+        rows = [(*cell, median(runs)) for cell, runs in results.items()]
         print_table(rows)
         for batch in (1, 32):
             rate, ms = in_process(model, args.steps, args.features, args.threads, batch)
@@ -166,24 +211,35 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_row(workers, max_batch, kind, c, r, flush=False) -> None:
+def median(runs: list[dict]) -> dict:
+    """The median of each figure over rounds (errors: the total)."""
+    merged = {key: float(np.median([r[key] for r in runs])) for key in ("rps", "p50_us", "p99_us")}
+    for key in ("status_errors", "socket_errors"):
+        merged[key] = sum(r[key] for r in runs)
+    return merged
+
+
+def print_row(server, workers, max_batch, kind, c, r, flush=False) -> None:
     batching = "on " if max_batch > 1 else "off"
     errors = r["status_errors"] + r["socket_errors"]
     print(
-        f"workers {workers} batching {batching} {kind:<6} c={c:<3} {r['rps']:8.0f} req/s  "
+        f"{server:<11} workers {workers} batching {batching} {kind:<6} c={c:<3} "
+        f"{r['rps']:8.0f} req/s  "
         f"p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  errors {errors}",
         flush=flush,
     )
 
 
 def print_table(rows) -> None:
-    print("\n| workers | batching | body | concurrency | req/s | p50 ms | p99 ms | errors |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|")
-    for workers, max_batch, kind, c, r in rows:
+    print(
+        "\n| server | workers | batching | body | concurrency | req/s | p50 ms | p99 ms | errors |"
+    )
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
+    for server, workers, max_batch, kind, c, r in rows:
         errors = r["status_errors"] + r["socket_errors"]
         batching = f"on (max {max_batch})" if max_batch > 1 else "off"
         print(
-            f"| {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
+            f"| {server} | {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
             f"{r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {errors} |"
         )
 

@@ -37,10 +37,10 @@ def serve_and_query(repo: Path, model, data, out: Path) -> None:
         x = data.x_test[-5:]
         inputs = [
             http.InferInput("input", list(x.shape), "FP32"),
-            http.InferInput("lengths", [len(x)], "INT32"),
+            http.InferInput("lengths", [len(x), 1], "INT32"),  # [B, 1], as on Triton
         ]
         inputs[0].set_data_from_numpy(x)
-        inputs[1].set_data_from_numpy(np.full(len(x), x.shape[1], np.int32))
+        inputs[1].set_data_from_numpy(np.full((len(x), 1), x.shape[1], np.int32))
         served = client.infer("sunspots", inputs).as_numpy("dense")
         local = model.predict(x, verbose=0)
         print("year  truth  keras  served (one v2 request, binary tensors, 5 sequences)")

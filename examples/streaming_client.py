@@ -39,8 +39,8 @@ def stream_series(
         inputs = [http.InferInput(sequence_name, list(x.shape), "FP32")]
         inputs[0].set_data_from_numpy(x)
         if "lengths" in names:
-            inputs.append(http.InferInput("lengths", [1], "INT32"))
-            inputs[1].set_data_from_numpy(np.array([x.shape[1]], np.int32))
+            inputs.append(http.InferInput("lengths", [1, 1], "INT32"))  # [B, 1], as on Triton
+            inputs[1].set_data_from_numpy(np.array([[x.shape[1]]], np.int32))
         result = client.infer(
             model,
             inputs,

@@ -21,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also write a Triton model repository (created when missing)",
     )
+    parser.add_argument(
+        "--triton-backend",
+        choices=("onnxruntime", "python"),
+        default="onnxruntime",
+        help="the Triton backend the repository is written for: onnxruntime (default) or python "
+        "(a model.py runs the ONNX file with onnxruntime in Triton's Python backend)",
+    )
     parser.add_argument("--name", help="Triton model name (default: the output file's stem)")
     parser.add_argument("--version", type=int, default=1, help="Triton model version (default 1)")
     parser.add_argument(
@@ -58,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     rnn = {k: v for k, v in result.op_counts.items() if k in ("LSTM", "GRU", "Loop", "Scan")}
     print(f"wrote {output} ({rnn or 'no RNN nodes'}, inputs {_names(result.signature.inputs)})")
     if args.triton_repo is not None:
-        folder = write_triton_repo(output, args.triton_repo, name, version=args.version)
-        print(f"wrote Triton model {folder} (version {args.version})")
+        folder = write_triton_repo(
+            output, args.triton_repo, name, version=args.version, backend=args.triton_backend
+        )
+        print(f"wrote Triton model {folder} (version {args.version}, {args.triton_backend})")
     return 0
 
 

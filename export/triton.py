@@ -1,11 +1,20 @@
-"""A Triton Inference Server model repository for an exported model (onnxruntime backend).
+"""A Triton Inference Server model repository for an exported model.
 
-``DIR/NAME/config.pbtxt`` + ``DIR/NAME/VERSION/model.onnx``. A plain export gets
-``dynamic_batching``; a streaming export gets a ``sequence_batcher`` whose implicit state carries
-each layer's ``h``/``c`` between requests of one sequence, and START/END/READY/CORRID control
-inputs (added to the repository's copy of the model as optional inputs: START zeroes the
-incoming state, the others are accepted and unused). The config is checked by parsing it as
-Triton's ``ModelConfig``.
+``DIR/NAME/config.pbtxt`` + ``DIR/NAME/VERSION/model.onnx``, in one of two flavours:
+
+* ``backend="onnxruntime"`` (default): Triton's onnxruntime backend runs the file. A plain export
+  gets ``dynamic_batching``; a streaming export gets a ``sequence_batcher`` whose implicit state
+  carries each layer's ``h``/``c`` between requests of one sequence, and START/END/READY/CORRID
+  control inputs (added to the repository's copy of the model as optional inputs: START zeroes the
+  incoming state, the others are accepted and unused).
+* ``backend="python"``: for a Triton without the onnxruntime backend. ``VERSION/model.py`` runs
+  the unchanged ``model.onnx`` with onnxruntime inside Triton's Python backend (see
+  ``triton_python_model.py``); a streaming export keeps its state per correlation id there.
+
+The tensor contract is the one ``keras-gates serve`` advertises: every tensor with the batch axis
+only (such as each ``lengths`` input) is ``dims: [1]`` with ``reshape: { shape: [] }``, i.e.
+``[B, 1]`` on the wire and ``[B]`` inside the model. The config is built as Triton's
+``ModelConfig`` message and checked against the model before anything is written.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from typing import Any
 
 from .signature import Signature, read_signature
 
-DTYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
+BACKENDS = ("onnxruntime", "python")
 ONNX_TO_TRITON = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 13: "TYPE_UINT64"}
 CONTROLS = (
     ("START", "CONTROL_SEQUENCE_START"),
@@ -26,6 +35,7 @@ CONTROLS = (
 )
 CORRID = "CORRID"
 NAME_RULE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
 
 def write_triton_repo(
@@ -35,8 +45,17 @@ def write_triton_repo(
     version: int = 1,
     max_batch_size: int = 64,
     idle_microseconds: int = 60_000_000,
+    backend: str = "onnxruntime",
+    execution_env: str | None = None,
 ) -> Path:
-    """Write the Triton model directory for ``onnx_path``; returns ``repo/name``."""
+    """Write the Triton model directory for ``onnx_path``; returns ``repo/name``.
+
+    Args:
+        backend: ``"onnxruntime"`` or ``"python"`` (onnxruntime inside the Python backend).
+        execution_env: for ``backend="python"``, a Python environment (a folder, or a packed
+            ``.tar.gz``) with numpy and onnxruntime that the backend should run in
+            (``EXECUTION_ENV_PATH``); default: the backend's own Python.
+    """
     import onnx
 
     from keras_gates.atomic import write_bytes
@@ -51,6 +70,13 @@ def write_triton_repo(
             f"Received an invalid value for argument `version`, expected a positive integer, "
             f"got {version!r}."
         )
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"Received an invalid value for argument `backend`, expected one of {BACKENDS}, "
+            f"got {backend!r}."
+        )
+    if execution_env is not None and backend != "python":
+        raise ValueError("Received `execution_env`, which only applies to backend='python'.")
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise ValueError(
@@ -61,13 +87,18 @@ def write_triton_repo(
     signature = read_signature(model)
     if signature is None:
         raise ValueError(f"{str(onnx_path)!r} was not exported by keras-gates (no signature).")
-    if signature.streaming:
+    if signature.streaming and backend == "onnxruntime":
         add_sequence_controls(model, signature)
-    text = config_text(model, signature, name, max_batch_size, idle_microseconds)
+    config = build_config(model, signature, name, max_batch_size, idle_microseconds, backend)
+    if execution_env is not None:
+        config.parameters["EXECUTION_ENV_PATH"].string_value = str(execution_env)
+    text = config_text(config)
     check_config(text, model)
     target = repo / name / str(version)
     target.mkdir(parents=True, exist_ok=True)
     write_bytes(target / "model.onnx", model.SerializeToString())
+    if backend == "python":
+        write_bytes(target / "model.py", PYTHON_MODEL.read_bytes())
     write_bytes(repo / name / "config.pbtxt", text.encode())
     return repo / name
 
@@ -78,62 +109,76 @@ def _dims(value_info: Any) -> list[int]:
     return [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
 
 
-def _tensor(kind: str, value_info: Any) -> str:
-    dtype = ONNX_TO_TRITON[value_info.type.tensor_type.elem_type]
+def _add_tensor(field: Any, value_info: Any, optional: bool = False) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    tensor = field.add(name=value_info.name)
+    tensor.data_type = mc.DataType.Value(ONNX_TO_TRITON[value_info.type.tensor_type.elem_type])
     dims = _dims(value_info)
-    reshape = ""
-    if not dims:  # a [batch] tensor such as lengths: Triton wants at least one dim
-        dims, reshape = [1], " reshape: { shape: [ ] }"
-    return f'  {{ name: "{value_info.name}" data_type: {dtype} dims: {dims}{reshape} }}'
+    if not dims:  # a [batch] tensor such as lengths: [B, 1] on the wire, [B] in the model
+        tensor.dims.append(1)
+        tensor.reshape.SetInParent()
+    else:
+        tensor.dims.extend(dims)
+    if optional:
+        tensor.optional = True
 
 
-def config_text(
-    model: Any, signature: Signature, name: str, max_batch_size: int, idle_us: int
-) -> str:
-    """``config.pbtxt`` text: state and control tensors go to the sequence batcher."""
+def build_config(
+    model: Any, signature: Signature, name: str, max_batch_size: int, idle_us: int, backend: str
+) -> Any:
+    """Triton's ``ModelConfig``: state and control tensors go to the sequence batcher.
+
+    The Python flavour makes every ``lengths`` input optional (filled with the full length, as
+    ``keras-gates serve`` does); the onnxruntime backend cannot, the ONNX graph needs them.
+    """
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
     hidden = {n for pair in signature.state_pairs for n in pair} | {c for c, _ in CONTROLS}
     hidden.add(CORRID)
-    inputs = [_tensor("input", v) for v in model.graph.input if v.name not in hidden]
-    outputs = [_tensor("output", v) for v in model.graph.output if v.name not in hidden]
-    lines = [
-        f'name: "{name}"',
-        'backend: "onnxruntime"',
-        f"max_batch_size: {max_batch_size}",
-        "input [\n" + ",\n".join(inputs) + "\n]",
-        "output [\n" + ",\n".join(outputs) + "\n]",
-    ]
+    lengths = {t.name for t in signature.inputs_with("lengths")}
+    for value in model.graph.input:
+        if value.name not in hidden:
+            _add_tensor(config.input, value, backend == "python" and value.name in lengths)
+    for value in model.graph.output:
+        if value.name not in hidden:
+            _add_tensor(config.output, value)
     if signature.streaming:
-        lines.append(_sequence_batcher(signature, idle_us))
+        _sequence_batcher(config.sequence_batching, signature, idle_us, backend)
+        if backend == "python":
+            config.parameters["idle_seconds"].string_value = f"{idle_us / 1e6:g}"
     else:
-        lines.append("dynamic_batching { }")
-    lines.append("instance_group [ { kind: KIND_CPU count: 1 } ]")
-    return "\n".join(lines) + "\n"
+        config.dynamic_batching.SetInParent()
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    return config
 
 
-def _sequence_batcher(signature: Signature, idle_us: int) -> str:
+def _sequence_batcher(batcher: Any, signature: Signature, idle_us: int, backend: str) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    control = mc.ModelSequenceBatching.Control
+    batcher.max_sequence_idle_microseconds = idle_us
+    for name, kind in CONTROLS:
+        entry = batcher.control_input.add(name=name).control.add(kind=control.Kind.Value(kind))
+        entry.fp32_false_true.extend([0, 1])
+    corrid = batcher.control_input.add(name=CORRID).control.add()
+    corrid.kind, corrid.data_type = control.CONTROL_SEQUENCE_CORRID, mc.TYPE_UINT64
+    if backend == "python":  # model.py keeps the state per correlation id itself
+        return
     specs = {t.name: t for t in signature.inputs}
-    states = []
     for inp, out in signature.state_pairs:
         units = specs[inp].shape[1]
-        states.append(
-            f'    {{ input_name: "{inp}" output_name: "{out}" data_type: TYPE_FP32 '
-            f"dims: [ {units} ] initial_state: {{ data_type: TYPE_FP32 dims: [ {units} ] "
-            'zero_data: true name: "zeros" } }'
-        )
-    controls = [
-        f'    {{ name: "{n}" control [ {{ kind: {k} fp32_false_true: [ 0, 1 ] }} ] }}'
-        for n, k in CONTROLS
-    ]
-    controls.append(
-        f'    {{ name: "{CORRID}" control [ {{ kind: CONTROL_SEQUENCE_CORRID '
-        "data_type: TYPE_UINT64 } ] }"
-    )
-    return (
-        "sequence_batching {\n"
-        f"  max_sequence_idle_microseconds: {idle_us}\n"
-        "  control_input [\n" + ",\n".join(controls) + "\n  ]\n"
-        "  state [\n" + ",\n".join(states) + "\n  ]\n}"
-    )
+        state = batcher.state.add(input_name=inp, output_name=out, data_type=mc.TYPE_FP32)
+        state.dims.append(units)
+        state.initial_state.add(data_type=mc.TYPE_FP32, dims=[units], zero_data=True, name="zeros")
+
+
+def config_text(config: Any) -> str:
+    """``config.pbtxt`` text of a ``ModelConfig``."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
 
 
 def add_sequence_controls(model: Any, signature: Signature) -> None:
@@ -174,7 +219,8 @@ def check_config(text: str, model: Any) -> Any:
     named = [(t.name, inputs) for t in config.input] + [(t.name, outputs) for t in config.output]
     for state in config.sequence_batching.state:
         named += [(state.input_name, inputs), (state.output_name, outputs)]
-    named += [(c.name, inputs) for c in config.sequence_batching.control_input]
+    if config.backend != "python":  # the Python flavour's model.py takes the controls
+        named += [(c.name, inputs) for c in config.sequence_batching.control_input]
     missing = [n for n, pool in named if n not in pool]
     if missing:
         raise ValueError(f"Triton config names tensors missing from the ONNX model: {missing}.")

@@ -2,7 +2,8 @@
 
 Endpoints (KServe v2 / Triton): health, server and model metadata, readiness, ``/infer`` (JSON and
 binary tensors, sequence parameters), Triton's model ``/config`` and ``/stats``, the repository
-index and Prometheus ``/metrics``. OpenAPI docs are served at ``/docs``.
+extension (index, load, unload; :mod:`.control`) and Prometheus ``/metrics``. OpenAPI docs are
+served at ``/docs``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keras_gates.version import __version__
 
-from . import documents
+from . import control, documents
 from .protocol import (
     InferFastPath,
     Served,
@@ -81,13 +82,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        sweeper = asyncio.create_task(_sweep_forever(served))
+        tasks = [asyncio.create_task(_sweep_forever(served))]
+        if served.config.model_control_mode == "poll":
+            tasks.append(asyncio.create_task(control.poll_forever(served)))
         served.ready = True
         try:
             yield
         finally:
             served.ready = False
-            sweeper.cancel()
+            for task in tasks:
+                task.cancel()
             await asyncio.to_thread(served.close)
 
     app = ServingApp(
@@ -101,6 +105,7 @@ def create_app(
     _add_error_handlers(app)
     _add_server_routes(app, served)
     _add_model_routes(app, served)
+    control.add_routes(app, served)
     app.fast_path = InferFastPath(served)
     return app
 
@@ -140,13 +145,6 @@ def _add_server_routes(app: FastAPI, served: Served) -> None:
     async def server_metadata() -> Response:
         return json_response(
             {"name": "keras-gates", "version": __version__, "extensions": documents.EXTENSIONS}
-        )
-
-    @app.post("/v2/repository/index", tags=["metadata"])
-    async def repository_index() -> Response:
-        state = "READY" if served.ready else "UNAVAILABLE"
-        return json_response(
-            [{"name": n, "version": v, "state": state} for n, v in served.schedulers]
         )
 
     @app.get("/v2/models/stats", tags=["statistics"])

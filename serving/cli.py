@@ -26,6 +26,8 @@ _WORKER_FLAGS = (
     "max_body_mb",
     "log_level",
     "no_request_log",
+    "model_control_mode",
+    "repository_poll_secs",
 )
 
 
@@ -79,6 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-request-log", action="store_true", help="do not write a log line per request"
     )
     parser.add_argument(
+        "--model-control-mode",
+        default="explicit",
+        choices=("explicit", "poll"),
+        help="explicit (default): POST /v2/repository/models/{m}/load and /unload (re)load "
+        "models; poll: rescan the repository folder every --repository-poll-secs instead (each "
+        "worker of --workers does)",
+    )
+    parser.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=15.0,
+        help="with --model-control-mode poll, seconds between scans (default 15)",
+    )
+    parser.add_argument(
         "--graceful-timeout-s",
         type=float,
         default=30.0,
@@ -96,6 +112,11 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise ValueError(
             f"Received an invalid value for --port, expected 1-65535, got {args.port}."
+        )
+    if not args.repository_poll_secs > 0:
+        raise ValueError(
+            "Received an invalid value for --repository-poll-secs, expected a number > 0, got "
+            f"{args.repository_poll_secs}."
         )
     if args.max_body_mb <= 0:
         raise ValueError(f"Received an invalid value for --max-body-mb, got {args.max_body_mb}.")
@@ -166,6 +187,8 @@ def _server_config(args: argparse.Namespace):
             session_idle_timeout_s=args.session_idle_timeout_s,
         ),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        model_control_mode=args.model_control_mode,
+        repository_poll_s=args.repository_poll_secs,
     )
 
 

@@ -23,6 +23,7 @@ from .codec import decode_request, encode_error, encode_response
 from .errors import BadRequest, PayloadTooLarge, ServingError, Unavailable
 from .metrics import ServingMetrics
 from .repository import ModelRepository
+from .runtime import ModelRuntime
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
 
 log = logging.getLogger("keras_gates.serving")
@@ -39,11 +40,27 @@ class ServerConfig:
         scheduler: batching and session settings applied to every model.
         max_body_bytes: larger request bodies (after decompression) get 413.
         sweep_interval_s: how often idle sessions are evicted (default: a quarter of the timeout).
+        model_control_mode: ``"explicit"`` (load/unload through the repository API) or
+            ``"poll"`` (rescan the repository every ``repository_poll_s`` seconds).
     """
 
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
     max_body_bytes: int = 64 * 1024 * 1024
     sweep_interval_s: float | None = None
+    model_control_mode: str = "explicit"  # or "poll" (see serving/control.py)
+    repository_poll_s: float = 15.0
+
+    def __post_init__(self):
+        if self.model_control_mode not in ("explicit", "poll"):
+            raise ValueError(
+                "Received an invalid value for argument `model_control_mode`, expected "
+                f"'explicit' or 'poll', got {self.model_control_mode!r}."
+            )
+        if not self.repository_poll_s > 0:
+            raise ValueError(
+                "Received an invalid value for argument `repository_poll_s`, expected a number "
+                f"> 0, got {self.repository_poll_s!r}."
+            )
 
 
 class Served:
@@ -56,13 +73,26 @@ class Served:
         self.schedulers: dict[tuple[str, str], ModelScheduler] = {}
         self.model_metrics = {}
         for runtime in repository.runtimes():
-            key = (runtime.name, runtime.version)
-            metrics = self.metrics.for_model(*key)
-            self.model_metrics[key] = metrics
-            self.schedulers[key] = ModelScheduler(
-                runtime, config.scheduler, observer=metrics, on_sessions=metrics.sessions_changed
-            )
+            self.attach(runtime)
         self.ready = True
+
+    def attach(self, runtime: ModelRuntime) -> ModelScheduler | None:
+        """Serve ``runtime``; returns the scheduler it replaces (to be drained and closed)."""
+        key = (runtime.name, runtime.version)
+        previous = self.schedulers.get(key)
+        metrics = self.metrics.for_model(*key)
+        scheduler = ModelScheduler(
+            runtime, self.config.scheduler, observer=metrics, on_sessions=metrics.sessions_changed
+        )
+        self.repository.put(runtime)
+        self.model_metrics[key], self.schedulers[key] = metrics, scheduler
+        return previous
+
+    def detach(self, key: tuple[str, str]) -> ModelScheduler:
+        """Stop routing requests to ``key``; returns its scheduler (to be drained and closed)."""
+        self.repository.drop(*key)
+        self.model_metrics.pop(key)
+        return self.schedulers.pop(key)
 
     def get(self, name: str, version: str | None = None):
         key = self.repository.resolve(name, version)

@@ -42,21 +42,41 @@ def discover(path: str | Path) -> dict[str, dict[str, Path]]:
 class ModelRepository:
     """Loaded runtimes by name and version; resolves what a request names."""
 
-    def __init__(self, models: dict[str, dict[str, ModelRuntime]]):
+    def __init__(
+        self,
+        models: dict[str, dict[str, ModelRuntime]],
+        root: str | Path | None = None,
+        threads: int = 1,
+    ):
         self.models = {
             name: dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
             for name, versions in sorted(models.items())
         }
+        self.root = None if root is None else Path(root)  # where load/poll look (None: none)
+        self.threads = threads
+        self.unloaded: dict[tuple[str, str], str] = {}  # (name, version) -> why
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> ModelRepository:
         """Load every model version found at ``path`` (see :func:`discover`)."""
-        return cls(
-            {
-                name: {v: ModelRuntime(p, name, v, threads=threads) for v, p in versions.items()}
-                for name, versions in discover(path).items()
-            }
-        )
+        models = {
+            name: {v: ModelRuntime(p, name, v, threads=threads) for v, p in versions.items()}
+            for name, versions in discover(path).items()
+        }
+        return cls(models, root=path, threads=threads)
+
+    def put(self, runtime: ModelRuntime) -> None:
+        """Serve ``runtime`` as its name and version (replacing a loaded copy)."""
+        versions = self.models.setdefault(runtime.name, {})
+        versions[runtime.version] = runtime
+        self.models[runtime.name] = dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
+
+    def drop(self, name: str, version: str) -> None:
+        """Stop serving ``name`` version ``version``."""
+        versions = self.models.get(name, {})
+        versions.pop(version, None)
+        if not versions:
+            self.models.pop(name, None)
 
     def runtimes(self) -> list[ModelRuntime]:
         return [rt for versions in self.models.values() for rt in versions.values()]
@@ -78,8 +98,16 @@ class ModelRepository:
 
     def _versions(self, name: str) -> dict[str, ModelRuntime]:
         versions = self.models.get(name)
+        if versions is None and any(n == name for n, _ in self.unloaded):
+            raise NotFound(
+                f"Model {name!r} is not loaded: it was {self._why(name)}; its open sequences "
+                f"ended. Load it with POST /v2/repository/models/{name}/load."
+            )
         if versions is None:
             raise NotFound(
                 f"Unknown model {name!r}; available models: {', '.join(self.models) or 'none'}."
             )
         return versions
+
+    def _why(self, name: str) -> str:
+        return next(reason for (n, _), reason in self.unloaded.items() if n == name)

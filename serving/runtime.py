@@ -64,8 +64,20 @@ class TensorInfo:
         return V2_TO_NUMPY[self.datatype]
 
     @property
+    def batch_only(self) -> bool:
+        """A ``[batch]`` tensor (such as ``lengths``): ``[B, 1]`` on the wire, as in Triton."""
+        return self.shape == (None,)
+
+    @property
     def protocol_shape(self) -> list[int]:
-        """The shape with ``-1`` for free dims, as the protocol's metadata writes it."""
+        """The shape with ``-1`` for free dims, as the protocol's metadata writes it.
+
+        A ``[batch]`` tensor is advertised as ``[-1, 1]``: Triton needs at least one dim besides
+        the batch, so the repository ``--triton-repo`` writes gives it ``dims: [1]`` with
+        ``reshape: { shape: [] }``, and both servers speak the same shapes.
+        """
+        if self.batch_only:
+            return [-1, 1]
         return [-1 if d is None else d for d in self.shape]
 
 
@@ -116,6 +128,8 @@ class ModelRuntime:
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise ValueError(f"Cannot load model {name!r} from {self.path}: {err}") from err
+        stat = self.path.stat()
+        self.file_stamp = (stat.st_mtime_ns, stat.st_size)  # what was loaded (repository polls)
         self.signature: Signature | None = read_signature(self.path)
         specs = {}
         if self.signature is not None:

@@ -88,6 +88,7 @@ class ModelScheduler:
         self._optional = validation.optional_inputs(self.inputs) if self._sequences else frozenset()
         self._output_names = tuple(t.name for t in self.outputs)
         self._stateless_outputs = tuple(t.name for t in self.outputs if t.role != "state")
+        self._batch_only_outputs = frozenset(t.name for t in self.outputs if t.batch_only)
         self.batchable = _batchable(self.inputs) and _batchable(self.outputs)
         self.max_batch_size = self.config.max_batch_size if self.batchable else 1
         can_pad = self._lengths is not None and all(
@@ -126,6 +127,11 @@ class ModelScheduler:
         return self.sessions is not None
 
     @property
+    def in_flight(self) -> int:
+        """Requests of this model between arrival and response."""
+        return self._batcher.active
+
+    @property
     def queued(self) -> int:
         return self._batcher.queued
 
@@ -151,7 +157,11 @@ class ModelScheduler:
             result = await self._batcher.submit(feeds, rows, steps)
         else:
             result = await self._infer_sequence(feeds, rows, steps, sequence)
-        return {name: result[name] for name in wanted}
+        return {name: self._wire(name, result[name]) for name in wanted}
+
+    def _wire(self, name: str, value: np.ndarray) -> np.ndarray:
+        """A ``[batch]`` output goes out as ``[B, 1]``, the shape both servers advertise."""
+        return value.reshape(-1, 1) if name in self._batch_only_outputs else value
 
     def sweep(self) -> int:
         """Evict idle sessions; returns how many."""
@@ -184,6 +194,7 @@ class ModelScheduler:
                         "the state yourself)."
                     )
         for name, array in inputs.items():
+            inputs[name] = array = validation.model_form(self._specs[name], array)
             validation.check_tensor(self.name, self._specs[name], array)
         rows = validation.check_batch(self.name, inputs)
         steps = validation.check_sequences(self.name, self._sequences, inputs)
@@ -191,14 +202,12 @@ class ModelScheduler:
         for t in self.inputs:
             if t.name in inputs:
                 feeds[t.name] = inputs[t.name]
+                if t.role == "lengths":  # every lengths input (one per sequence input)
+                    validation.check_lengths(self.name, t.name, inputs[t.name], steps)
             elif t.role == "lengths":
                 feeds[t.name] = np.full(rows, steps, t.dtype)
             elif t.role == "state":
                 feeds[t.name] = np.zeros((rows, *t.shape[1:]), t.dtype)
-        if self._lengths is not None and self._lengths.name in inputs:
-            validation.check_lengths(
-                self.name, self._lengths.name, inputs[self._lengths.name], steps
-            )
         return feeds, rows, steps
 
     async def _infer_sequence(self, feeds, rows: int, steps, sequence: SequenceControl):

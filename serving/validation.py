@@ -40,6 +40,13 @@ def check_names(model: str, inputs: Sequence[TensorInfo], given: dict, optional:
         )
 
 
+def model_form(spec: TensorInfo, array: np.ndarray) -> np.ndarray:
+    """A ``[batch]`` input given as ``[B, 1]`` (the advertised form) or ``[B]`` -> ``[B]``."""
+    if spec.batch_only and array.ndim == 2 and array.shape[1] == 1:
+        return array.reshape(array.shape[0])
+    return array
+
+
 def check_tensor(model: str, spec: TensorInfo, array: np.ndarray) -> None:
     """Datatype, rank, fixed dims and finiteness of one input."""
     if array.dtype != spec.dtype:
@@ -52,9 +59,10 @@ def check_tensor(model: str, spec: TensorInfo, array: np.ndarray) -> None:
         want is None or want == got for want, got in zip(spec.shape, shape, strict=True)
     )
     if not ok or (shape and shape[0] == 0):
+        also = " or [-1]" if spec.batch_only else ""
         raise BadRequest(
             f"Input {spec.name!r} of model {model!r} has shape {list(shape)}, expected "
-            f"{spec.protocol_shape} (-1 is any size >= 1)."
+            f"{spec.protocol_shape}{also} (-1 is any size >= 1)."
         )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise BadRequest(

@@ -93,7 +93,7 @@ EXAMPLES = [
             r"Predictor on CPUExecutionProvider",
             r"server ready on http://127\.0\.0\.1:\d+",
             r"2008\s+2\.9\s+\d+\.\d\s+\d+\.\d",
-            r"streamed = whole window: \|difference\| = \d\.\de-\d+",
+            r"streamed = whole window: \|difference\| = \d\.\de[-+]\d+",
             r"server stopped",
         ),
         outputs=(

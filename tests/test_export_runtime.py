@@ -170,6 +170,8 @@ def test_cli_export_with_triton_repo(exported, tmp_path, capsys):
             "2",
             "--atol",
             "1e-4",
+            "--triton-backend",
+            "python",
         ]
     )
     assert code == 0
@@ -177,7 +179,10 @@ def test_cli_export_with_triton_repo(exported, tmp_path, capsys):
     assert "max_abs_error" in printed and "passed" in printed
     assert read_signature(out).streaming
     assert (tmp_path / "tiny" / "2" / "model.onnx").is_file()
-    assert _parse(tmp_path / "tiny").HasField("sequence_batching")
+    assert (tmp_path / "tiny" / "2" / "model.py").is_file()
+    config = _parse(tmp_path / "tiny")
+    assert config.backend == "python" and config.HasField("sequence_batching")
+    assert not config.sequence_batching.state  # model.py keeps the state per correlation id
 
 
 def test_cli_triton_repo_that_is_a_file(exported, tmp_path, capsys):

@@ -42,12 +42,15 @@ def test_tritonclient_health_and_metadata(server):
         config = client.get_model_config("lstm")
         assert config["max_batch_size"] == 8
         assert config["input"][0]["dims"] == [-1, 3]
-        assert config["dynamic_batching"]["pads_variable_lengths"] is True
+        assert config["sequence_batching"]["pads_variable_lengths"] is True
         assert config["sequence_batching"]["state"][0] == {
             "input_name": "rnn.h_in",
             "output_name": "rnn.h_out",
             "data_type": "TYPE_FP32",
             "dims": [8],
+            "initial_state": [
+                {"data_type": "TYPE_FP32", "dims": [8], "zero_data": True, "name": "zeros"}
+            ],
         }
         assert client.get_model_config("dense")["max_batch_size"] == 8
         assert "sequence_batching" not in client.get_model_config("gru")

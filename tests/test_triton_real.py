@@ -1,0 +1,466 @@
+"""One client for both servers: the same ``tritonclient.http`` code against a real NVIDIA Triton
+(the ``tritonserver`` of ``nvidia-pytriton``, Python backend) serving the repository
+``write_triton_repo(backend="python")`` wrote, and against ``keras-gates serve`` of the same
+folder. Answers agree within 1e-5 and with onnxruntime run directly on the file.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from keras_gates.export.triton import write_triton_repo
+from tests import triton_server
+from tests.serving_models import free_port, make_rnn_model, run_direct, serve_process
+
+ATOL = 1e-5
+SERVERS = ("triton", "keras-gates")
+UNITS = 8
+IDLE_S = 3  # both servers drop a sequence idle this long
+
+if triton_server.unsupported():  # printed with -ra, the suite's default
+    pytest.skip(f"no real Triton here: {triton_server.unsupported()}", allow_module_level=True)
+
+
+def make_two_sequence_model(path, units: int = 4, seed: int = 13):
+    """``a [B, T, 3], a_lengths, b [B, T, 2], b_lengths -> y``: an LSTM over each sequence input
+    with its own lengths (the exporter's ``<input>_lengths``), last hidden states concatenated."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.serving_models import _finish
+
+    nodes, inits = [], []
+    for name, features in (("a", 3), ("b", 2)):
+        for weight, shape in (("W", (1, 4 * units, features)), ("R", (1, 4 * units, units))):
+            inits.append(
+                numpy_helper.from_array(sample(shape, seed + len(inits)) * 0.5, f"{name}{weight}")
+            )
+        inits.append(numpy_helper.from_array(np.zeros((1, 8 * units), np.float32), f"{name}B"))
+        nodes.append(helper.make_node("Transpose", [name], [f"{name}t"], perm=[1, 0, 2]))
+        lstm_inputs = [f"{name}t", f"{name}W", f"{name}R", f"{name}B", f"{name}_lengths"]
+        nodes.append(helper.make_node("LSTM", lstm_inputs, ["", f"{name}h"], hidden_size=units))
+        nodes.append(helper.make_node("Squeeze", [f"{name}h", "axis0"], [f"{name}last"]))
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    nodes.append(helper.make_node("Concat", ["alast", "blast"], ["y"], axis=1))
+    in_specs = [
+        ("a", "sequence", TensorProto.FLOAT, [None, None, 3]),
+        ("a_lengths", "lengths", TensorProto.INT32, [None]),
+        ("b", "sequence", TensorProto.FLOAT, [None, None, 2]),
+        ("b_lengths", "lengths", TensorProto.INT32, [None]),
+    ]
+    out_specs = [("y", "output", TensorProto.FLOAT, [None, 2 * units], False)]
+    return _finish(path, nodes, inits, in_specs, out_specs, False, True)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("triton_sources")
+    return {
+        "plain": make_rnn_model(root / "plain.onnx", seed=11),
+        "stream": make_rnn_model(root / "stream.onnx", streaming=True, seed=12),
+        "two": make_two_sequence_model(root / "two.onnx"),
+    }
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, sources):
+    env = triton_server.ensure()["env"]
+    root = tmp_path_factory.mktemp("triton_repo")
+    for name, path in sources.items():
+        write_triton_repo(
+            path,
+            root,
+            name,
+            backend="python",
+            execution_env=str(env),
+            idle_microseconds=IDLE_S * 1_000_000,
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def triton(repo, tmp_path_factory):
+    log = tmp_path_factory.mktemp("triton_log") / "tritonserver.log"
+    with triton_server.TritonServer(repo, free_port(), free_port(), log) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def keras_gates(repo):
+    flags = ("--max-batch-size", "64", "--session-idle-timeout-s", str(IDLE_S))
+    flags += ("--no-request-log", "--log-level", "warning")
+    with serve_process(repo, *flags) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def urls(triton, keras_gates):
+    return {"triton": triton, "keras-gates": keras_gates}
+
+
+@pytest.fixture(params=SERVERS)
+def url(request, urls):
+    return urls[request.param]
+
+
+def client_for(url: str):
+    import tritonclient.http as http
+
+    return http.InferenceServerClient(url.removeprefix("http://"), concurrency=4)
+
+
+def sample(shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def tensors(x: np.ndarray, lengths=None, binary=True):
+    """The request tensors: ``x`` and optionally ``lengths``; outputs y and y_steps."""
+    import tritonclient.http as http
+
+    inputs = [http.InferInput("x", list(x.shape), "FP32")]
+    inputs[0].set_data_from_numpy(x, binary_data=binary)
+    if lengths is not None:
+        inputs.append(http.InferInput("lengths", list(lengths.shape), "INT32"))
+        inputs[1].set_data_from_numpy(lengths, binary_data=binary)
+    outputs = [http.InferRequestedOutput(n, binary_data=binary) for n in ("y", "y_steps")]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def arrays(result) -> dict[str, np.ndarray]:
+    return {n: result.as_numpy(n) for n in ("y", "y_steps")}
+
+
+def infer(client, model: str, x: np.ndarray, lengths=None, binary=True, **sequence):
+    """The one client code both servers get."""
+    return arrays(client.infer(model, **tensors(x, lengths, binary), **sequence))
+
+
+def reference(sources, model: str, x: np.ndarray, lengths: np.ndarray) -> dict:
+    feeds = {"x": x, "lengths": lengths.astype(np.int32)}
+    if model == "stream":
+        feeds |= {f"rnn.{s}_in": np.zeros((len(x), UNITS), np.float32) for s in "hc"}
+    return run_direct(sources[model], feeds)
+
+
+# ---- health, metadata, configuration, statistics ----------------------------------------------
+def test_health_and_server_metadata(url):
+    client = client_for(url)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("plain") and client.is_model_ready("stream")
+        extensions = set(client.get_server_metadata()["extensions"])
+        assert {"binary_tensor_data", "sequence", "model_repository", "statistics"} <= extensions
+        assert {"model_configuration", "parameters"} <= extensions
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("model", ["plain", "stream"])
+def test_metadata_config_and_stats_agree(urls, model):
+    docs = {}
+    for name, url in urls.items():
+        client = client_for(url)
+        try:
+            docs[name] = (
+                client.get_model_metadata(model),
+                client.get_model_config(model),
+                client.get_inference_statistics(model)["model_stats"][0],
+            )
+        finally:
+            client.close()
+    (meta_t, config_t, stats_t), (meta_k, config_k, stats_k) = docs["triton"], docs["keras-gates"]
+    # The recurrent state is the server's business in a sequence; keras-gates also lets a client
+    # without sequence_id carry it (optional inputs), which it advertises in the metadata.
+    state = {f"rnn.{s}_{d}" for s in "hc" for d in ("in", "out")}
+    for key in ("inputs", "outputs"):
+        assert [t for t in meta_k[key] if t["name"] not in state] == meta_t[key]
+    assert {t["name"]: t["shape"] for t in meta_t["inputs"]}["lengths"] == [-1, 1]
+    assert config_k["max_batch_size"] == config_t["max_batch_size"] == 64
+    assert set(config_t) <= set(config_k), set(config_t) - set(config_k)
+    for key in ("input", "output"):
+        ours = [
+            {k: v for k, v in t.items() if not k.startswith("keras_gates")} for t in config_k[key]
+        ]
+        assert ours == config_t[key]
+    assert (
+        ("sequence_batching" in config_k)
+        == ("sequence_batching" in config_t)
+        == (model == "stream")
+    )
+    assert set(stats_t) <= set(stats_k), set(stats_t) - set(stats_k)
+    assert set(stats_t["inference_stats"]) == set(stats_k["inference_stats"])
+
+
+def test_our_config_loads_in_triton(keras_gates, triton, repo):
+    """The /config keras-gates serve answers, given to a real Triton (Python backend)."""
+    env = triton_server.ensure()["env"]
+    for model in ("plain", "stream"):
+        doc = httpx.get(f"{keras_gates}/v2/models/{model}/config").json()
+        config = json_format.ParseDict(
+            doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        )
+        name = f"ours_{model}"
+        config.name, config.platform, config.backend = name, "", "python"
+        config.default_model_filename = ""
+        config.parameters["EXECUTION_ENV_PATH"].string_value = str(env)
+        shutil.copytree(repo / model / "1", repo / name / "1")
+        (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+        answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert httpx.get(f"{triton}/v2/models/{name}/ready").status_code == 200
+        httpx.post(f"{triton}/v2/repository/models/{name}/unload", timeout=60)
+        shutil.rmtree(repo / name)
+
+
+def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, repo, sources, tmp_path):
+    """The default flavour: Triton parses and validates its config (the sequence batcher's state
+    and controls included) and loads it once its backend is swapped for the Python one; the
+    onnxruntime backend itself is not in this Triton, so its own load stops at the backend."""
+    env = triton_server.ensure()["env"]
+    for model, path in sources.items():
+        name = f"ort_{model}"
+        write_triton_repo(path, repo, name)
+        answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
+        assert answer.status_code == 400 and "onnxruntime" in answer.text, answer.text
+        config = text_format.Parse(
+            (repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        assert config.backend == "onnxruntime"
+        config.backend = "python"
+        config.parameters["EXECUTION_ENV_PATH"].string_value = str(env)
+        shutil.copy(repo / model / "1" / "model.py", repo / name / "1" / "model.py")
+        (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+        answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
+        assert answer.status_code == 200, answer.text
+        httpx.post(f"{triton}/v2/repository/models/{name}/unload", timeout=60)
+        shutil.rmtree(repo / name)
+
+
+# ---- inference ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_variable_length_batch(url, sources, binary):
+    x = sample((3, 6, 3), seed=1)
+    lengths = np.array([[6], [2], [4]], np.int32)  # the advertised [B, 1]
+    client = client_for(url)
+    try:
+        got = infer(client, "plain", x, lengths, binary=binary)
+    finally:
+        client.close()
+    want = reference(sources, "plain", x, lengths.ravel())
+    for name in ("y", "y_steps"):
+        np.testing.assert_allclose(got[name], want[name], atol=ATOL)
+
+
+def test_concurrent_requests_of_different_lengths(url, sources):
+    """Triton's dynamic batcher and keras-gates' batcher both pad them into shared calls."""
+    cases = [(sample((1 + i % 2, 2 + i, 3), seed=20 + i), 2 + i) for i in range(8)]
+    client = client_for(url)
+    try:
+        pending = [client.async_infer("plain", **tensors(x)) for x, _ in cases]
+        results = [arrays(handle.get_result()) for handle in pending]
+    finally:
+        client.close()
+    for (x, steps), got in zip(cases, results):
+        want = reference(sources, "plain", x, np.full(len(x), steps))
+        np.testing.assert_allclose(got["y"], want["y"], atol=ATOL)
+        np.testing.assert_allclose(got["y_steps"], want["y_steps"], atol=ATOL)
+
+
+def test_two_sequence_inputs_each_with_its_lengths(url, sources):
+    import tritonclient.http as http
+
+    a, b = sample((3, 5, 3), seed=90), sample((3, 5, 2), seed=91)
+    a_lengths = np.array([[5], [2], [4]], np.int32)
+    b_lengths = np.array([[1], [5], [3]], np.int32)
+    arrays = {"a": a, "a_lengths": a_lengths, "b": b, "b_lengths": b_lengths}
+    inputs = []
+    for name, value in arrays.items():
+        inputs.append(http.InferInput(name, list(value.shape), "FP32" if name in "ab" else "INT32"))
+        inputs[-1].set_data_from_numpy(value)
+    client = client_for(url)
+    try:
+        got = client.infer("two", inputs).as_numpy("y")
+        only_a = client.infer("two", inputs[:1] + inputs[2:]).as_numpy("y")  # a_lengths: full
+    finally:
+        client.close()
+    feeds = {k: v.ravel() if k.endswith("lengths") else v for k, v in arrays.items()}
+    np.testing.assert_allclose(got, run_direct(sources["two"], feeds)["y"], atol=ATOL)
+    feeds["a_lengths"] = np.full(3, 5, np.int32)
+    np.testing.assert_allclose(only_a, run_direct(sources["two"], feeds)["y"], atol=ATOL)
+    assert np.abs(got - only_a).max() > 1e-3  # the lengths mattered
+
+
+def test_lengths_in_either_form_on_keras_gates(keras_gates, sources):
+    x = sample((2, 5, 3), seed=3)
+    want = reference(sources, "plain", x, np.array([5, 3]))
+    client = client_for(keras_gates)
+    try:
+        for lengths in (np.array([[5], [3]], np.int32), np.array([5, 3], np.int32)):
+            got = infer(client, "plain", x, lengths)
+            np.testing.assert_allclose(got["y"], want["y"], atol=ATOL)
+    finally:
+        client.close()
+
+
+def test_streamed_chunks_equal_whole_sequence(url, sources):
+    whole = {k: sample((1, 9, 3), seed=40 + k) for k in (1, 2)}
+    cuts = [(0, 4), (4, 5), (5, 9)]
+    client = client_for(url)
+    got = {k: [] for k in whole}
+    try:
+        for i, (a, b) in enumerate(cuts):  # two sequences, interleaved
+            for k, x in whole.items():
+                flags = {"sequence_start": i == 0, "sequence_end": i == len(cuts) - 1}
+                chunk = np.ascontiguousarray(x[:, a:b])
+                got[k].append(infer(client, "stream", chunk, sequence_id=500 + k, **flags))
+    finally:
+        client.close()
+    for k, x in whole.items():
+        want = reference(sources, "stream", x, np.array([9]))
+        np.testing.assert_allclose(got[k][-1]["y"], want["y"], atol=ATOL)
+        steps = np.concatenate([chunk["y_steps"] for chunk in got[k]], axis=1)
+        np.testing.assert_allclose(steps, want["y_steps"], atol=ATOL)
+
+
+def test_idle_sequence_is_dropped(url):
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    client = client_for(url)
+    x = sample((1, 2, 3), seed=80)
+    try:
+        infer(client, "stream", x, sequence_id=77, sequence_start=True)
+        time.sleep(IDLE_S + 1.5)
+        with pytest.raises(InferenceServerException) as caught:
+            infer(client, "stream", x, sequence_id=77)
+        assert caught.value.status() == "400"
+    finally:
+        client.close()
+
+
+# ---- errors ------------------------------------------------------------------------------------
+def _tensor(name="x", datatype="FP32", shape=(1, 2, 3), data=None):
+    data = [0.5] * int(np.prod(shape)) if data is None else data
+    return {"name": name, "datatype": datatype, "shape": list(shape), "data": data}
+
+
+# (case, model, body, Triton's status, keras-gates' status): the differences are on purpose and
+# listed in the README.
+BAD_REQUESTS = [
+    ("unknown model", "nope", {"inputs": [_tensor()]}, 404, 404),
+    ("wrong datatype", "plain", {"inputs": [_tensor(datatype="FP64")]}, 400, 400),
+    ("wrong rank", "plain", {"inputs": [_tensor(shape=(1, 6))]}, 400, 400),
+    ("wrong feature size", "plain", {"inputs": [_tensor(shape=(1, 2, 4))]}, 400, 400),
+    ("unknown input", "plain", {"inputs": [_tensor(), _tensor("z")]}, 400, 400),
+    ("missing input", "plain", {"inputs": [_tensor("lengths", "INT32", (1, 1), [1])]}, 400, 400),
+    ("data size", "plain", {"inputs": [_tensor(data=[0.5] * 5)]}, 500, 400),
+    ("data not numbers", "plain", {"inputs": [_tensor(data=[0.5] * 5 + ["a"])]}, 500, 400),
+    (
+        "lengths > time",
+        "plain",
+        {"inputs": [_tensor(), _tensor("lengths", "INT32", (1, 1), [3])]},
+        400,
+        400,
+    ),
+    (
+        "lengths 0",
+        "plain",
+        {"inputs": [_tensor(), _tensor("lengths", "INT32", (1, 1), [0])]},
+        400,
+        400,
+    ),
+    ("unknown output", "plain", {"inputs": [_tensor()], "outputs": [{"name": "nope"}]}, 400, 400),
+    ("no inputs", "plain", {"inputs": []}, 400, 400),
+    (
+        "sequence never started",
+        "stream",
+        {"inputs": [_tensor()], "parameters": {"sequence_id": 999}},
+        400,
+        400,
+    ),
+    # keras-gates also takes the other natural form, and a streaming model without a sequence
+    (
+        "lengths as [B]",
+        "plain",
+        {"inputs": [_tensor(), _tensor("lengths", "INT32", (1,), [2])]},
+        400,
+        200,
+    ),  # fmt: skip
+    ("no sequence_id", "stream", {"inputs": [_tensor()]}, 400, 200),
+]
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_request_status(urls, case):
+    _, model, body, triton_status, ours = case
+    for server, want in (("triton", triton_status), ("keras-gates", ours)):
+        answer = httpx.post(f"{urls[server]}/v2/models/{model}/infer", json=body, timeout=30)
+        assert answer.status_code == want, (server, answer.text)
+        assert want == 200 or answer.json()["error"], (server, answer.text)
+
+
+def test_malformed_json_status(urls):
+    for server, want in (("triton", 500), ("keras-gates", 400)):
+        answer = httpx.post(f"{urls[server]}/v2/models/plain/infer", content=b"{nope", timeout=30)
+        assert answer.status_code == want, (server, answer.text)
+
+
+def test_nan_is_refused_by_both(url):
+    x = sample((1, 3, 3), seed=70)
+    x[0, 1, 2] = np.nan
+    client = client_for(url)
+    try:
+        from tritonclient.utils import InferenceServerException
+
+        with pytest.raises(InferenceServerException) as caught:
+            infer(client, "plain", x)
+        assert caught.value.status() == "400" and "NaN" in caught.value.message()
+    finally:
+        client.close()
+
+
+# ---- the model repository extension (last: it changes the repository) -------------------------
+def wait_for_state(client, model: str, state: str, seconds: float = 30) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if {e["name"]: e.get("state") for e in client.get_model_repository_index()}[model] == state:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_load_unload_and_new_version(url, repo, sources):
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    client = client_for(url)
+    x = sample((1, 4, 3), seed=60)
+    try:
+        client.unload_model("plain")
+        with pytest.raises(InferenceServerException):
+            infer(client, "plain", x)
+        assert wait_for_state(client, "plain", "UNAVAILABLE")  # Triton unloads in the background
+        client.load_model("plain")
+        want = reference(sources, "plain", x, np.array([4]))
+        np.testing.assert_allclose(infer(client, "plain", x)["y"], want["y"], atol=ATOL)
+        # A new version copied into the repository, then loaded: it answers by default.
+        other = make_rnn_model(repo.parent / f"v2_{free_port()}.onnx", seed=99)
+        shutil.copytree(repo / "plain" / "1", repo / "plain" / "2")
+        shutil.copy(other, repo / "plain" / "2" / "model.onnx")
+        client.load_model("plain")
+        want = run_direct(other, {"x": x, "lengths": np.array([4], np.int32)})
+        np.testing.assert_allclose(infer(client, "plain", x)["y"], want["y"], atol=ATOL)
+        assert client.is_model_ready("plain", "2")
+        assert isinstance(client, http.InferenceServerClient)
+    finally:
+        shutil.rmtree(repo / "plain" / "2", ignore_errors=True)
+        client.load_model("plain")
+        client.close()
