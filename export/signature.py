@@ -8,8 +8,13 @@ only the standard library and ``onnx`` (lazily), so the serving process never lo
 
 Conventions (all tensors batch-major, batch is axis 0):
   * ``role="sequence"``: float input ``[batch, time, features...]``, right-padded.
-  * ``role="lengths"``: int32 input ``[batch]``, the valid length of each sequence. A caller
-    without padding passes the full time dimension for every row.
+  * ``role="lengths"``: int32 input ``[batch]``, the valid length of each row of the sequence
+    input named by ``sequence_input`` (one per sequence input that feeds a gated layer: named
+    ``lengths`` when the model has one sequence input, else ``<input>_lengths``). A caller
+    without padding passes that input's full time dimension for every row.
+  * ``padding_refused`` on a sequence input: why its rows cannot be padded (``None``: they can,
+    a padded row gives what the row gives alone in Keras). Its lengths must then equal its time
+    dimension; :class:`~keras_gates.export.Predictor` and the server refuse anything shorter.
   * ``role="state"``: a recurrent state input ``[batch, units]`` (``h`` or ``c`` of one layer) and
     its output twin, named ``<layer>.h_in``/``<layer>.h_out`` (``c`` likewise for LSTM).
   * ``role="output"``: a model output; ``per_step=True`` when axis 1 is time (zeros past each
@@ -36,6 +41,8 @@ class TensorSpec:
     shape: tuple[int | None, ...]
     per_step: bool = False
     state_pair: str | None = None  # for a state input: its output twin, and vice versa
+    sequence_input: str | None = None  # for a lengths input: the sequence input it measures
+    padding_refused: str | None = None  # for a sequence input: why rows cannot be padded
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -62,8 +69,31 @@ class Signature:
 
     @property
     def lengths_input(self) -> str | None:
+        """The first (for one-sequence models: the only) lengths input, or ``None``."""
         found = self.inputs_with("lengths")
         return found[0].name if found else None
+
+    def lengths_for(self, sequence: str) -> str | None:
+        """The lengths input measuring sequence input ``sequence``, or ``None``."""
+        found = [t.name for t in self.inputs_with("lengths") if t.sequence_input == sequence]
+        if not found and len(self.inputs_with("sequence")) == 1 and self.lengths_input:
+            return self.lengths_input  # signatures written before sequence_input existed
+        return found[0] if found else None
+
+    @property
+    def padding_refusals(self) -> dict[str, str]:
+        """``{sequence input: why its rows cannot be padded}``."""
+        return {t.name: t.padding_refused for t in self.inputs if t.padding_refused}
+
+    def with_refusals(self, refusals: dict[str, str]) -> Signature:
+        """A copy whose sequence inputs in ``refusals`` refuse padding (first reason kept)."""
+        inputs = tuple(
+            dataclasses.replace(t, padding_refused=t.padding_refused or refusals[t.name])
+            if t.name in refusals
+            else t
+            for t in self.inputs
+        )
+        return dataclasses.replace(self, inputs=inputs)
 
     @property
     def state_pairs(self) -> tuple[tuple[str, str], ...]:
