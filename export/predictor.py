@@ -92,8 +92,11 @@ class Predictor:
         Args:
             x: An array (single-input models), a list of arrays in input order, or a dict by
                 input name. Sequences are ``[batch, time, ...]``, right-padded.
-            lengths: Valid length of each sequence (int, ``[batch]``); default: the full time
-                dimension for every row.
+            lengths: Valid length of each row (int, ``[batch]``) when the model has one lengths
+                input; with several (one per sequence input, ``<input>_lengths``), a dict keyed
+                by lengths input or sequence input name. Default, for each: its sequence's full
+                time dimension. An input whose export refused padding
+                (``signature.padding_refusals``) only accepts its full time dimension.
 
         Returns:
             ``{output_name: array}`` (state outputs of streaming models left out). Per-step
@@ -127,8 +130,14 @@ class Predictor:
         specs = {t.name: t for t in self.signature.inputs}
         feeds = {n: np.asarray(a, dtype=specs[n].dtype) for n, a in zip(names, arrays)}
         batch, time = _batch_time(self.signature, feeds)
-        if self.signature.lengths_input:
-            feeds[self.signature.lengths_input] = _lengths(lengths, batch, time)
+        given = _lengths_by_input(self.signature, lengths)
+        refusals = self.signature.padding_refusals
+        for spec in self.signature.inputs_with("lengths"):
+            sequence = spec.sequence_input or self.signature.inputs_with("sequence")[0].name
+            steps = feeds[sequence].shape[1] if feeds[sequence].ndim > 1 else time
+            value = _lengths(given.get(spec.name), batch, steps, spec.name)
+            _check_padding(sequence, value, steps, refusals.get(sequence))
+            feeds[spec.name] = value
         for spec in self.signature.inputs_with("state"):
             value = (states or {}).get(spec.name)
             feeds[spec.name] = (
@@ -183,13 +192,50 @@ def _batch_time(signature: Signature, feeds: dict) -> tuple[int, int]:
     return int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
 
 
-def _lengths(lengths: Any, batch: int, time: int) -> np.ndarray:
+def _lengths_by_input(signature: Signature, lengths: Any) -> dict[str, Any]:
+    """``lengths`` as ``{lengths input: value}`` (a dict may name the sequence inputs)."""
+    specs = signature.inputs_with("lengths")
+    if lengths is None:
+        return {}
+    names = [t.name for t in specs]
+    if not isinstance(lengths, Mapping):
+        if len(specs) != 1:
+            raise ValueError(
+                "Received an invalid value for argument `lengths`, expected a dict keyed by "
+                f"lengths input ({names}) for a model with {len(specs)} lengths inputs, got "
+                f"{type(lengths).__name__}."
+            )
+        return {names[0]: lengths}
+    by_sequence = {t.sequence_input: t.name for t in specs if t.sequence_input}
+    result = {}
+    for key, value in lengths.items():
+        name = key if key in names else by_sequence.get(key)
+        if name is None:
+            raise ValueError(
+                f"Received lengths for {key!r}, which names no lengths input; expected keys from "
+                f"{names} (or their sequence inputs {sorted(by_sequence)})."
+            )
+        result[name] = value
+    return result
+
+
+def _lengths(lengths: Any, batch: int, time: int, name: str = "lengths") -> np.ndarray:
     if lengths is None:
         return np.full(batch, time, np.int32)
     lengths = np.asarray(lengths)
     if lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time:
         raise ValueError(
-            "Received an invalid value for argument `lengths`, expected one integer per sequence "
-            f"in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
+            f"Received an invalid value for argument `lengths` ({name!r}), expected one integer "
+            f"per sequence in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
         )
     return lengths.astype(np.int32)
+
+
+def _check_padding(sequence: str, lengths: np.ndarray, time: int, refusal: str | None) -> None:
+    """Refuse rows shorter than the time axis of an input whose export refused padding."""
+    if refusal is not None and lengths.min(initial=time) < time:
+        raise ValueError(
+            f"Received lengths {lengths.tolist()} for input {sequence!r}, shorter than its time "
+            f"dimension {time}, but this export cannot pad {sequence!r}: {refusal}. Pass rows "
+            f"of {time} steps (lengths={time}, the default)."
+        )

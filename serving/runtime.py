@@ -58,6 +58,8 @@ class TensorInfo:
     role: str = "other"
     per_step: bool = False
     state_pair: str | None = None
+    sequence_input: str | None = None  # a lengths input: the sequence input it measures
+    padding_refused: str | None = None  # a sequence input: why its rows cannot be padded
 
     @property
     def dtype(self) -> np.dtype:
@@ -86,7 +88,16 @@ def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
         return TensorInfo(ort_arg.name, datatype, shape, role=default_role)
     if len(spec.shape) == len(shape):  # the signature may free dims onnxruntime pinned, never pin
         shape = tuple(o if s is not None else None for o, s in zip(shape, spec.shape, strict=True))
-    return TensorInfo(ort_arg.name, datatype, shape, spec.role, spec.per_step, spec.state_pair)
+    return TensorInfo(
+        ort_arg.name,
+        datatype,
+        shape,
+        spec.role,
+        spec.per_step,
+        spec.state_pair,
+        getattr(spec, "sequence_input", None),
+        getattr(spec, "padding_refused", None),
+    )
 
 
 class ModelRuntime:

@@ -74,12 +74,20 @@ def check_batch(model: str, given: dict[str, np.ndarray]) -> int:
     return batches.pop() if batches else 1
 
 
-def check_sequences(model: str, seq_specs: Sequence[TensorInfo], given: dict) -> int | None:
-    """All sequence inputs share the time dim (axis 1); returns it (``None`` without any)."""
+def check_sequences(
+    model: str, seq_specs: Sequence[TensorInfo], given: dict, independent: bool = False
+) -> int | None:
+    """All sequence inputs share the time dim (axis 1); returns it (``None`` without any).
+
+    ``independent``: each sequence input has its own lengths input (encoder-decoder), so their
+    time dims may differ; returns the first one's.
+    """
     steps = {t.name: given[t.name].shape[1] for t in seq_specs if t.name in given}
     if not steps:
         return None
     values = set(steps.values())
+    if independent and 0 not in values:
+        return next(iter(steps.values()))
     if len(values) > 1 or 0 in values:
         raise BadRequest(
             f"Sequence inputs of model {model!r} have time lengths (axis 1) {steps}; "
@@ -96,4 +104,16 @@ def check_lengths(model: str, name: str, lengths: np.ndarray, steps: int | None)
         raise BadRequest(
             f"Input {name!r} of model {model!r} holds lengths {lengths.tolist()}, expected values "
             f"between 1 and the time length {steps}."
+        )
+
+
+def check_padding(model: str, spec: TensorInfo, lengths: np.ndarray, steps: int | None) -> None:
+    """A sequence input whose export refused padding only takes rows as long as its time axis."""
+    if spec.padding_refused is None or steps is None:
+        return
+    if lengths.size and lengths.min() < steps:
+        raise BadRequest(
+            f"Input {spec.name!r} of model {model!r} cannot be padded ({spec.padding_refused}), "
+            f"but its lengths {lengths.tolist()} are shorter than its time length {steps}; "
+            f"expected lengths equal to {steps} (or no lengths input)."
         )

@@ -1,0 +1,355 @@
+"""Issue 14: a padded row gives what the row gives alone in Keras, or the export says it cannot.
+
+The five cases of the issue, each exported once (module fixture) and compared row by row on
+padded batches with garbage in the padding: against Keras on each row alone, and against the
+numpy reference of the gated equations (``tests/reference.py``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from keras_gates import GatedGRU, GatedGRUCell, GatedLSTM, GatedLSTMCell
+from keras_gates.export import ExportError, Predictor, read_signature, to_onnx, write_triton_repo
+from keras_gates.serving import ServerConfig, create_app
+from tests import reference
+from tests.serving_models import ServerThread
+
+ATOL = reference.FP32_ATOL
+L = keras.layers
+
+
+def randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()])
+    return model
+
+
+def stacked_cells():
+    inp = keras.Input((None, 4), name="x")
+    x = L.RNN([GatedGRUCell(8), GatedGRUCell(8)], name="rnn")(inp)
+    return keras.Model(inp, L.Dense(2, name="dense")(x))
+
+
+def single_cell():
+    inp = keras.Input((None, 4), name="x")
+    x = L.RNN(GatedLSTMCell(8), name="rnn")(inp)
+    return keras.Model(inp, L.Dense(2, name="dense")(x))
+
+
+def encoder_decoder():
+    enc, dec = keras.Input((None, 6), name="enc"), keras.Input((None, 5), name="dec")
+    _, h, c = GatedLSTM(16, return_state=True, name="encoder")(enc)
+    y = GatedLSTM(16, return_sequences=True, name="decoder")(dec, initial_state=[h, c])
+    return keras.Model([enc, dec], L.Dense(5, name="dense")(y))
+
+
+def fixed_time():
+    inp = keras.Input((20, 4), name="x")
+    return keras.Model(inp, L.Dense(2, name="dense")(GatedGRU(8, name="gru")(inp)))
+
+
+def pooled():
+    inp = keras.Input((None, 4), name="x")
+    x = L.MaxPooling1D(2, name="pool")(inp)
+    return keras.Model(inp, L.Dense(2, name="dense")(GatedGRU(8, name="gru")(x)))
+
+
+MODELS = {
+    "stacked": stacked_cells,
+    "single": single_cell,
+    "encdec": encoder_decoder,
+    "fixed": fixed_time,
+    "pooled": pooled,
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("padding")
+    out = {}
+    for name, build in MODELS.items():
+        model = randomize(build())
+        printed = []
+        result = to_onnx(model, folder / f"{name}.onnx", print_fn=printed.append)
+        out[name] = (model, result, folder / f"{name}.onnx", "\n".join(printed))
+    return out
+
+
+def padded(rng, batch, time, features, lengths):
+    """Random rows with large garbage past each length."""
+    x = rng.normal(size=(batch, time, features)).astype("float32")
+    for row, n in enumerate(lengths):
+        x[row, n:] = rng.normal(5.0, 4.0, size=(time - n, features))
+    return x
+
+
+def keras_row(model, *arrays):
+    out = model(list(arrays) if len(arrays) > 1 else arrays[0], training=False)
+    return np.asarray(out)
+
+
+def dense(model, y):
+    kernel, bias = model.get_layer("dense").get_weights()
+    return y @ kernel + bias
+
+
+def test_rnn_over_cells_is_native_and_exact_on_padded_rows(exported):
+    rng = np.random.default_rng(1)
+    lengths = np.array([29, 12, 5, 1], np.int32)
+    for name in ("stacked", "single"):
+        model, result, path, _ = exported[name]
+        counts = result.op_counts
+        assert counts.get("Loop", 0) == 0 and counts.get("Scan", 0) == 0
+        assert counts.get("GRU", 0) + counts.get("LSTM", 0) == (2 if name == "stacked" else 1)
+        assert not result.signature.padding_refusals
+        x = padded(rng, 4, 29, 4, lengths)
+        got = Predictor(path, device="cpu").predict(x, lengths=lengths)["dense"]
+        cells = model.get_layer("rnn").cell
+        cells = cells.cells if hasattr(cells, "cells") else [cells]
+        for row, n in enumerate(lengths):
+            alone = x[row : row + 1, :n]
+            np.testing.assert_allclose(got[row], keras_row(model, alone)[0], atol=ATOL, rtol=0)
+            h = alone.astype("float64")
+            for cell in cells:
+                weights = cell.get_gate_weights()
+                if name == "stacked":
+                    h, last = reference.gru(h, weights)
+                else:
+                    h, last, _ = reference.lstm(h, weights)
+            np.testing.assert_allclose(got[row], dense(model, last)[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "build, counts",
+    [
+        (
+            lambda: L.RNN(
+                [GatedLSTMCell(5), GatedLSTMCell(4, use_peepholes=True)],
+                return_sequences=True,
+                go_backwards=True,
+            ),
+            {"LSTM": 2},
+        ),
+        (
+            lambda: L.Bidirectional(
+                L.RNN([GatedGRUCell(4), GatedGRUCell(3, reset_after=False)], return_sequences=True),
+                merge_mode="sum",
+            ),
+            {"GRU": 4},
+        ),
+        (lambda: L.Bidirectional(L.RNN(GatedLSTMCell(4)), merge_mode="concat"), {"LSTM": 2}),
+    ],
+    ids=["stacked_backwards", "bidi_stacked", "bidi_single"],
+)
+def test_rnn_over_cells_variants(tmp_path, build, counts):
+    inp = keras.Input((None, 3), name="x")
+    model = randomize(keras.Model(inp, build()(L.Masking(0.0)(inp))))
+    result = to_onnx(model, tmp_path / "v.onnx", print_fn=None)
+    assert {k: result.op_counts.get(k, 0) for k in counts} == counts
+    assert result.op_counts.get("Loop", 0) == 0
+    assert not result.signature.padding_refusals
+    padded_rows = [r for r in result.validation.rows if r.padded]
+    assert padded_rows and all(r.error <= ATOL for r in padded_rows)
+
+
+def test_rnn_over_cells_return_state_and_streaming(tmp_path):
+    inp = keras.Input((None, 3), name="x")
+    y, s1, s2 = L.RNN([GatedLSTMCell(4), GatedLSTMCell(3)], return_state=True, name="rnn")(inp)
+    model = randomize(keras.Model(inp, [y, *s1, *s2]))
+    result = to_onnx(model, tmp_path / "s.onnx", print_fn=None)
+    assert result.validation.passed and result.op_counts["LSTM"] == 2
+    stateful = randomize(
+        keras.Sequential(
+            [keras.Input((None, 3), batch_size=2), L.RNN(GatedGRUCell(4), stateful=True)]
+        )
+    )
+    result = to_onnx(stateful, tmp_path / "stateful.onnx", print_fn=None)
+    assert result.signature.streaming and result.validation.passed
+    chunks = np.random.default_rng(4).normal(size=(3, 2, 4, 3)).astype("float32")
+    stateful.layers[0].reset_states()
+    expected = [np.asarray(stateful(c)) for c in chunks]
+    stream = Predictor(tmp_path / "stateful.onnx", device="cpu").stream()
+    for chunk, want in zip(chunks, expected):
+        got = stream.step(chunk)[result.signature.outputs[0].name]
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+def test_encoder_decoder_has_one_lengths_input_per_sequence(exported):
+    model, result, path, _ = exported["encdec"]
+    signature = read_signature(path)
+    assert [t.name for t in signature.inputs_with("lengths")] == ["enc_lengths", "dec_lengths"]
+    assert signature.lengths_for("enc") == "enc_lengths"
+    assert signature.lengths_for("dec") == "dec_lengths"
+    predictor = Predictor(path, device="cpu")
+    rng = np.random.default_rng(2)
+    enc, dec = (rng.random((3, 7, 6)).astype("float32"), rng.random((3, 29, 5)).astype("float32"))
+    got = predictor.predict([enc, dec])["dense"]  # the issue's repro: defaults per input
+    np.testing.assert_allclose(got, keras_row(model, enc, dec), atol=ATOL, rtol=0)
+
+    enc_len, dec_len = np.array([7, 3, 5], np.int32), np.array([12, 29, 4], np.int32)
+    enc, dec = padded(rng, 3, 7, 6, enc_len), padded(rng, 3, 29, 5, dec_len)
+    got = predictor.predict([enc, dec], lengths={"enc": enc_len, "dec_lengths": dec_len})["dense"]
+    weights = {n: model.get_layer(n).get_gate_weights() for n in ("encoder", "decoder")}
+    for row in range(3):
+        e, d = enc[row : row + 1, : enc_len[row]], dec[row : row + 1, : dec_len[row]]
+        want = keras_row(model, e, d)[0]
+        np.testing.assert_allclose(got[row, : dec_len[row]], want, atol=ATOL, rtol=0)
+        _, h, c = reference.lstm(e.astype("float64"), weights["encoder"])
+        ys, _, _ = reference.lstm(d.astype("float64"), weights["decoder"], state=(h, c))
+        np.testing.assert_allclose(got[row, : dec_len[row]], dense(model, ys)[0], atol=ATOL)
+    with pytest.raises(ValueError, match="dict keyed by lengths input"):
+        predictor.predict([enc, dec], lengths=enc_len)
+
+
+def test_fixed_time_axis_exports_and_refuses_padding(exported):
+    model, result, path, printed = exported["fixed"]
+    assert result.validation.passed
+    assert {(r.batch, r.time) for r in result.validation.rows if not r.padded} == {(1, 20), (3, 20)}
+    assert "input 'x' cannot be padded: its time axis is fixed at 20" in printed
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    padding = json.loads(props["keras_gates.padding"])
+    assert padding["x"]["padding"] == "refused" and "fixed at 20" in padding["x"]["reason"]
+    predictor = Predictor(path, device="cpu")
+    x = np.random.default_rng(3).normal(size=(2, 20, 4)).astype("float32")
+    np.testing.assert_allclose(predictor.predict(x)["dense"], keras_row(model, x), atol=ATOL)
+    with pytest.raises(ValueError, match=r"cannot pad 'x': its time axis is fixed at 20"):
+        predictor.predict(x, lengths=[20, 12])
+
+
+def test_pooling_rescales_lengths(exported):
+    model, result, path, _ = exported["pooled"]
+    assert not result.signature.padding_refusals
+    rng = np.random.default_rng(5)
+    lengths = np.array([29, 12, 7, 2], np.int32)
+    x = padded(rng, 4, 29, 4, lengths)
+    got = Predictor(path, device="cpu").predict(x, lengths=lengths)["dense"]
+    weights = model.get_layer("gru").get_gate_weights()
+    for row, n in enumerate(lengths):
+        alone = x[row : row + 1, :n]
+        np.testing.assert_allclose(got[row], keras_row(model, alone)[0], atol=ATOL, rtol=0)
+        pooled = alone[:, : n // 2 * 2].reshape(1, n // 2, 2, 4).max(axis=2)
+        _, h = reference.gru(pooled.astype("float64"), weights)
+        np.testing.assert_allclose(got[row], dense(model, h)[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "front",
+    [
+        lambda: L.AveragePooling1D(3, strides=2),
+        lambda: L.Conv1D(4, 3, strides=2, padding="valid"),
+        lambda: L.Conv1D(4, 3, padding="causal", dilation_rate=2),
+        lambda: L.Cropping1D((1, 2)),
+        lambda: L.UpSampling1D(2),
+    ],
+    ids=["avgpool", "conv_valid_strided", "conv_causal", "cropping", "upsampling"],
+)
+def test_length_changing_layers_are_exact(tmp_path, front):
+    inp = keras.Input((None, 3), name="x")
+    y = GatedLSTM(4, return_sequences=True)(front()(inp))
+    model = randomize(keras.Model(inp, L.Dense(2)(y)))
+    result = to_onnx(model, tmp_path / "f.onnx", print_fn=None)
+    assert not result.signature.padding_refusals
+    assert all(r.error <= ATOL for r in result.validation.rows if r.padded)
+    assert not read_signature(tmp_path / "f.onnx").outputs[0].per_step  # time axis rescaled
+
+
+@pytest.mark.parametrize(
+    "front, reason",
+    [
+        (lambda: L.MaxPooling1D(2, padding="same", name="p"), r"layer 'p' \(MaxPooling1D\)"),
+        (lambda: L.Conv1D(4, 3, padding="same", name="c"), r"layer 'c' \(Conv1D\)"),
+    ],
+    ids=["pool_same", "conv_same"],
+)
+def test_inexact_layers_refuse_padding(tmp_path, front, reason):
+    inp = keras.Input((None, 3), name="x")
+    model = randomize(keras.Model(inp, GatedGRU(4)(front()(inp))))
+    printed = []
+    result = to_onnx(model, tmp_path / "r.onnx", print_fn=printed.append)
+    assert result.validation.passed
+    refusals = read_signature(tmp_path / "r.onnx").padding_refusals
+    assert list(refusals) == ["x"]
+    assert __import__("re").search(reason, refusals["x"])
+    assert "refused" in printed[0] and "cannot be padded" in printed[-1]
+    with pytest.raises(ValueError, match="cannot pad 'x'"):
+        Predictor(tmp_path / "r.onnx", device="cpu").predict(
+            np.zeros((2, 6, 3), np.float32), lengths=[6, 4]
+        )
+
+
+def test_attention_over_padding_is_found_by_validation(tmp_path):
+    inp = keras.Input((None, 3), name="x")
+    y = GatedGRU(4, return_sequences=True)(inp)
+    model = randomize(keras.Model(inp, L.GlobalAveragePooling1D()(y)))
+    result = to_onnx(model, tmp_path / "g.onnx", print_fn=None)
+    assert "padded rows differ from the row alone" in result.signature.padding_refusals["x"]
+
+
+def test_mixed_precision_is_refused(tmp_path):
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((None, 3)), GatedLSTM(4)])
+    finally:
+        keras.config.set_dtype_policy(policy)
+    with pytest.raises(ExportError, match="float32 only.*float32 copy"):
+        to_onnx(model, tmp_path / "m.onnx", print_fn=None)
+
+
+def test_opset_13(tmp_path):
+    model = randomize(stacked_cells())
+    result = to_onnx(model, tmp_path / "o13.onnx", opset=13, print_fn=None)
+    proto = onnx.load(tmp_path / "o13.onnx")
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {13}
+    assert result.validation.passed and result.op_counts["GRU"] == 2
+
+
+def _infer(client, model, inputs):
+    body = {
+        "inputs": [
+            {"name": n, "datatype": d, "shape": list(a.shape), "data": a.ravel().tolist()}
+            for n, a, d in inputs
+        ]
+    }
+    return client.post(f"/v2/models/{model}/infer", json=body)
+
+
+def test_server_and_triton_handle_several_lengths_and_refusals(exported, tmp_path):
+    encdec, fixed = exported["encdec"], exported["fixed"]
+    for name in ("encdec", "fixed"):
+        write_triton_repo(exported[name][2], tmp_path, name)
+    config = (tmp_path / "encdec" / "config.pbtxt").read_text()
+    assert 'name: "enc_lengths"' in config and 'name: "dec_lengths"' in config
+    rng = np.random.default_rng(6)
+    enc, dec = rng.random((2, 7, 6)).astype("float32"), rng.random((2, 11, 5)).astype("float32")
+    x = rng.normal(size=(1, 20, 4)).astype("float32")
+    with ServerThread(create_app(tmp_path, ServerConfig())) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            answer = _infer(client, "encdec", [("enc", enc, "FP32"), ("dec", dec, "FP32")])
+            assert answer.status_code == 200, answer.text
+            out = answer.json()["outputs"][0]
+            got = np.array(out["data"], np.float32).reshape(out["shape"])
+            np.testing.assert_allclose(got, keras_row(encdec[0], enc, dec), atol=ATOL)
+            lens = np.array([3, 7], np.int32)
+            answer = _infer(
+                client,
+                "encdec",
+                [("enc", enc, "FP32"), ("dec", dec, "FP32"), ("enc_lengths", lens, "INT32")],
+            )
+            out = answer.json()["outputs"][0]
+            got = np.array(out["data"], np.float32).reshape(out["shape"])
+            want = keras_row(encdec[0], enc[:1, :3], dec[:1])
+            np.testing.assert_allclose(got[:1], want, atol=ATOL)
+            answer = _infer(client, "fixed", [("x", x, "FP32")])
+            assert answer.status_code == 200, answer.text
+            short = np.array([12], np.int32)
+            answer = _infer(client, "fixed", [("x", x, "FP32"), ("lengths", short, "INT32")])
+            assert answer.status_code == 400
+            assert "cannot be padded" in answer.text and "fixed at 20" in answer.text
