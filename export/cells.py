@@ -69,7 +69,9 @@ def call(run: Any, op: Any, args: tuple, kwargs: dict) -> Any:
             n = len(_handler(cell).state_names)
             per_cell.append(flat_initial[offset : offset + n] if flat_initial else None)
             offset += n
-        prefix = f"{op.name}.{'backward' if direction == 'reverse' else 'forward'}" if bidi else op.name
+        prefix = (
+            f"{op.name}.{'backward' if direction == 'reverse' else 'forward'}" if bidi else op.name
+        )
         results.append(_chain(run, op, rnn, cells, direction, prefix, xf, lens, per_cell))
     if bidi:
         (y, states), (y_rev, states_rev) = results

@@ -93,7 +93,9 @@ def set_metadata(onnx_model, model, signature, layouts, validation) -> None:
         METADATA_KEY: signature.to_json(),
         "keras_gates.gate_layout": json.dumps(layouts, sort_keys=True, default=str),
         "keras_gates.validation": validation.to_json() if validation else '{"skipped": true}',
-        "keras_gates.padding": json.dumps(_padding(signature, validation is not None), sort_keys=True),
+        "keras_gates.padding": json.dumps(
+            _padding(signature, validation is not None), sort_keys=True
+        ),
     }
     kept = [p for p in onnx_model.metadata_props if p.key not in props]
     del onnx_model.metadata_props[:]

@@ -44,7 +44,9 @@ def padded_rows(
     for name in padded:
         if name in fixed_time:  # no row alone to compare with: shown as refused
             label = f"padded {name}: time axis fixed at {fixed_time[name]}"
-            result.rows.extend(Row(n, 0, fixed_time[name], float("nan"), label, (name,)) for n in names)
+            result.rows.extend(
+                Row(n, 0, fixed_time[name], float("nan"), label, (name,)) for n in names
+            )
     candidates = [n for n in padded if n not in fixed_time]
     cases = [(n,) for n in candidates] + ([tuple(candidates)] if len(candidates) > 1 else [])
     fixed_batch = next((int(t.shape[0]) for t in model.inputs if t.shape[0] is not None), None)
@@ -55,7 +57,9 @@ def padded_rows(
             n: np.resize(np.roll(np.array(PADDED_LENGTHS, np.int32), -k), batch)
             for k, n in enumerate(case)
         }
-        inputs = [_padded_input(t, x, batch, lengths.get(t.name), rng) for t, x in zip(data, template)]
+        inputs = [
+            _padded_input(t, x, batch, lengths.get(t.name), rng) for t, x in zip(data, template)
+        ]
         errors, failure = _compare(model, session, signature, names, data, inputs, lengths)
         label = "padded " + ", ".join(f"{n} {lengths[n].tolist()}" for n in case)
         result.rows.extend(Row(n, batch, PADDED_TIME, errors[n], label, case) for n in names)

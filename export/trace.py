@@ -144,7 +144,9 @@ def fixed_time_refusal(name: str, steps: int) -> str:
 class _Run:
     """One pass through the model graph with gated layers cut out."""
 
-    def __init__(self, streaming: bool, io: ModelIO, lengths: dict, states: dict, placeholders, cuts):
+    def __init__(
+        self, streaming: bool, io: ModelIO, lengths: dict, states: dict, placeholders, cuts
+    ):
         self.streaming = streaming
         self.io = io
         self.lengths = lengths  # sequence input name -> [B] lengths tensor

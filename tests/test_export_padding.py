@@ -8,6 +8,7 @@ numpy reference of the gated equations (``tests/reference.py``).
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import keras
@@ -276,7 +277,7 @@ def test_inexact_layers_refuse_padding(tmp_path, front, reason):
     assert result.validation.passed
     refusals = read_signature(tmp_path / "r.onnx").padding_refusals
     assert list(refusals) == ["x"]
-    assert __import__("re").search(reason, refusals["x"])
+    assert re.search(reason, refusals["x"])
     assert "refused" in printed[0] and "cannot be padded" in printed[-1]
     with pytest.raises(ValueError, match="cannot pad 'x'"):
         Predictor(tmp_path / "r.onnx", device="cpu").predict(
@@ -322,7 +323,7 @@ def _infer(client, model, inputs):
 
 
 def test_server_and_triton_handle_several_lengths_and_refusals(exported, tmp_path):
-    encdec, fixed = exported["encdec"], exported["fixed"]
+    encdec = exported["encdec"]
     for name in ("encdec", "fixed"):
         write_triton_repo(exported[name][2], tmp_path, name)
     config = (tmp_path / "encdec" / "config.pbtxt").read_text()
