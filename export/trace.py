@@ -1,10 +1,12 @@
 """Trace a Keras model with its gated layers cut out, and convert the rest with tf2onnx.
 
 The model graph is run (``Functional._run_through_graph``) inside one ``tf.function`` whose
-inputs are the model inputs, ``lengths``, the streaming states and one placeholder per ONNX RNN
-output of every cut, and whose outputs are the model outputs, the streaming state outputs and,
-per cut, the time-major RNN input, its ``sequence_lens`` and initial states. A first, cheap
-discovery pass (zeros instead of placeholders) finds the cuts in execution order.
+inputs are the model inputs, one lengths input per sequence input that feeds a gated layer, the
+streaming states and one placeholder per ONNX RNN output of every cut, and whose outputs are the
+model outputs, the streaming state outputs and, per cut, the time-major RNN input, its
+``sequence_lens`` and initial states. Lengths travel with the tensors (:mod:`.lengths`). A first,
+cheap discovery pass (zeros instead of placeholders) finds the cuts in execution order and which
+sequence inputs reach them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import cells
+from .calls import inference_call, is_time_distributed, time_distributed_call
 from .errors import ExportError
 from .handlers import Cut, find_handler
 from .lengths import Lengths, Tracker
@@ -187,9 +190,9 @@ class _Run:
                 "exporter cannot split into a native ONNX RNN node. Use the gated layer directly "
                 "(or inside Bidirectional or a nested Functional/Sequential model)."
             )
-        if _is_time_distributed(op):
-            return self.tracker.propagate(op, _time_distributed_call(op))
-        return self.tracker.propagate(op, _inference_call(op))
+        if is_time_distributed(op):
+            return self.tracker.propagate(op, time_distributed_call(op))
+        return self.tracker.propagate(op, inference_call(op))
 
     def next_cut(self, op: Any, plan) -> Cut:
         """The next cut in execution order (planned with ``plan(index)`` while discovering)."""
@@ -277,48 +280,6 @@ class _Run:
         t, b, d = tf.shape(x)[1], tf.shape(x)[0], cut.num_directions
         shapes = {"Y": [t, d, b, cut.units], "Y_h": [d, b, cut.units], "Y_c": [d, b, cut.units]}
         return {o: tf.zeros(tf.stack(shapes[o])) for o in cut.outputs}
-
-
-def _inference_call(op: Any):
-    """Call ``op`` the way ``Functional`` does, with ``training=False``."""
-
-    def call(*args, **kwargs):
-        if "training" in getattr(op, "_call_context_args", ()):
-            kwargs["training"] = False
-        return op(*args, **kwargs)
-
-    return call
-
-
-def _is_time_distributed(op: Any) -> bool:
-    import keras
-
-    return isinstance(op, keras.layers.TimeDistributed)
-
-
-def _time_distributed_call(op: Any):
-    """``TimeDistributed`` as one call on ``[batch * time, ...]`` and a reshape back.
-
-    Keras 3 maps the inner layer over time with ``vectorized_map``, which tf2onnx turns into a
-    ``Loop`` (and, measured, gets the time axis wrong). Folding time into the batch is exact for
-    layers that treat rows independently, which is what ``TimeDistributed`` requires anyway.
-    """
-    from keras.src import backend
-
-    def call(x, *args, **kwargs):
-        kwargs.pop("mask", None)
-        if "training" in getattr(op.layer, "_call_context_args", ()):
-            kwargs["training"] = False
-        shape = tf.shape(x)
-        flat = tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
-        y = op.layer(flat, *args, **kwargs)
-        y = tf.reshape(y, tf.concat([shape[:2], tf.shape(y)[1:]], axis=0))
-        mask = backend.get_keras_mask(x)
-        if mask is not None:
-            backend.set_keras_mask(y, mask)
-        return y
-
-    return call
 
 
 def discover(model: Any, streaming: bool, dynamic_time: bool) -> list[Cut]:

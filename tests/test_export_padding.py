@@ -354,3 +354,15 @@ def test_server_and_triton_handle_several_lengths_and_refusals(exported, tmp_pat
             answer = _infer(client, "fixed", [("x", x, "FP32"), ("lengths", short, "INT32")])
             assert answer.status_code == 400
             assert "cannot be padded" in answer.text and "fixed at 20" in answer.text
+
+
+def test_cli_prints_the_refusal(exported, tmp_path, capsys):
+    from keras_gates.cli import main
+
+    model = exported["fixed"][0]
+    model.save(tmp_path / "fixed.keras")
+    assert main(["export", str(tmp_path / "fixed.keras"), "-o", str(tmp_path / "f.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "padded x: time axis fixed at 20" in printed  # the table's padded case
+    assert "input 'x' cannot be padded: its time axis is fixed at 20" in printed
+    assert read_signature(tmp_path / "f.onnx").padding_refusals["x"].startswith("its time axis")
