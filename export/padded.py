@@ -72,8 +72,10 @@ def padded_rows(
                 "row's length (e.g. a 'same' convolution or pooling, attention, global pooling "
                 "or a Flatten over time)"
             )
-            for n in case:
-                result.refusals.setdefault(n, reason)
+            # all inputs at once: only news when each passed alone (else that one is the cause)
+            if len(case) == 1 or not any(n in result.refusals for n in case):
+                for n in case:
+                    result.refusals.setdefault(n, reason)
 
 
 def _padded_input(spec, template: np.ndarray, batch: int, lengths, rng) -> np.ndarray:

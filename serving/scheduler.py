@@ -91,9 +91,14 @@ class ModelScheduler:
         self._stateless_outputs = tuple(t.name for t in self.outputs if t.role != "state")
         self.batchable = _batchable(self.inputs) and _batchable(self.outputs)
         self.max_batch_size = self.config.max_batch_size if self.batchable else 1
-        can_pad = self._lengths is not None and all(
-            len(t.shape) >= 2 and t.shape[1] is None and t.padding_refused is None
-            for t in self._sequences
+        can_pad = (
+            self._lengths is not None
+            and all(
+                len(t.shape) >= 2 and t.shape[1] is None and t.padding_refused is None
+                for t in self._sequences
+            )
+            # an output with a time axis not the input's (pooled...) cannot be cut per request
+            and all(t.per_step or len(t.shape) < 3 for t in self.outputs if t.role == "output")
         )
         layout = BatchLayout(
             sequence_inputs=frozenset(t.name for t in self._sequences),

@@ -285,12 +285,26 @@ def test_inexact_layers_refuse_padding(tmp_path, front, reason):
         )
 
 
-def test_attention_over_padding_is_found_by_validation(tmp_path):
-    inp = keras.Input((None, 3), name="x")
-    y = GatedGRU(4, return_sequences=True)(inp)
-    model = randomize(keras.Model(inp, L.GlobalAveragePooling1D()(y)))
-    result = to_onnx(model, tmp_path / "g.onnx", print_fn=None)
-    assert "padded rows differ from the row alone" in result.signature.padding_refusals["x"]
+def test_attention_over_padded_steps_is_found_by_validation(tmp_path):
+    src, tgt = keras.Input((None, 4), name="src"), keras.Input((None, 3), name="tgt")
+    values = GatedGRU(6, return_sequences=True)(src)
+    queries = GatedGRU(6, return_sequences=True)(tgt)
+    attended = L.Attention()([queries, values])  # reads every step of src, padding included
+    y = L.Dense(2, name="dense")(L.Concatenate()([queries, attended]))
+    model = randomize(keras.Model([src, tgt], y))
+    result = to_onnx(model, tmp_path / "a.onnx", print_fn=None)
+    refusals = result.signature.padding_refusals
+    assert list(refusals) == ["src"] and "padded rows differ from the row alone" in refusals["src"]
+    rng = np.random.default_rng(8)
+    s, lengths = rng.normal(size=(3, 5, 4)).astype("float32"), np.array([9, 4, 6], np.int32)
+    t = padded(rng, 3, 9, 3, lengths)
+    predictor = Predictor(tmp_path / "a.onnx", device="cpu")
+    got = predictor.predict([s, t], lengths={"tgt": lengths})["dense"]
+    for row, n in enumerate(lengths):  # tgt pads exactly
+        want = keras_row(model, s[row : row + 1], t[row : row + 1, :n])[0]
+        np.testing.assert_allclose(got[row, :n], want, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="cannot pad 'src'"):
+        predictor.predict([s, t], lengths={"src": [5, 3, 5]})
 
 
 def test_mixed_precision_is_refused(tmp_path):
