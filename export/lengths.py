@@ -26,12 +26,19 @@ class Lengths:
         source: the model input whose padding they describe.
         identity: the tensor's time axis is the input's own (not pooled, cropped, ...).
         refusal: why a padded row of ``source`` cannot give the row alone's answer past here.
+        steps: the same formula on a Python int (input steps -> steps here), to find the
+            shortest row that still leaves a gated layer one step.
     """
 
     value: tf.Tensor
     source: str
     identity: bool = True
     refusal: str | None = None
+    steps: Callable[[int], int] = lambda n: n
+
+    def shortest(self, limit: int = 4096) -> int:
+        """The fewest input steps that leave at least one step here (``limit`` if none do)."""
+        return next((n for n in range(1, limit) if self.steps(n) >= 1), limit)
 
 
 def rescale(op: Any, lengths: Lengths) -> Lengths:
@@ -44,7 +51,14 @@ def rescale(op: Any, lengths: Lengths) -> Lengths:
     refusal = lengths.refusal
     if reason is not None and refusal is None:
         refusal = f"layer {op.name!r} ({type(op).__name__}) {reason}"
-    return Lengths(value, lengths.source, identity=False, refusal=refusal)
+    before = lengths.steps
+    return Lengths(
+        value,
+        lengths.source,
+        identity=False,
+        refusal=refusal,
+        steps=lambda n: max(int(formula(before(n))), 0),
+    )
 
 
 Formula = Callable[[tf.Tensor], tf.Tensor]
@@ -103,6 +117,7 @@ class Tracker:
     def __init__(self):
         self._by_id: dict[int, tuple[Any, Lengths]] = {}
         self.refusals: dict[str, str] = {}  # input name -> first reason found
+        self.min_lengths: dict[str, int] = {}  # input name -> shortest row every node can take
 
     def set(self, tensor: Any, lengths: Lengths | None) -> None:
         if lengths is not None and isinstance(tensor, tf.Tensor):
@@ -148,6 +163,9 @@ def seq_lens(tracker: Tracker, x: tf.Tensor, lengths: Lengths | None, mask: Any)
     """A gated layer's ``sequence_lens``: its input's lengths (and mask), else every step."""
     steps = tf.shape(x)[1]
     full = tf.fill(tf.shape(x)[:1], steps)
+    if lengths is not None:
+        known = tracker.min_lengths.get(lengths.source, 1)
+        tracker.min_lengths[lengths.source] = max(known, lengths.shortest())
     if lengths is None or lengths.refusal is not None:
         if lengths is not None:
             tracker.refuse(lengths)

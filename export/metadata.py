@@ -29,6 +29,7 @@ def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
             tuple(spec.shape.as_list()),
             sequence_input=io.lengths_of.get(name),
             padding_refused=converted.refusals.get(name),
+            min_length=converted.min_lengths.get(name, 1),
         )
         for name, spec, role in io.inputs
     ]
@@ -76,11 +77,17 @@ def validation_samples(
     for b in batches:
         for t in times:
             arrays = [
-                sample_value(spec, b, io.fixed_time.get(name, t + 2 * k), rng)
+                sample_value(spec, b, io.fixed_time.get(name, _steps(converted, name, t, k)), rng)
                 for k, (name, spec, _) in enumerate(io.data_inputs)
             ]
             result.append(arrays)
     return result
+
+
+def _steps(converted: Any, name: str, time: int, k: int) -> int:
+    """Steps of the ``k``-th input: ``time + 2k``, more when its rows need more."""
+    shortest = converted.min_lengths.get(name, 1)
+    return time + 2 * k + max(0, shortest - min(VALIDATION_TIMES))
 
 
 def set_metadata(onnx_model, model, signature, layouts, validation) -> None:

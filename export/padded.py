@@ -2,8 +2,9 @@
 compared with that row run alone through Keras.
 
 For each sequence input with a lengths input (and, with several, all of them at once) one batch
-of ``PADDED_LENGTHS`` rows padded to ``PADDED_TIME`` steps. Rows alone are cut to their length;
-outputs are compared on what the row alone returns (its own time steps for per-step outputs).
+of ``PADDED_LENGTHS`` rows (more steps where the model needs them) padded to the longest. Rows
+alone are cut to their length; outputs are compared on what the row alone returns (its own time
+steps for per-step outputs).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 from .signature import Signature
 from .validate import (
     PADDED_LENGTHS,
-    PADDED_TIME,
     Row,
     ValidationResult,
     _feeds,
@@ -54,15 +54,17 @@ def padded_rows(
     rng = np.random.default_rng(7)
     for case in cases:
         lengths = {  # rolled per input, so that rows pad their inputs differently
-            n: np.resize(np.roll(np.array(PADDED_LENGTHS, np.int32), -k), batch)
+            n: np.resize(np.roll(_lengths(signature.min_length(n)), -k), batch)
             for k, n in enumerate(case)
         }
+        time = max(int(v.max()) for v in lengths.values())
         inputs = [
-            _padded_input(t, x, batch, lengths.get(t.name), rng) for t, x in zip(data, template)
+            _padded_input(t, x, batch, time, lengths.get(t.name), rng)
+            for t, x in zip(data, template)
         ]
         errors, failure = _compare(model, session, signature, names, data, inputs, lengths)
         label = "padded " + ", ".join(f"{n} {lengths[n].tolist()}" for n in case)
-        result.rows.extend(Row(n, batch, PADDED_TIME, errors[n], label, case) for n in names)
+        result.rows.extend(Row(n, batch, time, errors[n], label, case) for n in names)
         worst_name = max(errors, key=lambda n: errors[n])
         worst = errors[worst_name]
         if failure or not np.isfinite(worst) or worst > result.atol:
@@ -78,11 +80,16 @@ def padded_rows(
                     result.refusals.setdefault(n, reason)
 
 
-def _padded_input(spec, template: np.ndarray, batch: int, lengths, rng) -> np.ndarray:
+def _lengths(shortest: int) -> np.ndarray:
+    """``PADDED_LENGTHS``, shifted up when rows need more steps (pooling, 'valid' windows)."""
+    shift = max(0, shortest - min(PADDED_LENGTHS))
+    return np.array(PADDED_LENGTHS, np.int32) + shift
+
+
+def _padded_input(spec, template: np.ndarray, batch: int, time: int, lengths, rng):
     """A random input like ``template`` with ``batch`` rows; garbage past ``lengths``."""
-    time = PADDED_TIME if lengths is not None else None
     shape = [batch, *template.shape[1:]]
-    if spec.role == "sequence" and time is not None:
+    if lengths is not None:
         shape[1] = time
     x = _random(shape, template.dtype, rng)
     if lengths is not None:

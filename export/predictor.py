@@ -137,6 +137,7 @@ class Predictor:
             steps = feeds[sequence].shape[1] if feeds[sequence].ndim > 1 else time
             value = _lengths(given.get(spec.name), batch, steps, spec.name)
             _check_padding(sequence, value, steps, refusals.get(sequence))
+            _check_shortest(sequence, value, self.signature.min_length(sequence))
             feeds[spec.name] = value
         for spec in self.signature.inputs_with("state"):
             value = (states or {}).get(spec.name)
@@ -229,6 +230,16 @@ def _lengths(lengths: Any, batch: int, time: int, name: str = "lengths") -> np.n
             f"per sequence in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
         )
     return lengths.astype(np.int32)
+
+
+def _check_shortest(sequence: str, lengths: np.ndarray, shortest: int) -> None:
+    """Refuse rows too short to leave every gated layer one step (Keras cannot run them)."""
+    if lengths.min(initial=shortest) < shortest:
+        raise ValueError(
+            f"Received lengths {lengths.tolist()} for input {sequence!r}, expected at least "
+            f"{shortest} steps per row: the layers before a gated layer (pooling, 'valid' "
+            "windows) leave shorter rows no step, and Keras cannot run them either."
+        )
 
 
 def _check_padding(sequence: str, lengths: np.ndarray, time: int, refusal: str | None) -> None:

@@ -15,6 +15,8 @@ Conventions (all tensors batch-major, batch is axis 0):
   * ``padding_refused`` on a sequence input: why its rows cannot be padded (``None``: they can,
     a padded row gives what the row gives alone in Keras). Its lengths must then equal its time
     dimension; :class:`~keras_gates.export.Predictor` and the server refuse anything shorter.
+  * ``min_length`` on a sequence input: the fewest steps of a row that leave every gated layer
+    at least one step (above 1 after pooling or 'valid' windows); shorter rows are refused.
   * ``role="state"``: a recurrent state input ``[batch, units]`` (``h`` or ``c`` of one layer) and
     its output twin, named ``<layer>.h_in``/``<layer>.h_out`` (``c`` likewise for LSTM).
   * ``role="output"``: a model output; ``per_step=True`` when axis 1 is time (zeros past each
@@ -43,6 +45,7 @@ class TensorSpec:
     state_pair: str | None = None  # for a state input: its output twin, and vice versa
     sequence_input: str | None = None  # for a lengths input: the sequence input it measures
     padding_refused: str | None = None  # for a sequence input: why rows cannot be padded
+    min_length: int = 1  # for a sequence input: the shortest row (pooling, 'valid' windows)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -84,6 +87,10 @@ class Signature:
     def padding_refusals(self) -> dict[str, str]:
         """``{sequence input: why its rows cannot be padded}``."""
         return {t.name: t.padding_refused for t in self.inputs if t.padding_refused}
+
+    def min_length(self, sequence: str) -> int:
+        """The fewest steps a row of ``sequence`` needs (each gated layer gets at least one)."""
+        return next((t.min_length for t in self.inputs if t.name == sequence), 1)
 
     def with_refusals(self, refusals: dict[str, str]) -> Signature:
         """A copy whose sequence inputs in ``refusals`` refuse padding (first reason kept)."""

@@ -311,6 +311,7 @@ class Converted:
     io: ModelIO
     rename: dict[str, str]  # internal tensor name -> final name
     refusals: dict[str, str]  # sequence input -> why its rows cannot be padded (structural)
+    min_lengths: dict[str, int]  # sequence input -> shortest row its gated layers can run
 
 
 def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) -> Converted:
@@ -337,6 +338,7 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
         flat_out = run.run_model(functional, list(flat[:n_data]))
         traced["steps"] = [_aligned(run.tracker.get(t)) for t in flat_out]
         traced["refusals"] = dict(run.tracker.refusals)
+        traced["min_lengths"] = dict(run.tracker.min_lengths)
         result = {f"kg_out{i}": tf.identity(t) for i, t in enumerate(flat_out)}
         result.update({f"kg_stateout_{k}": tf.identity(t) for k, t in run.state_outputs.items()})
         result.update({k: tf.identity(t) for k, t in run.cut_outputs.items()})
@@ -350,7 +352,7 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
     rename.update({f"kg_out{i}": name for i, name in enumerate(io.outputs)})
     for _, cut, s in io.state_inputs:
         rename[f"kg_stateout_{cut.name}.{s}_out"] = f"{cut.name}.{s}_out"
-    return Converted(onnx_model, cuts, io, rename, traced["refusals"])
+    return Converted(onnx_model, cuts, io, rename, traced["refusals"], traced["min_lengths"])
 
 
 def _aligned(lengths: Lengths | None) -> str | None:

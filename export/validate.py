@@ -21,7 +21,6 @@ import numpy as np
 from .errors import ExportError
 from .signature import Signature
 
-PADDED_TIME = 13
 PADDED_LENGTHS = (13, 12, 9, 8)  # odd and even, every remainder mod 3, never the whole row
 
 

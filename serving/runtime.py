@@ -60,6 +60,7 @@ class TensorInfo:
     state_pair: str | None = None
     sequence_input: str | None = None  # a lengths input: the sequence input it measures
     padding_refused: str | None = None  # a sequence input: why its rows cannot be padded
+    min_length: int = 1  # a sequence input: the fewest steps a row needs
 
     @property
     def dtype(self) -> np.dtype:
@@ -97,6 +98,7 @@ def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
         spec.state_pair,
         getattr(spec, "sequence_input", None),
         getattr(spec, "padding_refused", None),
+        getattr(spec, "min_length", 1),
     )
 
 

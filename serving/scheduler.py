@@ -204,12 +204,12 @@ class ModelScheduler:
             elif t.role == "state":
                 feeds[t.name] = np.zeros((rows, *t.shape[1:]), t.dtype)
         for t in self._lengths_inputs:
+            own = self._steps_of(t, inputs, steps)
             if t.name in inputs:
-                own = self._steps_of(t, inputs, steps)
                 validation.check_lengths(self.name, t.name, inputs[t.name], own)
-                sequence = self._specs.get(t.sequence_input) or (self._sequences or (None,))[0]
-                if sequence is not None:
-                    validation.check_padding(self.name, sequence, inputs[t.name], own)
+            sequence = self._specs.get(t.sequence_input) or (self._sequences or (None,))[0]
+            if sequence is not None and t.name in feeds:
+                validation.check_padding(self.name, sequence, feeds[t.name], own)
         return feeds, rows, steps
 
     def _steps_of(self, lengths: TensorInfo, inputs: dict, steps: int | None) -> int | None:

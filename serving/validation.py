@@ -108,7 +108,14 @@ def check_lengths(model: str, name: str, lengths: np.ndarray, steps: int | None)
 
 
 def check_padding(model: str, spec: TensorInfo, lengths: np.ndarray, steps: int | None) -> None:
-    """A sequence input whose export refused padding only takes rows as long as its time axis."""
+    """A sequence input whose export refused padding only takes rows as long as its time axis;
+    no row may be shorter than the input's ``min_length``."""
+    if lengths.size and lengths.min() < spec.min_length:
+        raise BadRequest(
+            f"Input {spec.name!r} of model {model!r} has rows of {lengths.tolist()} steps, "
+            f"expected at least {spec.min_length}: shorter rows leave a gated layer no step "
+            "(pooling or 'valid' windows come first)."
+        )
     if spec.padding_refused is None or steps is None:
         return
     if lengths.size and lengths.min() < steps:

@@ -238,6 +238,9 @@ def test_pooling_rescales_lengths(exported):
         pooled = alone[:, : n // 2 * 2].reshape(1, n // 2, 2, 4).max(axis=2)
         _, h = reference.gru(pooled.astype("float64"), weights)
         np.testing.assert_allclose(got[row], dense(model, h)[0], atol=ATOL, rtol=0)
+    assert read_signature(path).min_length("x") == 2  # one step leaves the GRU none
+    with pytest.raises(ValueError, match="at least 2 steps per row"):
+        Predictor(path, device="cpu").predict(x, lengths=[29, 12, 1, 2])
 
 
 @pytest.mark.parametrize(
