@@ -341,7 +341,7 @@ def _infer(client, model, inputs):
 
 def test_server_and_triton_handle_several_lengths_and_refusals(exported, tmp_path):
     encdec = exported["encdec"]
-    for name in ("encdec", "fixed"):
+    for name in ("encdec", "fixed", "pooled"):
         write_triton_repo(exported[name][2], tmp_path, name)
     config = (tmp_path / "encdec" / "config.pbtxt").read_text()
     assert 'name: "enc_lengths"' in config and 'name: "dec_lengths"' in config
@@ -371,6 +371,9 @@ def test_server_and_triton_handle_several_lengths_and_refusals(exported, tmp_pat
             answer = _infer(client, "fixed", [("x", x, "FP32"), ("lengths", short, "INT32")])
             assert answer.status_code == 400
             assert "cannot be padded" in answer.text and "fixed at 20" in answer.text
+            one_step = rng.normal(size=(1, 1, 4)).astype("float32")
+            answer = _infer(client, "pooled", [("x", one_step, "FP32")])
+            assert answer.status_code == 400 and "expected at least 2" in answer.text
 
 
 def test_cli_prints_the_refusal(exported, tmp_path, capsys):
@@ -383,3 +386,11 @@ def test_cli_prints_the_refusal(exported, tmp_path, capsys):
     assert "padded x: time axis fixed at 20" in printed  # the table's padded case
     assert "input 'x' cannot be padded: its time axis is fixed at 20" in printed
     assert read_signature(tmp_path / "f.onnx").padding_refusals["x"].startswith("its time axis")
+
+
+def test_unvalidated_export_records_padding_as_unchecked(tmp_path):
+    to_onnx(randomize(pooled()), tmp_path / "u.onnx", validate=False, print_fn=None)
+    props = {p.key: p.value for p in onnx.load(tmp_path / "u.onnx").metadata_props}
+    assert json.loads(props["keras_gates.padding"]) == {
+        "x": {"lengths": "lengths", "padding": "unchecked", "reason": None}
+    }
