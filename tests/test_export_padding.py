@@ -394,3 +394,22 @@ def test_unvalidated_export_records_padding_as_unchecked(tmp_path):
     assert json.loads(props["keras_gates.padding"]) == {
         "x": {"lengths": "lengths", "padding": "unchecked", "reason": None}
     }
+
+
+def test_masked_translation_model_pads_both_inputs(tmp_path):
+    src = keras.Input((None,), dtype="int32", name="src")
+    tgt = keras.Input((None,), dtype="int32", name="tgt")
+    _, h, c = GatedLSTM(8, return_state=True)(L.Embedding(20, 6, mask_zero=True)(src))
+    y = GatedLSTM(8, return_sequences=True)(L.Embedding(20, 6, mask_zero=True)(tgt), [h, c])
+    model = randomize(keras.Model([src, tgt], L.Dense(20, name="dense")(y)))
+    result = to_onnx(model, tmp_path / "t.onnx", print_fn=None)
+    assert not result.signature.padding_refusals
+    rng = np.random.default_rng(9)
+    s, t = rng.integers(1, 20, (3, 8)).astype("int32"), rng.integers(1, 20, (3, 11)).astype("int32")
+    s_len, t_len = np.array([8, 2, 5], np.int32), np.array([3, 11, 7], np.int32)
+    got = Predictor(tmp_path / "t.onnx", device="cpu").predict(
+        {"src": s, "tgt": t}, lengths={"src": s_len, "tgt": t_len}
+    )["dense"]
+    for row in range(3):  # garbage (non-zero tokens) past each length
+        want = keras_row(model, s[row : row + 1, : s_len[row]], t[row : row + 1, : t_len[row]])
+        np.testing.assert_allclose(got[row, : t_len[row]], want[0], atol=ATOL, rtol=0)
