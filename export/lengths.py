@@ -111,6 +111,12 @@ def _window(size: int, stride: int, dilation: int, padding: str, what: str):
     )
 
 
+# Operations combining their inputs step by step (layers and the ops of the functional API).
+MERGES = frozenset(
+    {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Divide"}
+)
+
+
 class Tracker:
     """The :class:`Lengths` of traced tensors, keyed by the tensor objects Keras passes around."""
 
@@ -118,6 +124,7 @@ class Tracker:
         self._by_id: dict[int, tuple[Any, Lengths]] = {}
         self.refusals: dict[str, str] = {}  # input name -> first reason found
         self.min_lengths: dict[str, int] = {}  # input name -> shortest row every node can take
+        self._ties: dict[str, str] = {}  # input -> an input it is merged with step by step
 
     def set(self, tensor: Any, lengths: Lengths | None) -> None:
         if lengths is not None and isinstance(tensor, tf.Tensor):
@@ -127,25 +134,55 @@ class Tracker:
         entry = self._by_id.get(id(tensor))
         return entry[1] if entry is not None and entry[0] is tensor else None
 
-    def first(self, args: tuple, kwargs: dict) -> Lengths | None:
-        """The lengths of the first tensor argument that has some (Keras' mask convention)."""
+    def found(self, args: tuple, kwargs: dict) -> list[Lengths]:
+        """The lengths of the tensor arguments that have some, first argument first."""
         flat = tf.nest.flatten([list(args), [v for k, v in kwargs.items() if k != "mask"]])
-        return next((found for t in flat if (found := self.get(t)) is not None), None)
+        return [found for t in flat if (found := self.get(t)) is not None]
 
     def propagate(self, op: Any, call: Callable) -> Callable:
-        """``call`` (one ``op`` call) that also passes the lengths on to its outputs."""
+        """``call`` (one ``op`` call) that also passes the lengths on to its outputs: those of
+        its first argument that has some (Keras' mask convention), rescaled by ``op``."""
 
         def run(*args, **kwargs):
             outputs = call(*args, **kwargs)
-            found = self.first(args, kwargs)
-            if found is not None:
-                rescaled = rescale(op, found)
+            found = self.found(args, kwargs)
+            if found:
+                rescaled = self._merged(op, found, outputs) or rescale(op, found[0])
                 for tensor in tf.nest.flatten(outputs):
                     if _has_time_axis(tensor):
                         self.set(tensor, rescaled)
             return outputs
 
         return run
+
+    def _merged(self, op: Any, found: list[Lengths], outputs: Any) -> Lengths | None:
+        """Step-by-step merges (Add, Concatenate...) tie their inputs' time axes together; a
+        concatenation along time cannot be padded."""
+        if type(op).__name__ not in MERGES:
+            return None
+        first = found[0]
+        axis, rank = getattr(op, "axis", -1), tf.nest.flatten(outputs)[0].shape.rank
+        if type(op).__name__ == "Concatenate" and rank and axis % rank == 1:
+            refusal = first.refusal or (
+                f"layer {op.name!r} ({type(op).__name__}) joins sequences along time: a padded "
+                "row's padding lands between them"
+            )
+            return dataclasses.replace(first, identity=False, refusal=refusal)
+        for other in found[1:]:
+            if other.identity and first.identity and self.root(other.source) != first.source:
+                self._ties.setdefault(self.root(other.source), self.root(first.source))
+        return None
+
+    def root(self, source: str) -> str:
+        """The input whose time axis ``source`` shares (``source`` itself if untied)."""
+        while source in self._ties:
+            source = self._ties[source]
+        return source
+
+    @property
+    def ties(self) -> dict[str, str]:
+        """``{input: the input whose time axis it shares}`` for merged sequence inputs."""
+        return {source: self.root(source) for source in self._ties}
 
     def refuse(self, lengths: Lengths) -> None:
         if lengths.refusal is not None:

@@ -30,6 +30,7 @@ def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
             sequence_input=io.lengths_of.get(name),
             padding_refused=converted.refusals.get(name),
             min_length=converted.min_lengths.get(name, 1),
+            aligned_with=converted.ties.get(name),
         )
         for name, spec, role in io.inputs
     ]
@@ -77,16 +78,22 @@ def validation_samples(
     for b in batches:
         for t in times:
             arrays = [
-                sample_value(spec, b, io.fixed_time.get(name, _steps(converted, name, t, k)), rng)
-                for k, (name, spec, _) in enumerate(io.data_inputs)
+                sample_value(spec, b, _steps(converted, name, t), rng)
+                for name, spec, _ in io.data_inputs
             ]
             result.append(arrays)
     return result
 
 
-def _steps(converted: Any, name: str, time: int, k: int) -> int:
-    """Steps of the ``k``-th input: ``time + 2k``, more when its rows need more."""
-    shortest = converted.min_lengths.get(name, 1)
+def _steps(converted: Any, name: str, time: int) -> int:
+    """Steps of one input: its fixed time, else ``time + 2k`` for the ``k``-th input (inputs
+    merged step by step share one), more when its rows need more."""
+    io = converted.io
+    root = converted.ties.get(name, name)
+    if root in io.fixed_time or name in io.fixed_time:
+        return io.fixed_time.get(root, io.fixed_time.get(name))
+    k = [n for n, _, _ in io.data_inputs].index(root)
+    shortest = max(converted.min_lengths.get(n, 1) for n in (name, root))
     return time + 2 * k + max(0, shortest - min(VALIDATION_TIMES))
 
 

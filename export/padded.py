@@ -40,7 +40,16 @@ def padded_rows(
         for t, tensor in zip(data, model.inputs)
         if t.role == "sequence" and tensor.shape[1] is not None
     }
-    padded = [t.name for t in signature.inputs_with("sequence") if signature.lengths_for(t.name)]
+    aligned = {t.name: t.aligned_with for t in signature.inputs_with("sequence") if t.aligned_with}
+    padded = [
+        t.name
+        for t in signature.inputs_with("sequence")
+        if signature.lengths_for(t.name) and t.name not in aligned
+    ]
+
+    def group(name: str) -> list[str]:  # an input and those merged with it step by step
+        return [name, *(n for n, root in aligned.items() if root == name)]
+
     for name in padded:
         if name in fixed_time:  # no row alone to compare with: shown as refused
             label = f"padded {name}: time axis fixed at {fixed_time[name]}"
@@ -54,8 +63,11 @@ def padded_rows(
     rng = np.random.default_rng(7)
     for case in cases:
         lengths = {  # rolled per input, so that rows pad their inputs differently
-            n: np.resize(np.roll(_lengths(signature.min_length(n)), -k), batch)
+            m: np.resize(
+                np.roll(_lengths(max(signature.min_length(x) for x in group(n))), -k), batch
+            )
             for k, n in enumerate(case)
+            for m in group(n)
         }
         time = max(int(v.max()) for v in lengths.values())
         inputs = [
@@ -63,8 +75,9 @@ def padded_rows(
             for t, x in zip(data, template)
         ]
         errors, failure = _compare(model, session, signature, names, data, inputs, lengths)
-        label = "padded " + ", ".join(f"{n} {lengths[n].tolist()}" for n in case)
-        result.rows.extend(Row(n, batch, time, errors[n], label, case) for n in names)
+        label = "padded " + ", ".join(f"{'+'.join(group(n))} {lengths[n].tolist()}" for n in case)
+        members = tuple(m for n in case for m in group(n))
+        result.rows.extend(Row(n, batch, time, errors[n], label, members) for n in names)
         worst_name = max(errors, key=lambda n: errors[n])
         worst = errors[worst_name]
         if failure or not np.isfinite(worst) or worst > result.atol:
@@ -77,7 +90,8 @@ def padded_rows(
             # all inputs at once: only news when each passed alone (else that one is the cause)
             if len(case) == 1 or not any(n in result.refusals for n in case):
                 for n in case:
-                    result.refusals.setdefault(n, reason)
+                    for m in group(n):
+                        result.refusals.setdefault(m, reason)
 
 
 def _lengths(shortest: int) -> np.ndarray:

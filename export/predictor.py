@@ -130,6 +130,13 @@ class Predictor:
         specs = {t.name: t for t in self.signature.inputs}
         feeds = {n: np.asarray(a, dtype=specs[n].dtype) for n, a in zip(names, arrays)}
         batch, time = _batch_time(self.signature, feeds)
+        for spec in self.signature.inputs_with("sequence"):
+            if spec.aligned_with and feeds[spec.name].shape[1] != feeds[spec.aligned_with].shape[1]:
+                raise ValueError(
+                    f"Received inputs {spec.name!r} and {spec.aligned_with!r} with "
+                    f"{feeds[spec.name].shape[1]} and {feeds[spec.aligned_with].shape[1]} steps; "
+                    "the model merges them step by step, so they need the same time dimension."
+                )
         given = _lengths_by_input(self.signature, lengths)
         refusals = self.signature.padding_refusals
         for spec in self.signature.inputs_with("lengths"):

@@ -15,6 +15,9 @@ Conventions (all tensors batch-major, batch is axis 0):
   * ``padding_refused`` on a sequence input: why its rows cannot be padded (``None``: they can,
     a padded row gives what the row gives alone in Keras). Its lengths must then equal its time
     dimension; :class:`~keras_gates.export.Predictor` and the server refuse anything shorter.
+  * ``aligned_with`` on a sequence input: the sequence input it is merged with step by step
+    (``Add``, ``Concatenate`` on features...): same time dimension, measured by that input's
+    lengths.
   * ``min_length`` on a sequence input: the fewest steps of a row that leave every gated layer
     at least one step (above 1 after pooling or 'valid' windows); shorter rows are refused.
   * ``role="state"``: a recurrent state input ``[batch, units]`` (``h`` or ``c`` of one layer) and
@@ -46,6 +49,7 @@ class TensorSpec:
     sequence_input: str | None = None  # for a lengths input: the sequence input it measures
     padding_refused: str | None = None  # for a sequence input: why rows cannot be padded
     min_length: int = 1  # for a sequence input: the shortest row (pooling, 'valid' windows)
+    aligned_with: str | None = None  # for a sequence input merged step by step with another
 
     def __post_init__(self):
         if self.role not in ROLES:

@@ -163,11 +163,14 @@ class _Run:
 
     def run_model(self, functional: Any, inputs: list) -> list:
         """The model outputs (flat); each padded sequence input carries its own lengths."""
-        for (name, _, _), x in zip(self.io.data_inputs, inputs):
-            if name in self.lengths:
-                steps = self.io.fixed_time.get(name)
-                refusal = fixed_time_refusal(name, steps) if steps is not None else None
-                self.tracker.set(x, Lengths(self.lengths[name], name, refusal=refusal))
+        for (name, _, role), x in zip(self.io.data_inputs, inputs):
+            if role != "sequence":
+                continue
+            steps = self.io.fixed_time.get(name)
+            refusal = fixed_time_refusal(name, steps) if steps is not None else None
+            value = self.lengths.get(name)  # none: the input reaches no gated layer
+            value = tf.fill(tf.shape(x)[:1], tf.shape(x)[1]) if value is None else value
+            self.tracker.set(x, Lengths(value, name, refusal=refusal))
         outputs = self.run_functional(functional, inputs)
         return outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
@@ -312,6 +315,7 @@ class Converted:
     rename: dict[str, str]  # internal tensor name -> final name
     refusals: dict[str, str]  # sequence input -> why its rows cannot be padded (structural)
     min_lengths: dict[str, int]  # sequence input -> shortest row its gated layers can run
+    ties: dict[str, str]  # sequence input -> the input whose time axis it shares (merged)
 
 
 def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) -> Converted:
@@ -339,6 +343,7 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
         traced["steps"] = [_aligned(run.tracker.get(t)) for t in flat_out]
         traced["refusals"] = dict(run.tracker.refusals)
         traced["min_lengths"] = dict(run.tracker.min_lengths)
+        traced["ties"] = run.tracker.ties
         result = {f"kg_out{i}": tf.identity(t) for i, t in enumerate(flat_out)}
         result.update({f"kg_stateout_{k}": tf.identity(t) for k, t in run.state_outputs.items()})
         result.update({k: tf.identity(t) for k, t in run.cut_outputs.items()})
@@ -352,7 +357,9 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
     rename.update({f"kg_out{i}": name for i, name in enumerate(io.outputs)})
     for _, cut, s in io.state_inputs:
         rename[f"kg_stateout_{cut.name}.{s}_out"] = f"{cut.name}.{s}_out"
-    return Converted(onnx_model, cuts, io, rename, traced["refusals"], traced["min_lengths"])
+    return Converted(
+        onnx_model, cuts, io, rename, traced["refusals"], traced["min_lengths"], traced["ties"]
+    )
 
 
 def _aligned(lengths: Lengths | None) -> str | None:

@@ -61,6 +61,7 @@ class TensorInfo:
     sequence_input: str | None = None  # a lengths input: the sequence input it measures
     padding_refused: str | None = None  # a sequence input: why its rows cannot be padded
     min_length: int = 1  # a sequence input: the fewest steps a row needs
+    aligned_with: str | None = None  # a sequence input merged step by step with another
 
     @property
     def dtype(self) -> np.dtype:
@@ -99,6 +100,7 @@ def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
         getattr(spec, "sequence_input", None),
         getattr(spec, "padding_refused", None),
         getattr(spec, "min_length", 1),
+        getattr(spec, "aligned_with", None),
     )
 
 

@@ -86,7 +86,8 @@ def check_sequences(
     if not steps:
         return None
     values = set(steps.values())
-    if independent and 0 not in values:
+    aligned = {t.name: t.aligned_with for t in seq_specs if t.aligned_with in steps}
+    if independent and 0 not in values and all(steps[a] == steps[b] for a, b in aligned.items()):
         return next(iter(steps.values()))
     if len(values) > 1 or 0 in values:
         raise BadRequest(

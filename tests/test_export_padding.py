@@ -413,3 +413,43 @@ def test_masked_translation_model_pads_both_inputs(tmp_path):
     for row in range(3):  # garbage (non-zero tokens) past each length
         want = keras_row(model, s[row : row + 1, : s_len[row]], t[row : row + 1, : t_len[row]])
         np.testing.assert_allclose(got[row, : t_len[row]], want[0], atol=ATOL, rtol=0)
+
+
+def test_inputs_merged_step_by_step_share_lengths(tmp_path):
+    a, b = keras.Input((None, 3), name="a"), keras.Input((None, 2), name="b")
+    c = keras.Input((None, 4), name="c")
+    merged = GatedGRU(5)(L.Concatenate()([a, L.Dense(3, name="project_b")(b)]))
+    y = L.Dense(2, name="dense")(L.Concatenate()([merged, GatedLSTM(3)(c)]))
+    model = randomize(keras.Model([a, b, c], y))
+    result = to_onnx(model, tmp_path / "m.onnx", print_fn=None)
+    signature = result.signature
+    assert [t.name for t in signature.inputs_with("lengths")] == ["a_lengths", "c_lengths"]
+    assert [t.aligned_with for t in signature.inputs_with("sequence")] == [None, "a", None]
+    assert not signature.padding_refusals
+    rng = np.random.default_rng(10)
+    a_len, c_len = np.array([9, 4, 6], np.int32), np.array([2, 5, 5], np.int32)
+    xa, xb, xc = (
+        padded(rng, 3, 9, 3, a_len),
+        padded(rng, 3, 9, 2, a_len),
+        padded(rng, 3, 5, 4, c_len),
+    )
+    predictor = Predictor(tmp_path / "m.onnx", device="cpu")
+    got = predictor.predict([xa, xb, xc], lengths={"a": a_len, "c": c_len})["dense"]
+    for row in range(3):
+        n, m = a_len[row], c_len[row]
+        alone = [xa[row : row + 1, :n], xb[row : row + 1, :n], xc[row : row + 1, :m]]
+        np.testing.assert_allclose(got[row], keras_row(model, *alone)[0], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="'b' and 'a' with 8 and 9 steps"):
+        predictor.predict([xa, xb[:, :8], xc])
+
+
+def test_concatenation_along_time_refuses_padding(tmp_path):
+    a, b = keras.Input((None, 3), name="a"), keras.Input((None, 3), name="b")
+    joined = L.Concatenate(axis=1, name="join")([a, b])
+    model = randomize(keras.Model([a, b], GatedGRU(4)(joined)))
+    result = to_onnx(model, tmp_path / "j.onnx", print_fn=None)
+    assert result.validation.passed
+    assert (
+        "layer 'join' (Concatenate) joins sequences along time"
+        in (result.signature.padding_refusals["a"])
+    )
