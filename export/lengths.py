@@ -125,6 +125,9 @@ class Tracker:
         self.refusals: dict[str, str] = {}  # input name -> first reason found
         self.min_lengths: dict[str, int] = {}  # input name -> shortest row every node can take
         self._ties: dict[str, str] = {}  # input -> an input it is merged with step by step
+        self._inputs: dict[int, tuple[Any, str]] = {}  # the model inputs' tensors
+        self._mask_values: dict[str, float | None] = {}  # input -> value masking its steps
+        self._masked: set[str] = set()  # inputs whose mask reaches a gated layer
 
     def set(self, tensor: Any, lengths: Lengths | None) -> None:
         if lengths is not None and isinstance(tensor, tf.Tensor):
@@ -133,6 +136,36 @@ class Tracker:
     def get(self, tensor: Any) -> Lengths | None:
         entry = self._by_id.get(id(tensor))
         return entry[1] if entry is not None and entry[0] is tensor else None
+
+    def mark_input(self, tensor: Any, name: str) -> None:
+        self._inputs[id(tensor)] = (tensor, name)
+
+    def note_mask(self, op: Any, args: tuple) -> None:
+        """Remember which value masks the steps of an input (``Masking`` or ``Embedding(
+        mask_zero=True)`` right on it; ``None`` where a mask is computed further in)."""
+        import keras
+
+        if isinstance(op, keras.layers.Masking):
+            value = float(op.mask_value)
+        elif isinstance(op, keras.layers.Embedding) and op.mask_zero:
+            value = 0.0
+        else:
+            return
+        x = args[0] if args else None
+        entry = self._inputs.get(id(x))
+        if entry is not None and entry[0] is x:
+            self._mask_values.setdefault(entry[1], value)
+        elif (found := self.get(x)) is not None:
+            self._mask_values[found.source] = None
+
+    @property
+    def mask_values(self) -> dict[str, float]:
+        """``{input: value}`` for inputs whose steps a mask with a known value skips."""
+        return {
+            source: value
+            for source, value in self._mask_values.items()
+            if source in self._masked and value is not None
+        }
 
     def found(self, args: tuple, kwargs: dict) -> list[Lengths]:
         """The lengths of the tensor arguments that have some, first argument first."""
@@ -144,6 +177,7 @@ class Tracker:
         its first argument that has some (Keras' mask convention), rescaled by ``op``."""
 
         def run(*args, **kwargs):
+            self.note_mask(op, args)
             outputs = call(*args, **kwargs)
             found = self.found(args, kwargs)
             if found:
@@ -210,5 +244,7 @@ def seq_lens(tracker: Tracker, x: tf.Tensor, lengths: Lengths | None, mask: Any)
     else:
         result = tf.minimum(tf.cast(lengths.value, tf.int32), steps)
     if mask is not None:
+        if lengths is not None:
+            tracker._masked.add(lengths.source)
         result = tf.minimum(result, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
     return result

@@ -31,6 +31,7 @@ def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
             padding_refused=converted.refusals.get(name),
             min_length=converted.min_lengths.get(name, 1),
             aligned_with=converted.ties.get(name),
+            mask_value=converted.mask_values.get(name),
         )
         for name, spec, role in io.inputs
     ]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .signature import Signature, read_signature
+from .signature import Signature, masked_holes, read_signature
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -146,6 +146,13 @@ class Predictor:
             _check_padding(sequence, value, steps, refusals.get(sequence))
             _check_shortest(sequence, value, self.signature.min_length(sequence))
             feeds[spec.name] = value
+        for spec in self.signature.inputs_with("sequence"):
+            if spec.mask_value is not None:
+                lengths_name = self.signature.lengths_for(spec.name)
+                full = np.full(batch, feeds[spec.name].shape[1], np.int32)
+                _check_holes(
+                    spec.name, feeds[spec.name], spec.mask_value, feeds.get(lengths_name, full)
+                )
         for spec in self.signature.inputs_with("state"):
             value = (states or {}).get(spec.name)
             feeds[spec.name] = (
@@ -237,6 +244,18 @@ def _lengths(lengths: Any, batch: int, time: int, name: str = "lengths") -> np.n
             f"per sequence in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
         )
     return lengths.astype(np.int32)
+
+
+def _check_holes(sequence: str, x: np.ndarray, value: float, lengths: np.ndarray) -> None:
+    """Refuse masked steps before unmasked ones (holes, pre-padding): ONNX cannot skip them."""
+    rows = masked_holes(x, value, lengths)
+    if rows:
+        raise ValueError(
+            f"Received input {sequence!r} with masked steps (equal to {value:g}) before unmasked "
+            f"ones in rows {rows}; the exported RNN nodes skip only the steps past each row's "
+            "length, not masked steps in between. Pad at the end (e.g. "
+            "keras.utils.pad_sequences(..., padding='post')) and pass `lengths`."
+        )
 
 
 def _check_shortest(sequence: str, lengths: np.ndarray, shortest: int) -> None:

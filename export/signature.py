@@ -18,6 +18,10 @@ Conventions (all tensors batch-major, batch is axis 0):
   * ``aligned_with`` on a sequence input: the sequence input it is merged with step by step
     (``Add``, ``Concatenate`` on features...): same time dimension, measured by that input's
     lengths.
+  * ``mask_value`` on a sequence input: a Keras mask (``Masking``, ``Embedding(mask_zero=True)``)
+    skips its steps equal to this value (every feature, or the token id). The ONNX operators
+    skip only steps past a row's end, so a masked step before an unmasked one (a hole, or
+    pre-padding) is refused.
   * ``min_length`` on a sequence input: the fewest steps of a row that leave every gated layer
     at least one step (above 1 after pooling or 'valid' windows); shorter rows are refused.
   * ``role="state"``: a recurrent state input ``[batch, units]`` (``h`` or ``c`` of one layer) and
@@ -50,6 +54,7 @@ class TensorSpec:
     padding_refused: str | None = None  # for a sequence input: why rows cannot be padded
     min_length: int = 1  # for a sequence input: the shortest row (pooling, 'valid' windows)
     aligned_with: str | None = None  # for a sequence input merged step by step with another
+    mask_value: float | None = None  # for a sequence input: steps equal to it are masked
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -140,3 +145,19 @@ def read_signature(model_or_path: Any) -> Signature | None:
         if prop.key == METADATA_KEY:
             return Signature.from_json(prop.value)
     return None
+
+
+def masked_holes(x: Any, value: float, lengths: Any) -> list[int]:
+    """Rows of ``x`` (``[batch, time, ...]``) with a step equal to ``value`` (a masked step)
+    before an unmasked one within the row's length: the ONNX RNN operators cannot skip it."""
+    import numpy as np
+
+    x = np.asarray(x)
+    masked = x == value if x.ndim == 2 else np.all(x == value, axis=tuple(range(2, x.ndim)))
+    rows = []
+    for row, n in enumerate(np.asarray(lengths).reshape(-1)):
+        steps = masked[row, : int(n)]
+        unmasked = np.flatnonzero(~steps)
+        if unmasked.size and steps[: unmasked[-1]].any():
+            rows.append(row)
+    return rows

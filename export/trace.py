@@ -171,6 +171,7 @@ class _Run:
             value = self.lengths.get(name)  # none: the input reaches no gated layer
             value = tf.fill(tf.shape(x)[:1], tf.shape(x)[1]) if value is None else value
             self.tracker.set(x, Lengths(value, name, refusal=refusal))
+            self.tracker.mark_input(x, name)
         outputs = self.run_functional(functional, inputs)
         return outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
@@ -316,6 +317,7 @@ class Converted:
     refusals: dict[str, str]  # sequence input -> why its rows cannot be padded (structural)
     min_lengths: dict[str, int]  # sequence input -> shortest row its gated layers can run
     ties: dict[str, str]  # sequence input -> the input whose time axis it shares (merged)
+    mask_values: dict[str, float]  # sequence input -> the value whose steps its mask skips
 
 
 def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) -> Converted:
@@ -344,6 +346,7 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
         traced["refusals"] = dict(run.tracker.refusals)
         traced["min_lengths"] = dict(run.tracker.min_lengths)
         traced["ties"] = run.tracker.ties
+        traced["mask_values"] = run.tracker.mask_values
         result = {f"kg_out{i}": tf.identity(t) for i, t in enumerate(flat_out)}
         result.update({f"kg_stateout_{k}": tf.identity(t) for k, t in run.state_outputs.items()})
         result.update({k: tf.identity(t) for k, t in run.cut_outputs.items()})
@@ -358,7 +361,14 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
     for _, cut, s in io.state_inputs:
         rename[f"kg_stateout_{cut.name}.{s}_out"] = f"{cut.name}.{s}_out"
     return Converted(
-        onnx_model, cuts, io, rename, traced["refusals"], traced["min_lengths"], traced["ties"]
+        onnx_model,
+        cuts,
+        io,
+        rename,
+        traced["refusals"],
+        traced["min_lengths"],
+        traced["ties"],
+        traced["mask_values"],
     )
 
 

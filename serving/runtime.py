@@ -62,6 +62,7 @@ class TensorInfo:
     padding_refused: str | None = None  # a sequence input: why its rows cannot be padded
     min_length: int = 1  # a sequence input: the fewest steps a row needs
     aligned_with: str | None = None  # a sequence input merged step by step with another
+    mask_value: float | None = None  # a sequence input: steps equal to it are masked
 
     @property
     def dtype(self) -> np.dtype:
@@ -101,6 +102,7 @@ def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
         getattr(spec, "padding_refused", None),
         getattr(spec, "min_length", 1),
         getattr(spec, "aligned_with", None),
+        getattr(spec, "mask_value", None),
     )
 
 

@@ -210,6 +210,9 @@ class ModelScheduler:
             sequence = self._specs.get(t.sequence_input) or (self._sequences or (None,))[0]
             if sequence is not None and t.name in feeds:
                 validation.check_padding(self.name, sequence, feeds[t.name], own)
+                validation.check_mask_holes(
+                    self.name, sequence, feeds[sequence.name], feeds[t.name]
+                )
         return feeds, rows, steps
 
     def _steps_of(self, lengths: TensorInfo, inputs: dict, steps: int | None) -> int | None:

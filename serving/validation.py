@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_gates.export.signature import masked_holes
+
 from .errors import BadRequest
 from .runtime import NUMPY_TO_V2, TensorInfo
 
@@ -124,4 +126,15 @@ def check_padding(model: str, spec: TensorInfo, lengths: np.ndarray, steps: int 
             f"Input {spec.name!r} of model {model!r} cannot be padded ({spec.padding_refused}), "
             f"but its lengths {lengths.tolist()} are shorter than its time length {steps}; "
             f"expected lengths equal to {steps} (or no lengths input)."
+        )
+
+
+def check_mask_holes(model: str, spec: TensorInfo, x: np.ndarray, lengths: np.ndarray) -> None:
+    """Masked steps (``spec.mask_value``) only after a row's last unmasked step."""
+    rows = masked_holes(x, spec.mask_value, lengths) if spec.mask_value is not None else []
+    if rows:
+        raise BadRequest(
+            f"Input {spec.name!r} of model {model!r} has masked steps (equal to "
+            f"{spec.mask_value:g}) before unmasked ones in rows {rows}; expected masked steps only "
+            "at the end of each row (pad at the end, e.g. pad_sequences(padding='post'))."
         )

@@ -47,7 +47,14 @@ def pooled():
     return keras.Model(inp, L.Dense(2, name="dense")(GatedGRU(8, name="gru")(x)))
 
 
+def tokens():
+    x = keras.Input((None,), dtype="int32", name="tok")
+    y = GatedLSTM(8)(L.Embedding(20, 4, mask_zero=True)(x))
+    return keras.Model(x, L.Dense(2, name="dense")(y))
+
+
 MODELS = {
+    "tokens": tokens,
     "encdec": encoder_decoder,
     "fixed": fixed_time,
     "pooled": pooled,
@@ -217,7 +224,7 @@ def _infer(client, model, inputs):
 
 def test_server_and_triton_handle_several_lengths_and_refusals(exported, tmp_path):
     encdec = exported["encdec"]
-    for name in ("encdec", "fixed", "pooled"):
+    for name in ("encdec", "fixed", "pooled", "tokens"):
         write_triton_repo(exported[name][2], tmp_path, name)
     config = (tmp_path / "encdec" / "config.pbtxt").read_text()
     assert 'name: "enc_lengths"' in config and 'name: "dec_lengths"' in config
@@ -250,6 +257,14 @@ def test_server_and_triton_handle_several_lengths_and_refusals(exported, tmp_pat
             one_step = rng.normal(size=(1, 1, 4)).astype("float32")
             answer = _infer(client, "pooled", [("x", one_step, "FP32")])
             assert answer.status_code == 400 and "expected at least 2" in answer.text
+            pre = keras.utils.pad_sequences([[3, 5, 7, 9], [4, 2]]).astype("int32")
+            answer = _infer(client, "tokens", [("tok", pre, "INT32")])
+            assert answer.status_code == 400 and "masked steps" in answer.text, answer.text
+            post = keras.utils.pad_sequences([[3, 5, 7, 9], [4, 2]], padding="post")
+            answer = _infer(client, "tokens", [("tok", post.astype("int32"), "INT32")])
+            out = answer.json()["outputs"][0]
+            got = np.array(out["data"], np.float32).reshape(out["shape"])
+            np.testing.assert_allclose(got, keras_row(exported["tokens"][0], post), atol=ATOL)
 
 
 def test_cli_prints_the_refusal(exported, tmp_path, capsys):
@@ -329,3 +344,15 @@ def test_concatenation_along_time_refuses_padding(tmp_path):
         "layer 'join' (Concatenate) joins sequences along time"
         in (result.signature.padding_refusals["a"])
     )
+
+
+def test_masked_steps_before_unmasked_ones_are_refused(exported):
+    model, result, path, _ = exported["tokens"]
+    assert read_signature(path).inputs[0].mask_value == 0
+    predictor = Predictor(path, device="cpu")
+    pre = keras.utils.pad_sequences([[3, 5, 7, 9], [4, 2], [1, 0, 3]]).astype("int32")
+    with pytest.raises(ValueError, match=r"masked steps \(equal to 0\) .* rows \[1, 2\]"):
+        predictor.predict(pre)  # pre-padding (Keras' default) and a hole
+    post = keras.utils.pad_sequences([[3, 5, 7, 9], [4, 2]], padding="post").astype("int32")
+    got = predictor.predict(post, lengths=[4, 3])["dense"]  # a masked step inside the length
+    np.testing.assert_allclose(got, keras_row(model, post), atol=ATOL, rtol=0)
