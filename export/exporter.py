@@ -42,10 +42,16 @@ def to_onnx(
     """Export ``model`` (a Keras model or a ``.keras`` path) to ONNX at ``path``.
 
     Every ``GatedLSTM``/``GatedGRU`` (also inside ``Bidirectional``) becomes one native ONNX
-    ``LSTM``/``GRU`` node; every other layer converts through tf2onnx. The model gets an int32
-    ``lengths`` input (``[batch]``; pass the time dimension for every row when there is no
-    padding) that becomes each RNN's ``sequence_lens``. Per-step outputs of gated layers are zero
-    past each length.
+    ``LSTM``/``GRU`` node, a ``keras.layers.RNN`` over gated cells one node per cell; every
+    other layer converts through tf2onnx. Each sequence input that feeds a gated layer gets an
+    int32 lengths input (``[batch]``): ``lengths`` when the model has one sequence input, else
+    ``<input>_lengths``; pass the time dimension for every row when there is no padding. It
+    becomes the ``sequence_lens`` of the nodes that input reaches, rescaled by pooling, strided
+    or 'valid' convolutions and cropping on the way. Per-step outputs of gated layers are zero
+    past each length. Validation also runs padded batches against each row alone in Keras; an
+    input whose padded rows cannot match (a fixed time axis, a 'same' convolution or pooling
+    before a gated layer, attention or global pooling over time...) is printed, recorded in the
+    signature and refuses padding in :class:`Predictor` and the server.
 
     Args:
         model: A built Functional/Sequential Keras model, or the path of a ``.keras`` file.
@@ -67,6 +73,7 @@ def to_onnx(
 
     from . import splice as splicing
     from .metadata import build_signature, set_metadata
+    from .validate import refusal_lines
 
     path = Path(path)
     _check_output_path(path)
@@ -82,6 +89,10 @@ def to_onnx(
     result = None
     if validate:
         result = _validate(model, onnx_model, signature, converted, samples, atol, path, print_fn)
+        signature = signature.with_refusals(result.refusals)
+    if print_fn is not None:
+        for line in refusal_lines(signature.padding_refusals):
+            print_fn(line)
     set_metadata(onnx_model, model, signature, layouts, result)
     onnx.checker.check_model(onnx_model, full_check=True)
     write_bytes(path, onnx_model.SerializeToString())

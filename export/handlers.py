@@ -32,6 +32,18 @@ class Cut:
     outputs: tuple[str, ...]  # ONNX outputs consumed: subset of ("Y", "Y_h", "Y_c")
     state_names: tuple[str, ...] = ()  # streaming: ("h",) or ("h", "c")
     has_initial: bool = False  # initial states come in (streaming or initial_state=)
+    name: str = ""  # node and state-tensor prefix (default: the layer name)
+    cells: tuple[Any, ...] = ()  # RNN over cells: the cell whose weights the node holds
+    lengths_source: str | None = None  # the model input whose lengths reach this node
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = self.layer.name
+
+    @property
+    def weight_layers(self) -> list[Any]:
+        """The layers (or cells) holding the node's weights, in ONNX direction order."""
+        return list(self.cells) or self.handler.inner(self.layer)
 
     @property
     def num_directions(self) -> int:
@@ -195,7 +207,9 @@ class BidirectionalHandler(Handler):
             )
         check_exportable(backward)
         cut = self.base.plan(forward, index, streaming=False)
-        return dataclasses.replace(cut, layer=layer, handler=self, direction="bidirectional")
+        return dataclasses.replace(
+            cut, layer=layer, handler=self, direction="bidirectional", name=layer.name
+        )
 
     def rebuild(self, cut: Cut, ph: dict[str, tf.Tensor], seq_lens: tf.Tensor) -> list[tf.Tensor]:
         layer = cut.layer

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .signature import Signature, read_signature
+from .signature import Signature, masked_holes, read_signature
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -92,8 +92,11 @@ class Predictor:
         Args:
             x: An array (single-input models), a list of arrays in input order, or a dict by
                 input name. Sequences are ``[batch, time, ...]``, right-padded.
-            lengths: Valid length of each sequence (int, ``[batch]``); default: the full time
-                dimension for every row.
+            lengths: Valid length of each row (int, ``[batch]``) when the model has one lengths
+                input; with several (one per sequence input, ``<input>_lengths``), a dict keyed
+                by lengths input or sequence input name. Default, for each: its sequence's full
+                time dimension. An input whose export refused padding
+                (``signature.padding_refusals``) only accepts its full time dimension.
 
         Returns:
             ``{output_name: array}`` (state outputs of streaming models left out). Per-step
@@ -127,8 +130,29 @@ class Predictor:
         specs = {t.name: t for t in self.signature.inputs}
         feeds = {n: np.asarray(a, dtype=specs[n].dtype) for n, a in zip(names, arrays)}
         batch, time = _batch_time(self.signature, feeds)
-        if self.signature.lengths_input:
-            feeds[self.signature.lengths_input] = _lengths(lengths, batch, time)
+        for spec in self.signature.inputs_with("sequence"):
+            if spec.aligned_with and feeds[spec.name].shape[1] != feeds[spec.aligned_with].shape[1]:
+                raise ValueError(
+                    f"Received inputs {spec.name!r} and {spec.aligned_with!r} with "
+                    f"{feeds[spec.name].shape[1]} and {feeds[spec.aligned_with].shape[1]} steps; "
+                    "the model merges them step by step, so they need the same time dimension."
+                )
+        given = _lengths_by_input(self.signature, lengths)
+        refusals = self.signature.padding_refusals
+        for spec in self.signature.inputs_with("lengths"):
+            sequence = spec.sequence_input or self.signature.inputs_with("sequence")[0].name
+            steps = feeds[sequence].shape[1] if feeds[sequence].ndim > 1 else time
+            value = _lengths(given.get(spec.name), batch, steps, spec.name)
+            _check_padding(sequence, value, steps, refusals.get(sequence))
+            _check_shortest(sequence, value, self.signature.min_length(sequence))
+            feeds[spec.name] = value
+        for spec in self.signature.inputs_with("sequence"):
+            if spec.mask_value is not None:
+                lengths_name = self.signature.lengths_for(spec.name)
+                full = np.full(batch, feeds[spec.name].shape[1], np.int32)
+                _check_holes(
+                    spec.name, feeds[spec.name], spec.mask_value, feeds.get(lengths_name, full)
+                )
         for spec in self.signature.inputs_with("state"):
             value = (states or {}).get(spec.name)
             feeds[spec.name] = (
@@ -183,13 +207,72 @@ def _batch_time(signature: Signature, feeds: dict) -> tuple[int, int]:
     return int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
 
 
-def _lengths(lengths: Any, batch: int, time: int) -> np.ndarray:
+def _lengths_by_input(signature: Signature, lengths: Any) -> dict[str, Any]:
+    """``lengths`` as ``{lengths input: value}`` (a dict may name the sequence inputs)."""
+    specs = signature.inputs_with("lengths")
+    if lengths is None:
+        return {}
+    names = [t.name for t in specs]
+    if not isinstance(lengths, Mapping):
+        if len(specs) != 1:
+            raise ValueError(
+                "Received an invalid value for argument `lengths`, expected a dict keyed by "
+                f"lengths input ({names}) for a model with {len(specs)} lengths inputs, got "
+                f"{type(lengths).__name__}."
+            )
+        return {names[0]: lengths}
+    by_sequence = {t.sequence_input: t.name for t in specs if t.sequence_input}
+    result = {}
+    for key, value in lengths.items():
+        name = key if key in names else by_sequence.get(key)
+        if name is None:
+            raise ValueError(
+                f"Received lengths for {key!r}, which names no lengths input; expected keys from "
+                f"{names} (or their sequence inputs {sorted(by_sequence)})."
+            )
+        result[name] = value
+    return result
+
+
+def _lengths(lengths: Any, batch: int, time: int, name: str = "lengths") -> np.ndarray:
     if lengths is None:
         return np.full(batch, time, np.int32)
     lengths = np.asarray(lengths)
     if lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time:
         raise ValueError(
-            "Received an invalid value for argument `lengths`, expected one integer per sequence "
-            f"in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
+            f"Received an invalid value for argument `lengths` ({name!r}), expected one integer "
+            f"per sequence in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
         )
     return lengths.astype(np.int32)
+
+
+def _check_holes(sequence: str, x: np.ndarray, value: float, lengths: np.ndarray) -> None:
+    """Refuse masked steps before unmasked ones (holes, pre-padding): ONNX cannot skip them."""
+    rows = masked_holes(x, value, lengths)
+    if rows:
+        raise ValueError(
+            f"Received input {sequence!r} with masked steps (equal to {value:g}) before unmasked "
+            f"ones in rows {rows}; the exported RNN nodes skip only the steps past each row's "
+            "length, not masked steps in between. Pad at the end (e.g. "
+            "keras.utils.pad_sequences(..., padding='post')) and pass `lengths`."
+        )
+
+
+def _check_shortest(sequence: str, lengths: np.ndarray, shortest: int) -> None:
+    """Refuse rows too short to leave every gated layer one step (Keras cannot run them)."""
+    if lengths.min(initial=shortest) < shortest:
+        raise ValueError(
+            f"Received lengths {lengths.tolist()} for input {sequence!r}, expected at least "
+            f"{shortest} steps per row: the layers before a gated layer (pooling, 'valid' "
+            "windows) leave shorter rows no step, and Keras cannot run them either."
+        )
+
+
+def _check_padding(sequence: str, lengths: np.ndarray, time: int, refusal: str | None) -> None:
+    """Refuse rows shorter than the time axis of an input whose export refused padding."""
+    if refusal is not None and lengths.min(initial=time) < time:
+        raise ValueError(
+            f"Received lengths {lengths.tolist()} for input {sequence!r}, shorter than its time "
+            f"dimension {time}, but this export cannot pad {sequence!r}: {refusal}. Pass rows "
+            f"of {time} steps (lengths={time}, the default)."
+        )

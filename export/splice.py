@@ -26,7 +26,7 @@ def rnn_node(
     ``prefix`` names the node and its initializers (``<prefix>.W``...): the layer name, made
     unique when a shared layer is called more than once.
     """
-    layers = cut.handler.inner(cut.layer)
+    layers = cut.weight_layers
     directions = [cut.handler.direction_weights(layer) for layer in layers]
     arrays = stack_directions(directions)
     inits = [numpy_helper.from_array(a, f"{prefix}.{key}") for key, a in arrays.items()]
@@ -46,7 +46,7 @@ def rnn_node(
         "hidden_size": cut.units,
         "direction": cut.direction,
         **activation_attributes([d.activations for d in directions]),
-        **cut.handler.node_attributes(cut.layer),
+        **cut.handler.node_attributes(cut.cells[0] if cut.cells else cut.layer),
     }
     node = helper.make_node(cut.op_type, inputs, outputs, name=prefix, **attrs)
     layout = {
@@ -72,7 +72,7 @@ def splice(model: onnx.ModelProto, cuts: list[Cut]) -> dict[str, Any]:
     layouts = {}
     cut_inputs, cut_outputs = set(), set()
     for cut in cuts:
-        prefix = cut.layer.name
+        prefix = cut.name
         if prefix in layouts:  # a shared layer: one node per call
             prefix = f"{prefix}.call{cut.index}"
         node, inits, layouts[prefix] = rnn_node(cut, prefix)
@@ -81,7 +81,10 @@ def splice(model: onnx.ModelProto, cuts: list[Cut]) -> dict[str, Any]:
         cut_inputs.update(cut.tensor(o) for o in cut.outputs)
         cut_outputs.update(cut.tensor(p) for p in ("X", "seq_lens", "h0", "c0"))
     _keep(graph.input, lambda v: v.name not in cut_inputs)
-    _keep(graph.output, lambda v: v.name not in cut_outputs)
+    _keep(
+        graph.output,  # kg_keep_*: kept lengths inputs alive through tf2onnx, not outputs
+        lambda v: v.name not in cut_outputs and not v.name.startswith("kg_keep_"),
+    )
     topological_sort(graph)
     return layouts
 

@@ -1,10 +1,12 @@
 """Trace a Keras model with its gated layers cut out, and convert the rest with tf2onnx.
 
 The model graph is run (``Functional._run_through_graph``) inside one ``tf.function`` whose
-inputs are the model inputs, ``lengths``, the streaming states and one placeholder per ONNX RNN
-output of every cut, and whose outputs are the model outputs, the streaming state outputs and,
-per cut, the time-major RNN input, its ``sequence_lens`` and initial states. A first, cheap
-discovery pass (zeros instead of placeholders) finds the cuts in execution order.
+inputs are the model inputs, one lengths input per sequence input that feeds a gated layer, the
+streaming states and one placeholder per ONNX RNN output of every cut, and whose outputs are the
+model outputs, the streaming state outputs and, per cut, the time-major RNN input, its
+``sequence_lens`` and initial states. Lengths travel with the tensors (:mod:`.lengths`). A first,
+cheap discovery pass (zeros instead of placeholders) finds the cuts in execution order and which
+sequence inputs reach them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from . import cells
+from .calls import inference_call, is_time_distributed, time_distributed_call
 from .errors import ExportError
 from .handlers import Cut, find_handler
+from .lengths import Lengths, Tracker
+from .lengths import seq_lens as lengths_of_cut
 
 LENGTHS = "lengths"
 
@@ -27,9 +33,20 @@ LENGTHS = "lengths"
 class ModelIO:
     """Final names, dtypes and shapes of the exported model's inputs and outputs."""
 
-    inputs: list[tuple[str, tf.TensorSpec, str]]  # (final name, spec, role)
+    inputs: list[tuple[str, tf.TensorSpec, str]]  # (final name, spec, role): data, then lengths
     outputs: list[str]  # final model output names (without state outputs)
     state_inputs: list[tuple[str, Cut, str]]  # (final name, cut, "h"|"c")
+    lengths_of: dict[str, str] = dataclasses.field(default_factory=dict)  # lengths -> sequence
+    fixed_time: dict[str, int] = dataclasses.field(default_factory=dict)  # sequence -> Keras T
+    output_steps: list[str | None] = dataclasses.field(default_factory=list)  # aligned input
+
+    @property
+    def data_inputs(self) -> list[tuple[str, tf.TensorSpec, str]]:
+        return [entry for entry in self.inputs if entry[2] != "lengths"]
+
+    @property
+    def lengths_inputs(self) -> list[tuple[str, tf.TensorSpec, str]]:
+        return [entry for entry in self.inputs if entry[2] == "lengths"]
 
 
 def functional_of(model: Any) -> Any | None:
@@ -83,36 +100,80 @@ def _input_name(name: str, index: int) -> str:
     return name
 
 
-def model_io(model: Any, cuts: list[Cut], dynamic_time: bool) -> ModelIO:
+def lengths_name(sequence: str, sequences: int) -> str:
+    """``lengths`` for a model with one sequence input, else ``<input>_lengths``."""
+    return LENGTHS if sequences == 1 else f"{sequence}_{LENGTHS}"
+
+
+def model_io(
+    model: Any, cuts: list[Cut], dynamic_time: bool, padded: list[str] | None = None
+) -> ModelIO:
+    """Inputs, outputs and states; ``padded``: the sequence inputs that get a lengths input
+    (``None``: every sequence input, for the discovery pass)."""
     functional = functional_of(model)
-    inputs = []
+    inputs, fixed = [], {}
     for i, tensor in enumerate(functional.inputs):
         role = input_role(tensor)
+        name = _input_name(tensor.name, i)
         shape = [None, *tensor.shape[1:]]
+        if role == "sequence" and shape[1] is not None:
+            fixed[name] = int(shape[1])
         if role == "sequence" and dynamic_time:
             shape[1] = None
         spec = tf.TensorSpec(shape, tf.as_dtype(tensor.dtype), name=f"kg_in{i}")
-        inputs.append((_input_name(tensor.name, i), spec, role))
-    inputs.append((LENGTHS, tf.TensorSpec([None], tf.int32, name="kg_lengths"), "lengths"))
+        inputs.append((name, spec, role))
+    sequences = [name for name, _, role in inputs if role == "sequence"]
+    padded = sequences if padded is None else [n for n in sequences if n in padded]
+    lengths_of = {}
+    for k, sequence in enumerate(padded):
+        name = lengths_name(sequence, len(sequences))
+        lengths_of[name] = sequence
+        inputs.append((name, tf.TensorSpec([None], tf.int32, name=f"kg_lengths{k}"), "lengths"))
     states = []
     for cut in cuts:
         for s in cut.state_names:
-            states.append((f"{cut.layer.name}.{s}_in", cut, s))
-    return ModelIO(inputs=inputs, outputs=output_names(model), state_inputs=states)
+            states.append((f"{cut.name}.{s}_in", cut, s))
+    return ModelIO(inputs, output_names(model), states, lengths_of, fixed)
+
+
+def fixed_time_refusal(name: str, steps: int) -> str:
+    return (
+        f"its time axis is fixed at {steps} steps in the Keras model, so a shorter row has no "
+        f"Keras answer to match; send rows of {steps} steps (rebuild the model with "
+        "keras.Input((None, ...)) to pad)"
+    )
 
 
 class _Run:
     """One pass through the model graph with gated layers cut out."""
 
-    def __init__(self, streaming: bool, lengths, states: dict, placeholders: dict | None, cuts):
+    def __init__(
+        self, streaming: bool, io: ModelIO, lengths: dict, states: dict, placeholders, cuts
+    ):
         self.streaming = streaming
-        self.lengths = lengths
+        self.io = io
+        self.lengths = lengths  # sequence input name -> [B] lengths tensor
         self.states = states  # (cut index, "h"|"c") -> [B, U] tensor
         self.placeholders = placeholders  # None during discovery
         self.cuts: list[Cut] = cuts
         self.count = 0
+        self.tracker = Tracker()
         self.cut_outputs: dict[str, tf.Tensor] = {}
         self.state_outputs: dict[str, tf.Tensor] = {}
+
+    def run_model(self, functional: Any, inputs: list) -> list:
+        """The model outputs (flat); each padded sequence input carries its own lengths."""
+        for (name, _, role), x in zip(self.io.data_inputs, inputs):
+            if role != "sequence":
+                continue
+            steps = self.io.fixed_time.get(name)
+            refusal = fixed_time_refusal(name, steps) if steps is not None else None
+            value = self.lengths.get(name)  # none: the input reaches no gated layer
+            value = tf.fill(tf.shape(x)[:1], tf.shape(x)[1]) if value is None else value
+            self.tracker.set(x, Lengths(value, name, refusal=refusal))
+            self.tracker.mark_input(x, name)
+        outputs = self.run_functional(functional, inputs)
+        return outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
     def run_functional(self, functional: Any, inputs: Any) -> Any:
         outputs = functional._run_through_graph(inputs, operation_fn=self.operation_fn)
@@ -122,52 +183,73 @@ class _Run:
         handler = find_handler(op)
         if handler is not None:
             return lambda *args, **kwargs: self.cut(op, handler, args, kwargs)
+        if cells.is_cell_rnn(op):
+            return lambda *args, **kwargs: cells.call(self, op, args, kwargs)
+        inner = functional_of(op)
+        if inner is not None:  # nested models: their layers carry lengths and may be cut
+            return lambda *args, **kwargs: self.run_functional(inner, args[0])
         if contains_gated(op):
-            inner = functional_of(op)
-            if inner is not None:
-                return lambda *args, **kwargs: self.run_functional(inner, args[0])
             raise ExportError(
                 f"Layer {op.name!r} ({type(op).__name__}) wraps a gated layer in a way the "
                 "exporter cannot split into a native ONNX RNN node. Use the gated layer directly "
                 "(or inside Bidirectional or a nested Functional/Sequential model)."
             )
-        if _is_time_distributed(op):
-            return _time_distributed_call(op)
-        return _inference_call(op)
+        if is_time_distributed(op):
+            return self.tracker.propagate(op, time_distributed_call(op))
+        return self.tracker.propagate(op, inference_call(op))
+
+    def next_cut(self, op: Any, plan) -> Cut:
+        """The next cut in execution order (planned with ``plan(index)`` while discovering)."""
+        index = self.count
+        self.count += 1
+        if self.placeholders is None:
+            self.cuts.append(plan(index))
+        cut = self.cuts[index]
+        if cut.layer is not op:
+            raise RuntimeError(f"Tracing order changed at layer {op.name!r}; please report this.")
+        return cut
 
     def cut(self, op: Any, handler: Any, args: tuple, kwargs: dict) -> Any:
         from keras.src import backend
 
-        index = self.count
-        self.count += 1
-        if self.placeholders is None:
-            self.cuts.append(handler.plan(op, index, self.streaming))
-        cut = self.cuts[index]
-        if cut.layer is not op:
-            raise RuntimeError(f"Tracing order changed at layer {op.name!r}; please report this.")
+        cut = self.next_cut(op, lambda index: handler.plan(op, index, self.streaming))
         x = tf.cast(args[0], tf.float32)
         mask = kwargs.get("mask")
         if mask is None:
             mask = backend.get_keras_mask(args[0])
-        seq_lens = tf.minimum(self.lengths, tf.shape(x)[1])
-        if mask is not None:
-            seq_lens = tf.minimum(seq_lens, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
-        self.cut_outputs[cut.tensor("X")] = tf.transpose(x, [1, 0, 2])
-        self.cut_outputs[cut.tensor("seq_lens")] = seq_lens
-        self._initial_states(
-            cut, x, kwargs.get("initial_state", args[1] if len(args) > 1 else None)
-        )
-        ph = self._placeholders(cut, x)
+        found = self.tracker.get(args[0])
+        seq_lens = lengths_of_cut(self.tracker, x, found, mask)
+        initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
+        ph = self.connect(cut, x, seq_lens, initial)
         outputs = handler.rebuild(cut, ph, seq_lens)
         for s in cut.state_names:
-            self.state_outputs[f"{op.name}.{s}_out"] = ph[f"Y_{s}"][0]
-        if mask is not None:
-            masks = op.compute_mask(args[0], mask)
-            masks = masks if isinstance(masks, (list, tuple)) else [masks]
-            for tensor, m in zip(outputs, masks):
-                if m is not None:
-                    backend.set_keras_mask(tensor, m)
+            self.state_outputs[f"{cut.name}.{s}_out"] = ph[f"Y_{s}"][0]
+        self.set_masks(op, args[0], mask, outputs)
+        for tensor in outputs:
+            if found is not None and tensor.shape.rank == 3:
+                self.tracker.set(tensor, found)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def connect(self, cut: Cut, x: tf.Tensor, seq_lens: tf.Tensor, initial: Any) -> dict:
+        """Hand ``x`` (batch-major), ``seq_lens`` and initial states to the node of ``cut``;
+        returns its ONNX-shaped outputs (placeholders)."""
+        found = self.tracker.get(x)
+        cut.lengths_source = cut.lengths_source or (found.source if found else None)
+        self.cut_outputs[cut.tensor("X")] = tf.transpose(x, [1, 0, 2])
+        self.cut_outputs[cut.tensor("seq_lens")] = seq_lens
+        self._initial_states(cut, x, initial)
+        return self._placeholders(cut, x)
+
+    def set_masks(self, op: Any, x: Any, mask: Any, outputs: list) -> None:
+        from keras.src import backend
+
+        if mask is None:
+            return
+        masks = op.compute_mask(x, mask)
+        masks = masks if isinstance(masks, (list, tuple)) else [masks]
+        for tensor, m in zip(outputs, masks):
+            if m is not None:
+                backend.set_keras_mask(tensor, m)
 
     def _state(self, cut: Cut, s: str, x: tf.Tensor) -> tf.Tensor:
         """The streaming state input ``s`` of ``cut`` (zeros during discovery)."""
@@ -185,9 +267,7 @@ class _Run:
                 )
             per_state = {s: [self._state(cut, s, x)] for s in state_names}
         elif initial_state is not None:
-            flat = (
-                list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
-            )
+            flat = tf.nest.flatten(initial_state)
             n = len(state_names)
             per_state = {s: flat[k::n] for k, s in enumerate(state_names)}
         else:
@@ -206,48 +286,6 @@ class _Run:
         return {o: tf.zeros(tf.stack(shapes[o])) for o in cut.outputs}
 
 
-def _inference_call(op: Any):
-    """Call ``op`` the way ``Functional`` does, with ``training=False``."""
-
-    def call(*args, **kwargs):
-        if "training" in getattr(op, "_call_context_args", ()):
-            kwargs["training"] = False
-        return op(*args, **kwargs)
-
-    return call
-
-
-def _is_time_distributed(op: Any) -> bool:
-    import keras
-
-    return isinstance(op, keras.layers.TimeDistributed)
-
-
-def _time_distributed_call(op: Any):
-    """``TimeDistributed`` as one call on ``[batch * time, ...]`` and a reshape back.
-
-    Keras 3 maps the inner layer over time with ``vectorized_map``, which tf2onnx turns into a
-    ``Loop`` (and, measured, gets the time axis wrong). Folding time into the batch is exact for
-    layers that treat rows independently, which is what ``TimeDistributed`` requires anyway.
-    """
-    from keras.src import backend
-
-    def call(x, *args, **kwargs):
-        kwargs.pop("mask", None)
-        if "training" in getattr(op.layer, "_call_context_args", ()):
-            kwargs["training"] = False
-        shape = tf.shape(x)
-        flat = tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
-        y = op.layer(flat, *args, **kwargs)
-        y = tf.reshape(y, tf.concat([shape[:2], tf.shape(y)[1:]], axis=0))
-        mask = backend.get_keras_mask(x)
-        if mask is not None:
-            backend.set_keras_mask(y, mask)
-        return y
-
-    return call
-
-
 def discover(model: Any, streaming: bool, dynamic_time: bool) -> list[Cut]:
     """The gated layer calls of ``model`` in execution order (a cheap trace with zeros)."""
     functional = functional_of(model)
@@ -258,10 +296,12 @@ def discover(model: Any, streaming: bool, dynamic_time: bool) -> list[Cut]:
         )
     cuts: list[Cut] = []
     io = model_io(model, [], dynamic_time)
+    n_data = len(io.data_inputs)
 
     def fn(*flat):
-        run = _Run(streaming, flat[len(io.inputs) - 1], {}, None, cuts)
-        run.run_functional(functional, list(flat[: len(io.inputs) - 1]))
+        lengths = dict(zip(io.lengths_of.values(), flat[n_data:]))
+        run = _Run(streaming, io, lengths, {}, None, cuts)
+        run.run_model(functional, list(flat[:n_data]))
         return 0
 
     tf.function(fn, autograph=False).get_concrete_function(*[spec for _, spec, _ in io.inputs])
@@ -274,42 +314,67 @@ class Converted:
     cuts: list[Cut]
     io: ModelIO
     rename: dict[str, str]  # internal tensor name -> final name
+    refusals: dict[str, str]  # sequence input -> why its rows cannot be padded (structural)
+    min_lengths: dict[str, int]  # sequence input -> shortest row its gated layers can run
+    ties: dict[str, str]  # sequence input -> the input whose time axis it shares (merged)
+    mask_values: dict[str, float]  # sequence input -> the value whose steps its mask skips
 
 
 def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) -> Converted:
     """Discover the cuts, trace the cut model and convert it with tf2onnx."""
     cuts = discover(model, streaming, dynamic_time)
-    io = model_io(model, cuts, dynamic_time)
+    padded = sorted({c.lengths_source for c in cuts if c.lengths_source is not None})
+    io = model_io(model, cuts, dynamic_time, padded)
     functional = functional_of(model)
-    n_in = len(io.inputs) - 1
+    n_data, n_len = len(io.data_inputs), len(io.lengths_inputs)
+    n_in = n_data + n_len
     state_specs = [
         tf.TensorSpec([None, cut.units], tf.float32, name=f"kg_state{cut.index}_{s}")
         for _, cut, s in io.state_inputs
     ]
     ph_specs = [spec for cut in cuts for spec in cut.placeholder_specs()]
     specs = [spec for _, spec, _ in io.inputs] + state_specs + ph_specs
+    traced: dict[str, Any] = {}
 
     def fn(*flat):
-        lengths = flat[n_in]
-        states = {
-            (cut.index, s): flat[n_in + 1 + k] for k, (_, cut, s) in enumerate(io.state_inputs)
-        }
-        ph = dict(zip([s.name for s in ph_specs], flat[n_in + 1 + len(state_specs) :]))
-        run = _Run(streaming, lengths, states, ph, cuts)
-        outputs = run.run_functional(functional, list(flat[:n_in]))
-        flat_out = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        lengths = dict(zip(io.lengths_of.values(), flat[n_data:n_in]))
+        states = {(cut.index, s): flat[n_in + k] for k, (_, cut, s) in enumerate(io.state_inputs)}
+        ph = dict(zip([s.name for s in ph_specs], flat[n_in + len(state_specs) :]))
+        run = _Run(streaming, io, lengths, states, ph, cuts)
+        flat_out = run.run_model(functional, list(flat[:n_data]))
+        traced["steps"] = [_aligned(run.tracker.get(t)) for t in flat_out]
+        traced["refusals"] = dict(run.tracker.refusals)
+        traced["min_lengths"] = dict(run.tracker.min_lengths)
+        traced["ties"] = run.tracker.ties
+        traced["mask_values"] = run.tracker.mask_values
         result = {f"kg_out{i}": tf.identity(t) for i, t in enumerate(flat_out)}
         result.update({f"kg_stateout_{k}": tf.identity(t) for k, t in run.state_outputs.items()})
         result.update({k: tf.identity(t) for k, t in run.cut_outputs.items()})
+        result.update({f"kg_keep_{n}": tf.identity(t) for n, t in lengths.items()})
         return result
 
     onnx_model = _tf2onnx(tf.function(fn, autograph=False), specs, opset)
+    io.output_steps = traced["steps"]
     rename = {spec.name: name for name, spec, _ in io.inputs}
     rename.update({f"kg_state{c.index}_{s}": n for n, c, s in io.state_inputs})
     rename.update({f"kg_out{i}": name for i, name in enumerate(io.outputs)})
     for _, cut, s in io.state_inputs:
-        rename[f"kg_stateout_{cut.layer.name}.{s}_out"] = f"{cut.layer.name}.{s}_out"
-    return Converted(onnx_model, cuts, io, rename)
+        rename[f"kg_stateout_{cut.name}.{s}_out"] = f"{cut.name}.{s}_out"
+    return Converted(
+        onnx_model,
+        cuts,
+        io,
+        rename,
+        traced["refusals"],
+        traced["min_lengths"],
+        traced["ties"],
+        traced["mask_values"],
+    )
+
+
+def _aligned(lengths: Lengths | None) -> str | None:
+    """The input whose time axis an output keeps step for step (``None``: no such input)."""
+    return lengths.source if lengths is not None and lengths.identity else None
 
 
 def _tf2onnx(function: Any, specs: list[tf.TensorSpec], opset: int) -> Any:

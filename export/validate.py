@@ -1,8 +1,13 @@
 """Prove an export right: onnxruntime against Keras on random (or given) inputs.
 
 Runs the exported model and the Keras model at two batch sizes and two sequence lengths (full
-``lengths``, no padding), and for streaming exports also runs each sequence in two chunks carrying
-the state and compares the final states with the whole run. Reports the max abs error per output.
+``lengths``), then, for every sequence input with a lengths input, a *padded* batch: rows of
+different lengths with garbage in the padding, each row compared with that row run alone through
+Keras. An input whose padded rows differ is not an export failure but a property of the model (a
+'same' convolution or pooling, attention or global pooling over time reads the padding): the
+result lists it in ``refusals`` and the exporter marks the input as refusing padding. Streaming
+exports also run each sequence in two chunks carrying the state. Reports the max abs error per
+output and case.
 """
 
 from __future__ import annotations
@@ -16,40 +21,86 @@ import numpy as np
 from .errors import ExportError
 from .signature import Signature
 
+PADDED_LENGTHS = (13, 12, 9, 8)  # odd and even, every remainder mod 3, never the whole row
+
 
 class ValidationError(ExportError):
     """The exported model disagrees with Keras beyond the tolerance."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """Max abs error of one output in one case (``full``, ``padded <input> [...]``, chunks)."""
+
+    output: str
+    batch: int
+    time: int
+    error: float
+    case: str = "full"
+    padded: tuple[str, ...] = ()  # the inputs padded in this case
+
+    def ok(self, atol: float) -> bool:
+        return bool(np.isfinite(self.error) and self.error <= atol)
+
+
 @dataclasses.dataclass
 class ValidationResult:
-    """Max abs error per (output, batch, time); ``passed`` when all are within ``atol``."""
+    """Max abs error per (output, case); ``passed`` when every unpadded case is within ``atol``.
+
+    ``refusals`` maps a sequence input to why its padded rows differ from the rows alone.
+    """
 
     atol: float
-    rows: list[tuple[str, int, int, float]]
+    rows: list[Row]
+    refusals: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def max_error(self) -> float:
-        return max((r[3] for r in self.rows), default=0.0)
+        return max((r.error for r in self.rows if not r.padded), default=0.0)
 
     @property
     def passed(self) -> bool:
-        return bool(self.rows) and all(np.isfinite(r[3]) and r[3] <= self.atol for r in self.rows)
+        checked = [r for r in self.rows if not r.padded]
+        return bool(checked) and all(r.ok(self.atol) for r in checked)
 
     def table(self) -> str:
-        width = max([len("output"), *(len(r[0]) for r in self.rows)])
-        lines = [f"{'output':<{width}}  batch  time  max_abs_error  ok"]
-        for name, batch, time, err in self.rows:
-            ok = "yes" if err <= self.atol else "NO"
-            lines.append(f"{name:<{width}}  {batch:>5}  {time:>4}  {err:>13.3e}  {ok}")
+        width = max([len("output"), *(len(r.output) for r in self.rows)])
+        case_width = max([len("case"), *(len(r.case) for r in self.rows)])
+        lines = [f"{'output':<{width}}  {'case':<{case_width}}  batch  time  max_abs_error  ok"]
+        for r in self.rows:
+            refused = any(n in self.refusals for n in r.padded)
+            ok = "refused" if refused else ("yes" if r.ok(self.atol) else "NO")
+            lines.append(
+                f"{r.output:<{width}}  {r.case:<{case_width}}  {r.batch:>5}  {r.time:>4}  "
+                f"{r.error:>13.3e}  {ok}"
+            )
         lines.append(f"tolerance {self.atol:g}: {'passed' if self.passed else 'FAILED'}")
         return "\n".join(lines)
 
     def to_json(self) -> str:
         worst: dict[str, float] = {}
-        for name, _, _, err in self.rows:
-            worst[name] = max(worst.get(name, 0.0), float(err))
-        return json.dumps({"atol": self.atol, "passed": self.passed, "max_abs_error": worst})
+        padded: dict[str, float] = {}
+        for r in self.rows:
+            target = padded if r.padded else worst
+            target[r.output] = max(target.get(r.output, 0.0), float(r.error))
+        return json.dumps(
+            {
+                "atol": self.atol,
+                "passed": self.passed,
+                "max_abs_error": worst,
+                "padded_max_abs_error": padded,
+                "padding_refused": self.refusals,
+            }
+        )
+
+
+def refusal_lines(refusals: dict[str, str]) -> list[str]:
+    """What ``keras-gates export`` prints about inputs that cannot be padded."""
+    return [
+        f"input {name!r} cannot be padded: {reason}. Predictor and the server refuse lengths "
+        "shorter than its time axis."
+        for name, reason in refusals.items()
+    ]
 
 
 def _session(onnx_bytes: bytes):
@@ -60,15 +111,22 @@ def _session(onnx_bytes: bytes):
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def _feeds(signature: Signature, inputs: list[np.ndarray], states: dict | None = None) -> dict:
-    """ONNX feeds for the model inputs (in order): full lengths, zero (or given) states."""
+def _feeds(
+    signature: Signature,
+    inputs: list[np.ndarray],
+    states: dict | None = None,
+    lengths: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """ONNX feeds for the model inputs (in order): each lengths input its sequence's own time
+    unless ``lengths`` (by sequence input) says otherwise, zero (or given) states."""
     data = [t for t in signature.inputs if t.role in ("sequence", "other")]
     feeds = {t.name: x for t, x in zip(data, inputs)}
     batch = inputs[0].shape[0]
-    sequences = [x for t, x in zip(data, inputs) if t.role == "sequence"] or inputs
-    if signature.lengths_input:
-        time = sequences[0].shape[1] if sequences[0].ndim > 1 else 1
-        feeds[signature.lengths_input] = np.full(batch, time, np.int32)
+    for spec in signature.inputs_with("lengths"):
+        sequence = spec.sequence_input or next(t.name for t in data if t.role == "sequence")
+        given = (lengths or {}).get(sequence)
+        time = feeds[sequence].shape[1]
+        feeds[spec.name] = np.full(batch, time, np.int32) if given is None else given
     for spec in signature.inputs_with("state"):
         zeros = np.zeros((batch, spec.shape[1]), np.float32)
         feeds[spec.name] = (states or {}).get(spec.name, zeros)
@@ -101,8 +159,10 @@ def validate(
     signature: Signature,
     samples: list[list[np.ndarray]],
     atol: float,
+    padded: bool = True,
 ) -> ValidationResult:
-    """Compare onnxruntime with Keras on every sample (a list of model inputs)."""
+    """Compare onnxruntime with Keras on every sample (a list of model inputs), then on padded
+    batches against each row alone (``padded=False`` skips those)."""
     session = _session(onnx_bytes)
     names = [t.name for t in signature.outputs if t.role == "output"]
     rows = []
@@ -111,10 +171,15 @@ def validate(
         got = session.run(names, _feeds(signature, inputs))
         batch, time = inputs[0].shape[0], (inputs[0].shape[1] if inputs[0].ndim > 1 else 0)
         for name, e, g in zip(names, expected, got):
-            rows.append((name, batch, time, _max_error(e, g)))
+            rows.append(Row(name, batch, time, _max_error(e, g)))
         if signature.streaming:
             rows.extend(_chunked_rows(session, signature, inputs))
-    return ValidationResult(atol=atol, rows=rows)
+    result = ValidationResult(atol=atol, rows=rows)
+    if padded and samples:
+        from .padded import padded_rows
+
+        padded_rows(model, session, signature, samples[-1], result)
+    return result
 
 
 def _chunked_rows(session: Any, signature: Signature, inputs: list[np.ndarray]) -> list:
@@ -128,7 +193,7 @@ def _chunked_rows(session: Any, signature: Signature, inputs: list[np.ndarray]) 
     second = session.run(outs, _feeds(signature, [x[:, split:] for x in inputs], states))
     batch, time = inputs[0].shape[:2]
     return [
-        (f"{name} (2 chunks)", batch, time, _max_error(w, s))
+        Row(name, batch, time, _max_error(w, s), case="2 chunks")
         for name, w, s in zip(outs, whole, second)
     ]
 

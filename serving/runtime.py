@@ -58,6 +58,11 @@ class TensorInfo:
     role: str = "other"
     per_step: bool = False
     state_pair: str | None = None
+    sequence_input: str | None = None  # a lengths input: the sequence input it measures
+    padding_refused: str | None = None  # a sequence input: why its rows cannot be padded
+    min_length: int = 1  # a sequence input: the fewest steps a row needs
+    aligned_with: str | None = None  # a sequence input merged step by step with another
+    mask_value: float | None = None  # a sequence input: steps equal to it are masked
 
     @property
     def dtype(self) -> np.dtype:
@@ -98,7 +103,19 @@ def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
         return TensorInfo(ort_arg.name, datatype, shape, role=default_role)
     if len(spec.shape) == len(shape):  # the signature may free dims onnxruntime pinned, never pin
         shape = tuple(o if s is not None else None for o, s in zip(shape, spec.shape, strict=True))
-    return TensorInfo(ort_arg.name, datatype, shape, spec.role, spec.per_step, spec.state_pair)
+    return TensorInfo(
+        ort_arg.name,
+        datatype,
+        shape,
+        spec.role,
+        spec.per_step,
+        spec.state_pair,
+        getattr(spec, "sequence_input", None),
+        getattr(spec, "padding_refused", None),
+        getattr(spec, "min_length", 1),
+        getattr(spec, "aligned_with", None),
+        getattr(spec, "mask_value", None),
+    )
 
 
 class ModelRuntime:

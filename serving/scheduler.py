@@ -82,7 +82,8 @@ class ModelScheduler:
         self.inputs, self.outputs = runtime.inputs, runtime.outputs
         self._specs = {t.name: t for t in self.inputs}
         self._sequences = tuple(t for t in self.inputs if t.role == "sequence")
-        self._lengths = next((t for t in self.inputs if t.role == "lengths"), None)
+        self._lengths_inputs = tuple(t for t in self.inputs if t.role == "lengths")
+        self._lengths = self._lengths_inputs[0] if len(self._lengths_inputs) == 1 else None
         self._states = tuple(t for t in self.inputs if t.role == "state")
         self._state_pairs = tuple((t.name, t.state_pair) for t in self._states)
         self._optional = validation.optional_inputs(self.inputs) if self._sequences else frozenset()
@@ -91,8 +92,14 @@ class ModelScheduler:
         self._batch_only_outputs = frozenset(t.name for t in self.outputs if t.batch_only)
         self.batchable = _batchable(self.inputs) and _batchable(self.outputs)
         self.max_batch_size = self.config.max_batch_size if self.batchable else 1
-        can_pad = self._lengths is not None and all(
-            len(t.shape) >= 2 and t.shape[1] is None for t in self._sequences
+        can_pad = (
+            self._lengths is not None
+            and all(
+                len(t.shape) >= 2 and t.shape[1] is None and t.padding_refused is None
+                for t in self._sequences
+            )
+            # an output with a time axis not the input's (pooled...) cannot be cut per request
+            and all(t.per_step or len(t.shape) < 3 for t in self.outputs if t.role == "output")
         )
         layout = BatchLayout(
             sequence_inputs=frozenset(t.name for t in self._sequences),
@@ -197,18 +204,32 @@ class ModelScheduler:
             inputs[name] = array = validation.model_form(self._specs[name], array)
             validation.check_tensor(self.name, self._specs[name], array)
         rows = validation.check_batch(self.name, inputs)
-        steps = validation.check_sequences(self.name, self._sequences, inputs)
+        independent = len(self._lengths_inputs) > 1
+        steps = validation.check_sequences(self.name, self._sequences, inputs, independent)
         feeds = {}
         for t in self.inputs:
             if t.name in inputs:
                 feeds[t.name] = inputs[t.name]
-                if t.role == "lengths":  # every lengths input (one per sequence input)
-                    validation.check_lengths(self.name, t.name, inputs[t.name], steps)
             elif t.role == "lengths":
-                feeds[t.name] = np.full(rows, steps, t.dtype)
+                feeds[t.name] = np.full(rows, self._steps_of(t, inputs, steps), t.dtype)
             elif t.role == "state":
                 feeds[t.name] = np.zeros((rows, *t.shape[1:]), t.dtype)
+        for t in self._lengths_inputs:
+            own = self._steps_of(t, inputs, steps)
+            if t.name in inputs:
+                validation.check_lengths(self.name, t.name, inputs[t.name], own)
+            sequence = self._specs.get(t.sequence_input) or (self._sequences or (None,))[0]
+            if sequence is not None and t.name in feeds:
+                validation.check_padding(self.name, sequence, feeds[t.name], own)
+                validation.check_mask_holes(
+                    self.name, sequence, feeds[sequence.name], feeds[t.name]
+                )
         return feeds, rows, steps
+
+    def _steps_of(self, lengths: TensorInfo, inputs: dict, steps: int | None) -> int | None:
+        """The time length of the sequence input that ``lengths`` measures."""
+        sequence = inputs.get(lengths.sequence_input or "")
+        return sequence.shape[1] if sequence is not None and sequence.ndim > 1 else steps
 
     async def _infer_sequence(self, feeds, rows: int, steps, sequence: SequenceControl):
         if self.sessions is None:

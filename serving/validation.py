@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_gates.export.signature import masked_holes
+
 from .errors import BadRequest
 from .runtime import NUMPY_TO_V2, TensorInfo
 
@@ -82,12 +84,21 @@ def check_batch(model: str, given: dict[str, np.ndarray]) -> int:
     return batches.pop() if batches else 1
 
 
-def check_sequences(model: str, seq_specs: Sequence[TensorInfo], given: dict) -> int | None:
-    """All sequence inputs share the time dim (axis 1); returns it (``None`` without any)."""
+def check_sequences(
+    model: str, seq_specs: Sequence[TensorInfo], given: dict, independent: bool = False
+) -> int | None:
+    """All sequence inputs share the time dim (axis 1); returns it (``None`` without any).
+
+    ``independent``: each sequence input has its own lengths input (encoder-decoder), so their
+    time dims may differ; returns the first one's.
+    """
     steps = {t.name: given[t.name].shape[1] for t in seq_specs if t.name in given}
     if not steps:
         return None
     values = set(steps.values())
+    aligned = {t.name: t.aligned_with for t in seq_specs if t.aligned_with in steps}
+    if independent and 0 not in values and all(steps[a] == steps[b] for a, b in aligned.items()):
+        return next(iter(steps.values()))
     if len(values) > 1 or 0 in values:
         raise BadRequest(
             f"Sequence inputs of model {model!r} have time lengths (axis 1) {steps}; "
@@ -104,4 +115,34 @@ def check_lengths(model: str, name: str, lengths: np.ndarray, steps: int | None)
         raise BadRequest(
             f"Input {name!r} of model {model!r} holds lengths {lengths.tolist()}, expected values "
             f"between 1 and the time length {steps}."
+        )
+
+
+def check_padding(model: str, spec: TensorInfo, lengths: np.ndarray, steps: int | None) -> None:
+    """A sequence input whose export refused padding only takes rows as long as its time axis;
+    no row may be shorter than the input's ``min_length``."""
+    if lengths.size and lengths.min() < spec.min_length:
+        raise BadRequest(
+            f"Input {spec.name!r} of model {model!r} has rows of {lengths.tolist()} steps, "
+            f"expected at least {spec.min_length}: shorter rows leave a gated layer no step "
+            "(pooling or 'valid' windows come first)."
+        )
+    if spec.padding_refused is None or steps is None:
+        return
+    if lengths.size and lengths.min() < steps:
+        raise BadRequest(
+            f"Input {spec.name!r} of model {model!r} cannot be padded ({spec.padding_refused}), "
+            f"but its lengths {lengths.tolist()} are shorter than its time length {steps}; "
+            f"expected lengths equal to {steps} (or no lengths input)."
+        )
+
+
+def check_mask_holes(model: str, spec: TensorInfo, x: np.ndarray, lengths: np.ndarray) -> None:
+    """Masked steps (``spec.mask_value``) only after a row's last unmasked step."""
+    rows = masked_holes(x, spec.mask_value, lengths) if spec.mask_value is not None else []
+    if rows:
+        raise BadRequest(
+            f"Input {spec.name!r} of model {model!r} has masked steps (equal to "
+            f"{spec.mask_value:g}) before unmasked ones in rows {rows}; expected masked steps only "
+            "at the end of each row (pad at the end, e.g. pad_sequences(padding='post'))."
         )

@@ -1,0 +1,148 @@
+"""``keras.layers.RNN`` over gated cells (one cell or a stacked list) as native RNN nodes.
+
+A stacked list becomes a chain of single-direction nodes: each node reads the previous one's
+per-step output ``Y`` (aligned with the input steps, so a ``go_backwards`` chain is a chain of
+``reverse`` nodes). ``Bidirectional`` over such a layer is a forward chain and a reverse chain,
+merged like Keras merges them. Lengths, masks, ``return_state``, ``initial_state`` and streaming
+work as for :class:`~keras_gates.GatedLSTM`/:class:`~keras_gates.GatedGRU`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from .errors import ExportError
+from .handlers import GRUHandler, LSTMHandler, _merge, check_exportable
+from .lengths import seq_lens as lengths_of_cut
+
+
+def gated_cells(layer: Any) -> list[Any] | None:
+    """The gated cells of a plain ``keras.layers.RNN`` made only of them, else ``None``."""
+    import keras
+
+    from keras_gates import GatedGRU, GatedGRUCell, GatedLSTM, GatedLSTMCell
+
+    if not isinstance(layer, keras.layers.RNN) or isinstance(layer, (GatedLSTM, GatedGRU)):
+        return None
+    cell = layer.cell
+    cells = list(cell.cells) if isinstance(cell, keras.layers.StackedRNNCells) else [cell]
+    if cells and all(isinstance(c, (GatedLSTMCell, GatedGRUCell)) for c in cells):
+        return cells
+    return None
+
+
+def is_cell_rnn(layer: Any) -> bool:
+    """``RNN`` over gated cells, or ``Bidirectional`` around one."""
+    import keras
+
+    if isinstance(layer, keras.layers.Bidirectional):
+        return gated_cells(layer.forward_layer) is not None
+    return gated_cells(layer) is not None
+
+
+def call(run: Any, op: Any, args: tuple, kwargs: dict) -> Any:
+    """Run ``op`` (see :func:`is_cell_rnn`) as chains of cut nodes; returns Keras' outputs."""
+    import keras
+    from keras.src import backend
+
+    x = args[0]
+    mask = kwargs.get("mask")
+    if mask is None:
+        mask = backend.get_keras_mask(x)
+    found = run.tracker.get(x)
+    xf = tf.cast(x, tf.float32)
+    lens = lengths_of_cut(run.tracker, xf, found, mask)
+    initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
+    flat_initial = tf.nest.flatten(initial) if initial is not None else None
+    bidi = isinstance(op, keras.layers.Bidirectional)
+    if bidi:
+        chains = [(op.forward_layer, "forward"), (op.backward_layer, "reverse")]
+    else:
+        chains = [(op, "reverse" if op.go_backwards else "forward")]
+    results, offset = [], 0
+    for rnn, direction in chains:
+        cells = gated_cells(rnn)
+        per_cell = []
+        for cell in cells:
+            n = len(_handler(cell).state_names)
+            per_cell.append(flat_initial[offset : offset + n] if flat_initial else None)
+            offset += n
+        prefix = (
+            f"{op.name}.{'backward' if direction == 'reverse' else 'forward'}" if bidi else op.name
+        )
+        results.append(_chain(run, op, rnn, cells, direction, prefix, xf, lens, per_cell))
+    if bidi:
+        (y, states), (y_rev, states_rev) = results
+        outputs = [*_merge(op.merge_mode, y, y_rev), *states, *states_rev]
+    else:
+        (y, states) = results[0]
+        if op.return_sequences and op.go_backwards:  # Keras returns steps in processing order
+            y = tf.reverse_sequence(y, lens, seq_axis=1, batch_axis=0)
+        outputs = [y, *states]
+    run.set_masks(op, x, mask, outputs)
+    for tensor in outputs:
+        if found is not None and tensor.shape.rank == 3:
+            run.tracker.set(tensor, found)
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _handler(cell: Any) -> Any:
+    from keras_gates import GatedLSTMCell
+
+    return LSTMHandler() if isinstance(cell, GatedLSTMCell) else GRUHandler()
+
+
+def _chain(run, op, rnn, cells, direction, prefix, x, lens, initial) -> tuple[Any, list]:
+    """One direction: a node per cell, each reading the previous node's aligned ``Y``."""
+    h, states, ph = x, [], {}
+    for k, cell in enumerate(cells):
+        last = k == len(cells) - 1
+        name = prefix if len(cells) == 1 else f"{prefix}.cell{k}"
+
+        def plan(index, cell=cell, last=last, name=name):
+            return _plan(run.streaming, op, rnn, cell, index, direction, name, last)
+
+        cut = run.next_cut(op, plan)
+        ph = run.connect(cut, h, lens, initial[k])
+        if "Y" in cut.outputs:
+            h = tf.transpose(ph["Y"][:, 0], [1, 0, 2])
+        if rnn.return_state:
+            states.extend(ph[f"Y_{s}"][0] for s in _handler(cell).state_names)
+        for s in cut.state_names:
+            run.state_outputs[f"{cut.name}.{s}_out"] = ph[f"Y_{s}"][0]
+    y = h if rnn.return_sequences else ph["Y_h"][0]
+    return y, states
+
+
+def _plan(streaming, op, rnn, cell, index, direction, name, last):
+    from .handlers import Cut
+
+    check_exportable(op)
+    check_exportable(cell)
+    if streaming and direction == "reverse":
+        raise ExportError(
+            f"Layer {op.name!r} ({type(op).__name__}) runs backwards (go_backwards=True or "
+            "Bidirectional) and cannot be exported with `streaming=True`: a chunk would be read "
+            "end to start. Export without streaming."
+        )
+    handler = _handler(cell)
+    need_y = not last or rnn.return_sequences
+    outputs = ["Y"] if need_y else []
+    if not need_y or rnn.return_state or streaming:
+        outputs.append("Y_h")
+    if "c" in handler.state_names and (rnn.return_state or streaming):
+        outputs.append("Y_c")
+    return Cut(
+        index=index,
+        layer=op,
+        handler=handler,
+        op_type=handler.op_type,
+        direction=direction,
+        units=int(cell.units),
+        outputs=tuple(outputs),
+        state_names=handler.state_names if streaming else (),
+        name=name,
+        cells=(cell,),
+    )

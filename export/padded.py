@@ -1,0 +1,155 @@
+"""The padded cases of validation: rows of different lengths, garbage in the padding, each row
+compared with that row run alone through Keras.
+
+For each sequence input with a lengths input (and, with several, all of them at once) one batch
+of ``PADDED_LENGTHS`` rows (more steps where the model needs them) padded to the longest. Rows
+alone are cut to their length; outputs are compared on what the row alone returns (its own time
+steps for per-step outputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .signature import Signature
+from .validate import (
+    PADDED_LENGTHS,
+    Row,
+    ValidationResult,
+    _feeds,
+    _max_error,
+    keras_outputs,
+)
+
+
+def padded_rows(
+    model: Any,
+    session: Any,
+    signature: Signature,
+    template: list[np.ndarray],
+    result: ValidationResult,
+) -> None:
+    """Add the padded rows to ``result`` and the inputs whose rows differ to its refusals."""
+    names = [t.name for t in signature.outputs if t.role == "output"]
+    data = [t for t in signature.inputs if t.role in ("sequence", "other")]
+    result.refusals.update(signature.padding_refusals)  # known from the trace
+    fixed_time = {
+        t.name: tensor.shape[1]
+        for t, tensor in zip(data, model.inputs)
+        if t.role == "sequence" and tensor.shape[1] is not None
+    }
+    aligned = {t.name: t.aligned_with for t in signature.inputs_with("sequence") if t.aligned_with}
+    padded = [
+        t.name
+        for t in signature.inputs_with("sequence")
+        if signature.lengths_for(t.name) and t.name not in aligned
+    ]
+
+    def group(name: str) -> list[str]:  # an input and those merged with it step by step
+        return [name, *(n for n, root in aligned.items() if root == name)]
+
+    for name in padded:
+        if name in fixed_time:  # no row alone to compare with: shown as refused
+            label = f"padded {name}: time axis fixed at {fixed_time[name]}"
+            result.rows.extend(
+                Row(n, 0, fixed_time[name], float("nan"), label, (name,)) for n in names
+            )
+    candidates = [n for n in padded if n not in fixed_time]
+    cases = [(n,) for n in candidates] + ([tuple(candidates)] if len(candidates) > 1 else [])
+    fixed_batch = next((int(t.shape[0]) for t in model.inputs if t.shape[0] is not None), None)
+    batch = fixed_batch or len(PADDED_LENGTHS)
+    rng = np.random.default_rng(7)
+    for case in cases:
+        lengths = {  # rolled per input, so that rows pad their inputs differently
+            m: np.resize(
+                np.roll(_lengths(max(signature.min_length(x) for x in group(n))), -k), batch
+            )
+            for k, n in enumerate(case)
+            for m in group(n)
+        }
+        time = max(int(v.max()) for v in lengths.values())
+        inputs = [
+            _padded_input(t, x, batch, time, lengths.get(t.name), rng)
+            for t, x in zip(data, template)
+        ]
+        errors, failure = _compare(model, session, signature, names, data, inputs, lengths)
+        label = "padded " + ", ".join(f"{'+'.join(group(n))} {lengths[n].tolist()}" for n in case)
+        members = tuple(m for n in case for m in group(n))
+        result.rows.extend(Row(n, batch, time, errors[n], label, members) for n in names)
+        worst_name = max(errors, key=lambda n: errors[n])
+        worst = errors[worst_name]
+        if failure or not np.isfinite(worst) or worst > result.atol:
+            reason = failure or (
+                f"padded rows differ from the row alone in Keras by up to {worst:.2g} (output "
+                f"{worst_name!r}): a layer between this input and that output reads past each "
+                "row's length (e.g. a 'same' convolution or pooling, attention, global pooling "
+                "or a Flatten over time)"
+            )
+            # all inputs at once: only news when each passed alone (else that one is the cause)
+            if len(case) == 1 or not any(n in result.refusals for n in case):
+                for n in case:
+                    for m in group(n):
+                        result.refusals.setdefault(m, reason)
+
+
+def _lengths(shortest: int) -> np.ndarray:
+    """``PADDED_LENGTHS``, shifted up when rows need more steps (pooling, 'valid' windows)."""
+    shift = max(0, shortest - min(PADDED_LENGTHS))
+    return np.array(PADDED_LENGTHS, np.int32) + shift
+
+
+def _padded_input(spec, template: np.ndarray, batch: int, time: int, lengths, rng):
+    """A random input like ``template`` with ``batch`` rows; garbage past ``lengths``."""
+    shape = [batch, *template.shape[1:]]
+    if lengths is not None:
+        shape[1] = time
+    x = _random(shape, template.dtype, rng)
+    if lengths is not None:
+        garbage = _random(shape, template.dtype, rng, scale=4.0, shift=3.0)
+        steps = np.arange(time)[None, :] >= lengths[:, None]
+        x[steps] = garbage[steps]
+    return x
+
+
+def _random(shape, dtype, rng, scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):  # token ids from 1: mask_zero masks nothing
+        return rng.integers(1, 5, size=shape).astype(dtype)
+    return (rng.normal(size=shape) * scale + shift).astype(dtype)
+
+
+def _compare(model, session, signature, names, data, inputs, lengths):
+    """Max error per output over the rows, and why it could not be measured (or ``None``)."""
+    errors = {n: 0.0 for n in names}
+    try:
+        got = session.run(names, _feeds(signature, inputs, lengths=lengths))
+    except Exception as err:  # onnxruntime raises its own types
+        return {n: float("inf") for n in names}, f"onnxruntime rejects a padded batch ({err})"
+    batch = inputs[0].shape[0]
+    fixed = any(t.shape[0] is not None for t in model.inputs)
+    for r in range(batch):
+        alone = [
+            x[r : r + 1, : lengths[t.name][r]] if t.name in lengths else x[r : r + 1]
+            for t, x in zip(data, inputs)
+        ]
+        if fixed:  # a fixed batch size (stateful): the row repeated, its first copy compared
+            alone = [np.repeat(a, batch, axis=0) for a in alone]
+        try:
+            expected = keras_outputs(model, alone)
+        except Exception as err:  # Keras raises many types for inputs it cannot run
+            steps = {n: int(v[r]) for n, v in lengths.items()}
+            return {n: float("inf") for n in names}, (
+                f"Keras cannot run a row of {steps} steps alone ({type(err).__name__}: {err})"
+            )
+        for name, e, g in zip(names, expected, got):
+            errors[name] = max(errors[name], _row_error(e[:1], g[r : r + 1]))
+    return errors, None
+
+
+def _row_error(expected: np.ndarray, got: np.ndarray) -> float:
+    """Error on what the row alone returns: its own steps of a longer per-step output."""
+    same_tail = expected.ndim == got.ndim >= 3 and expected.shape[2:] == got.shape[2:]
+    if same_tail and expected.shape[1] <= got.shape[1]:
+        got = got[:, : expected.shape[1]]
+    return _max_error(expected, got)

@@ -1,0 +1,32 @@
+"""Helpers shared by the padded-export tests: random weights, padded rows, Keras on one row."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def randomize(model, seed=0):
+    """Random weights everywhere (biases and peepholes too) so no term hides behind a zero."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in model.get_weights()])
+    return model
+
+
+def padded(rng, batch, time, features, lengths):
+    """Random rows with large garbage past each length."""
+    x = rng.normal(size=(batch, time, features)).astype("float32")
+    for row, n in enumerate(lengths):
+        x[row, n:] = rng.normal(5.0, 4.0, size=(time - n, features))
+    return x
+
+
+def keras_row(model, *arrays):
+    """Keras on one or several inputs (a row alone), as an array."""
+    out = model(list(arrays) if len(arrays) > 1 else arrays[0], training=False)
+    return np.asarray(out)
+
+
+def dense(model, y):
+    """The model's ``dense`` layer applied in numpy (after the reference recurrence)."""
+    kernel, bias = model.get_layer("dense").get_weights()
+    return y @ kernel + bias
