@@ -42,6 +42,7 @@ PRINTS = {
     "keras-gates inspect": "forget",
     "-o sunspots.onnx --triton-repo": "wrote Triton model repo/sunspots",
     "curl -s": '"outputs"',
+    "--triton-backend python": "wrote Triton model repo/sunspots_py (version 1, python)",
 }
 SERVE = re.compile(r"^keras-gates serve (?P<args>.*?)(\s+#.*)?$", re.M)
 
