@@ -10,6 +10,20 @@ Computing (:func:`trace_model`, :func:`inspect_model`, :mod:`.stats`) returns pl
 plotting (:mod:`.plots`) and writing (:func:`write_report`) are separate.
 """
 
+from keras_gates.inspect.gradients import (
+    DEFAULT_FRACTION,
+    find_recurrent_layers,
+    gradient_flow,
+    state_gradient_flow,
+)
+from keras_gates.inspect.horizon import (
+    hold_gate_name,
+    lag_below,
+    layer_retention,
+    memory_retention,
+    retention_curve,
+    retention_matrix,
+)
 from keras_gates.inspect.htmlpage import render_html
 from keras_gates.inspect.plots import (
     plot_gate_heatmaps,
@@ -43,26 +57,36 @@ from keras_gates.inspect.trace import (
 )
 
 __all__ = [
+    "DEFAULT_FRACTION",
     "DEFAULT_HIGH",
     "DEFAULT_LOW",
     "SUMMARY_FORMAT",
-    "GatedLayerRef",
     "aggregate_stats",
     "build_summary",
     "find_gated_layers",
+    "find_recurrent_layers",
     "format_table",
     "gate_value_ranges",
+    "GatedLayerRef",
+    "gradient_flow",
+    "hold_gate_name",
     "input_mask_from_value",
     "inspect_model",
+    "lag_below",
+    "layer_retention",
     "layer_stats",
+    "memory_retention",
     "plot_gate_heatmaps",
     "plot_saturation",
     "plot_state_trajectories",
     "plot_weight_norms",
     "render_html",
+    "retention_curve",
+    "retention_matrix",
     "saturation_stats",
     "save_figure",
     "spectral_radius",
+    "state_gradient_flow",
     "trace_model",
     "weight_summary",
     "write_plots",
