@@ -12,7 +12,7 @@ import pytest
 from keras_gates import GatedGRU, GatedLSTM
 from keras_gates.cli import main
 from keras_gates.inspect import write_report
-from keras_gates.inspect.report import IMAGE_KINDS
+from keras_gates.inspect.report import IMAGE_KINDS, MODEL_IMAGE_KINDS
 from keras_gates.inspect.summary import LAYER_KEYS, SUMMARY_FORMAT, SUMMARY_KEYS
 
 STEPS, FEATURES = 5, 3
@@ -59,7 +59,7 @@ def test_cli_writes_a_complete_report(files, capsys):
     assert summary["input"] == {"shape": [3, STEPS, FEATURES], "mask_value": -1.0}
 
     images = summary["images"]
-    assert len(images) == 3 * len(IMAGE_KINDS)
+    assert len(images) == 3 * len(IMAGE_KINDS) + len(MODEL_IMAGE_KINDS)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(i["file"] for i in images)
     page = (out / "index.html").read_text()
     for image in images:
@@ -75,7 +75,7 @@ def test_write_report_returns_paths(files, tmp_path):
     model = keras.saving.load_model(files / "model.keras")
     paths = write_report(model, np.load(files / "x.npy"), tmp_path / "r", mask_value=-1.0)
     assert paths["html"] == str(tmp_path / "r" / "index.html")
-    assert len(paths["images"]) == 12
+    assert len(paths["images"]) == 3 * len(IMAGE_KINDS) + len(MODEL_IMAGE_KINDS)
     assert all((tmp_path / "r" / p).is_file() for p in [paths["summary"], *paths["images"]])
 
 
