@@ -280,3 +280,70 @@ def test_bad_inputs_get_clear_errors(fd_case):
     dense = keras.Sequential([keras.Input((STEPS, FEATURES)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="has no recurrent layer"):
         state_gradient_flow(dense, x)
+
+
+# ----------------------------------------------------------------------------- the command
+SAVE_SCRIPT = """
+import sys
+import keras, numpy as np
+from keras_gates import GatedGRU, GatedLSTM
+keras.utils.set_random_seed(0)
+inputs = keras.Input((12, 2))
+keep = GatedLSTM(3, return_sequences=True, gate_initializers={"forget": {"bias": 30.0}},
+                 name="keep")(keras.layers.Masking(-1.0)(inputs))
+forget = GatedGRU(2, gate_initializers={"update": {"bias": -30.0}}, name="forget")(keep)
+keras.Model(inputs, keras.layers.Dense(1)(forget)).save(sys.argv[1] + "/model.keras")
+x = np.random.default_rng(0).normal(size=(4, 12, 2)).astype("float32")
+x[3, 9:] = -1.0
+np.save(sys.argv[1] + "/x.npy", x)
+"""
+
+
+def test_inspect_command_reports_the_memory_horizon(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+        "MPLBACKEND": "Agg",
+    }
+    subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(tmp_path)], check=True, env=env)
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "keras_gates.cli", "inspect", str(tmp_path / "model.keras")]
+    command += ["--input", str(tmp_path / "x.npy"), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    start = lines.index("memory horizon") + 1  # after the saturation table
+    assert lines[start].split()[:6] == ["layer", "hold", "gate", "half-life", "1/e", "lag"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[start + 1 : start + 3]}
+    assert rows["keep"][:2] == ["forget", "≥12"] and rows["forget"][:2] == ["update", "1"]
+    assert "half-life per unit, keep: ≥12 ≥12 ≥12" in lines
+    assert "half-life per unit, forget: 1 1" in lines
+    assert any(line.startswith("model output: ‖∂y/∂x_t‖ falls below 0.001") for line in lines)
+
+    summary = json.loads((out / "summary.json").read_text())
+    keep = summary["layers"]["keep"]["horizon"]
+    assert keep["half_life"] == {
+        "per_unit": [12, 12, 12],
+        "censored": [True, True, True],
+        "median": 12,
+        "median_censored": True,
+    }
+    assert keep["hold_gate"] == "forget" and keep["max_lag"] == 11
+    assert summary["layers"]["forget"]["horizon"]["half_life"]["per_unit"] == [1, 1]
+    flow = summary["gradient_flow"]
+    assert set(flow["layers"]) == {"keep", "forget"} and flow["input"]["outputs"] == 1
+    assert len(flow["input"]["mean"]) == 12 and flow["input"]["relative"][0] == 1.0
+    # The forget gate at 1 keeps the cell state: its gradient never fades within 12 steps.
+    assert flow["layers"]["keep"]["reach_censored"] and flow["layers"]["keep"]["reach"] == 12
+    kinds = {(image["layer"], image["kind"]) for image in summary["images"]}
+    assert {(None, "gradient_flow"), ("keep", "retention"), ("keep", "half_life")} <= kinds
+    page = (out / "index.html").read_text()
+    assert "<h2>Memory horizon</h2>" in page and "median half-life" in page
+    for name in ("model-gradient_flow.png", "00-keep-retention.png", "01-forget-half_life.png"):
+        assert f'data-file="{name}"' in page and (out / name).is_file()

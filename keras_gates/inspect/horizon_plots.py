@@ -66,6 +66,7 @@ def plot_half_lives(retention: Mapping, title: str = ""):
     ax.plot(units, retention["e_lag"], "o", color="tab:orange", markersize=4, label="1/e lag")
     ax.set_xlabel("unit")
     ax.set_ylabel("lag (valid steps)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xticks(units if len(units) <= 32 else units[:: int(np.ceil(len(units) / 32))])
     ax.legend(fontsize="small")
     ax.set_title(title or "memory half-life per unit")
