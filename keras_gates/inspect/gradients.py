@@ -42,6 +42,21 @@ from keras_gates.inspect.trace import (
 DEFAULT_FRACTION = 1e-3
 MAX_COPIES_BATCH = 4096  # rows per backward pass (batch × output components)
 
+_CACHE_ATTRIBUTE = "_keras_gates_gradient_functions"
+
+
+def _cached(owner, key: tuple, build: Callable) -> Callable:
+    """A compiled gradient function kept on the model/layer itself (per shape), so repeated
+    analyses (GateMonitor, every epoch) do not build the TensorFlow graph again. Set with
+    ``object.__setattr__`` so Keras never tracks or saves it; it goes when the owner goes."""
+    functions = owner.__dict__.get(_CACHE_ATTRIBUTE)
+    if functions is None:
+        functions = {}
+        object.__setattr__(owner, _CACHE_ATTRIBUTE, functions)
+    if key not in functions:
+        functions[key] = build()
+    return functions[key]
+
 
 def find_recurrent_layers(model: keras.layers.Layer, prefix: str = "") -> list[GatedLayerRef]:
     """Every ``keras.layers.RNN`` of ``model`` (gated or not), keyed like ``find_gated_layers``."""
@@ -132,27 +147,35 @@ def lag_profile(norms: np.ndarray, mask: np.ndarray, fraction: float) -> dict:
     }
 
 
-def _batched_vjp_norms(forward: Callable, x, copies: int, chunk: int):
-    """Σ over output components k of ‖∂out_k/∂x‖² per (sample, step): ``forward`` maps a
-    (n·B, ...) batch to (n·B, copies) outputs; copy k of the batch gets the cotangent e_k."""
+def _input_function(model, batch: int, steps: int):
+    """Σ over output components k of ‖∂y_k/∂x‖² per (sample, step), for a batch repeated once
+    per component in the chunk (copy k gets the one-hot cotangent e_k)."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
-    def squared(x_rep, onehot):
+    def squared(x_rep, mask_rep, onehot):
         with tf.GradientTape() as tape:
             tape.watch(x_rep)
-            out = forward(x_rep)
+            out = _output_at_last_step(model(x_rep, training=False), mask_rep, steps)
         grad = tape.gradient(out, x_rep, output_gradients=tf.cast(onehot, out.dtype))
         grad = tf.reshape(grad, (-1, batch, *grad.shape[1:]))
         return tf.reduce_sum(tf.square(grad), axis=[0, *range(3, len(grad.shape))])
 
-    batch = int(x.shape[0])
+    return squared
+
+
+def _batched_vjp_norms(model, x: np.ndarray, mask: np.ndarray, copies: int, chunk: int):
+    import tensorflow as tf
+
+    batch, steps = x.shape[:2]
+    squared = _cached(model, ("input", batch, steps), lambda: _input_function(model, batch, steps))
     total = np.zeros(x.shape[:2])
     for start in range(0, copies, chunk):
         ks = np.arange(start, min(start + chunk, copies))
-        x_rep = tf.tile(tf.convert_to_tensor(x), [len(ks)] + [1] * (len(x.shape) - 1))
+        x_rep = tf.tile(tf.convert_to_tensor(x), [len(ks)] + [1] * (x.ndim - 1))
+        mask_rep = tf.constant(np.tile(mask, (len(ks), 1)))
         onehot = np.repeat(np.eye(copies)[ks], batch, axis=0)
-        total += np.asarray(squared(x_rep, onehot), dtype=np.float64)
+        total += np.asarray(squared(x_rep, mask_rep, onehot), dtype=np.float64)
     return np.sqrt(total)
 
 
@@ -214,14 +237,7 @@ def gradient_flow(
         )
         copies = int(probe.shape[-1])
         chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))
-        mask_tf = tf.constant(mask)
-
-        def forward(x_rep):
-            n = tf.shape(x_rep)[0] // len(x)
-            y = model(x_rep, training=False)
-            return _output_at_last_step(y, tf.tile(mask_tf, [n, 1]), x.shape[1])
-
-        norms = _batched_vjp_norms(forward, x, copies, chunk)
+        norms = _batched_vjp_norms(model, x, mask, copies, chunk)
     return {**lag_profile(norms, mask, fraction), "outputs": copies}
 
 
@@ -243,56 +259,61 @@ def _layer_inputs(ref: GatedLayerRef, record: dict, derived) -> tuple:
     return inputs, mask, state
 
 
-def _state_norms(layer, inputs: np.ndarray, mask: np.ndarray, state: list) -> np.ndarray:
-    """‖∂h_T/∂s_t‖_F per (sample, step) of processing order, by one batched backward pass per
-    chunk of hidden units (the cell runs in a ``tf.scan`` with a perturbation on every state)."""
+def _state_function(layer, batch: int, steps: int, sizes: tuple[int, ...]):
+    """Σ over hidden units k of ‖∂h_T[k]/∂s_t‖² per (sample, step): the cell runs in a
+    ``tf.scan`` with a zero perturbation added to the state after every step."""
     import tensorflow as tf
 
     cell, dtype = layer.cell, layer.compute_dtype
-    sizes = [int(s.shape[-1]) for s in state]
-    units = sizes[0]
-    batch, steps = inputs.shape[:2]
-    structure = layer.cell.get_initial_state(batch_size=1)
+    structure = cell.get_initial_state(batch_size=1)
 
-    def run(x_rep, deltas, m_rep, s0):
-        def step(carry, elems):
-            x_t, m_t, d_t = elems
-            nested = tf.nest.pack_sequence_as(structure, carry)
-            _, new = cell(x_t, nested, training=False)
-            new = tf.nest.flatten(new)
-            pieces = tf.split(d_t, sizes, axis=-1)
-            return [
-                tf.where(m_t[:, None], n, c) + p for n, c, p in zip(new, carry, pieces, strict=True)
-            ]
-
-        elems = (
-            tf.transpose(x_rep, (1, 0, 2)),
-            tf.transpose(m_rep),
-            tf.transpose(deltas, (1, 0, 2)),
-        )
-        final = tf.scan(step, elems, initializer=s0)
-        return final[0][-1]  # h after the last step (masked trailing steps carry it)
+    def step(carry, elems):
+        x_t, m_t, d_t = elems
+        _, new = cell(x_t, tf.nest.pack_sequence_as(structure, carry), training=False)
+        pieces = tf.split(d_t, list(sizes), axis=-1)
+        return [
+            tf.where(m_t[:, None], n, c) + p
+            for n, c, p in zip(tf.nest.flatten(new), carry, pieces, strict=True)
+        ]
 
     @tf.function(reduce_retracing=True)
     def squared(x_rep, m_rep, s0, onehot):
         deltas = tf.zeros((tf.shape(x_rep)[0], steps, sum(sizes)), dtype)
         with tf.GradientTape() as tape:
             tape.watch(deltas)
-            h_last = run(x_rep, deltas, m_rep, s0)
+            elems = (
+                tf.transpose(x_rep, (1, 0, 2)),
+                tf.transpose(m_rep),
+                tf.transpose(deltas, (1, 0, 2)),
+            )
+            h_last = tf.scan(step, elems, initializer=s0)[0][-1]  # masked steps carry it
         grad = tape.gradient(h_last, deltas, output_gradients=tf.cast(onehot, h_last.dtype))
         grad = tf.reshape(grad, (-1, batch, steps, sum(sizes)))
         return tf.reduce_sum(tf.square(grad), axis=[0, 3])
 
+    return squared
+
+
+def _state_norms(layer, inputs: np.ndarray, mask: np.ndarray, state: list) -> np.ndarray:
+    """‖∂h_T/∂s_t‖_F per (sample, step) of processing order, one batched backward pass per
+    chunk of hidden units (the batch repeated once per unit, one-hot cotangents)."""
+    import tensorflow as tf
+
+    sizes = tuple(int(s.shape[-1]) for s in state)
+    batch, steps = inputs.shape[:2]
+    squared = _cached(
+        layer, ("state", batch, steps, sizes), lambda: _state_function(layer, batch, steps, sizes)
+    )
+    units, dtype = sizes[0], layer.compute_dtype
     chunk = max(1, MAX_COPIES_BATCH // batch)
     total = np.zeros((batch, steps))
     for start in range(0, units, chunk):
         ks = np.arange(start, min(start + chunk, units))
-        reps = len(ks)
-        tiled = [tf.constant(np.tile(a, (reps,) + (1,) * (a.ndim - 1))) for a in (inputs, mask)]
-        s0 = [tf.cast(np.tile(s, (reps, 1)), dtype) for s in state]
+        x_rep = tf.cast(np.tile(inputs, (len(ks), 1, 1)), dtype)
+        m_rep = tf.constant(np.tile(mask, (len(ks), 1)))
+        s0 = [tf.cast(np.tile(s, (len(ks), 1)), dtype) for s in state]
         onehot = np.repeat(np.eye(units)[ks], batch, axis=0)
-        x_rep = tf.cast(tiled[0], dtype)
-        total += np.asarray(squared(x_rep, tiled[1], s0, onehot), dtype=np.float64)
+        total += np.asarray(squared(x_rep, m_rep, s0, onehot), dtype=np.float64)
     return np.sqrt(total)
 
 
