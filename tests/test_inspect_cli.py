@@ -77,6 +77,11 @@ def test_write_report_returns_paths(files, tmp_path):
     assert paths["html"] == str(tmp_path / "r" / "index.html")
     assert len(paths["images"]) == 3 * len(IMAGE_KINDS) + len(MODEL_IMAGE_KINDS)
     assert all((tmp_path / "r" / p).is_file() for p in [paths["summary"], *paths["images"]])
+    plain = write_report(model, np.load(files / "x.npy"), tmp_path / "s", horizon=False)
+    assert len(plain["images"]) == 3 * (len(IMAGE_KINDS) - 2)  # no retention, no half-life
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["gradient_flow"] is None and summary["layers"]["lstm"]["horizon"] is None
+    assert "Memory horizon" not in (tmp_path / "s" / "index.html").read_text()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +93,7 @@ def test_write_report_returns_paths(files, tmp_path):
         ("model.keras", "wrong.npy", [], r"shape \(3, 5, 4\).*expected \(any, 5, 3\)"),
         ("model.keras", "x.npy", ["--sample", "3"], r"`sample`=3: expected an index in \[0, 3\)"),
         ("model.keras", "x.npy", ["--low", "0.95"], "low < high"),
+        ("model.keras", "x.npy", ["--fraction", "2"], r"`fraction`, expected a number in \(0, 1\)"),
     ],
 )
 def test_cli_bad_input_exits_non_zero_with_a_message(files, capsys, model, samples, extra, message):

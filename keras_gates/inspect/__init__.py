@@ -7,7 +7,9 @@ Three lines::
     print("open", paths["html"])
 
 Computing (:func:`trace_model`, :func:`inspect_model`, :mod:`.stats`) returns plain numpy/JSON data;
-plotting (:mod:`.plots`) and writing (:func:`write_report`) are separate.
+plotting (:mod:`.plots`) and writing (:func:`write_report`) are separate. The memory horizon:
+retention and half-life per unit from the hold gates (:mod:`.horizon`), gradient norm against
+lag for any Keras model (:mod:`.gradients`), their plots (:mod:`.horizon_plots`).
 """
 
 from keras_gates.inspect.gradients import (

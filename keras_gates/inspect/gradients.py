@@ -99,7 +99,8 @@ def _check_sequences(model, x) -> np.ndarray:
     return x
 
 
-def _check_fraction(fraction: float) -> float:
+def check_fraction(fraction: float) -> float:
+    """Validate the gradient-reach threshold (a number in (0, 1)) and return it as a float."""
     fraction = float(fraction)
     if not 0.0 < fraction < 1.0:
         raise ValueError(
@@ -222,7 +223,7 @@ def gradient_flow(
     """
     import tensorflow as tf
 
-    fraction = _check_fraction(fraction)
+    fraction = check_fraction(fraction)
     x = _check_sequences(model, x)
     if mask is None:
         mask = model_mask(model, x, mask_value)
@@ -338,7 +339,7 @@ def state_gradient_flow(
         "reach_censored", "state_size": total state width}}``, lags in each layer's processing
         order (reversed for ``go_backwards``).
     """
-    fraction = _check_fraction(fraction)
+    fraction = check_fraction(fraction)
     refs = find_recurrent_layers(model) if refs is None else list(refs)
     if not refs:
         raise ValueError(

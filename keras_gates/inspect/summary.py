@@ -53,7 +53,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from keras_gates.inspect.gradients import DEFAULT_FRACTION, gradient_flow, state_gradient_flow
+from keras_gates.inspect.gradients import (
+    DEFAULT_FRACTION,
+    check_fraction,
+    gradient_flow,
+    state_gradient_flow,
+)
 from keras_gates.inspect.horizon import memory_retention
 from keras_gates.inspect.horizon_summary import (
     flow_summary,
@@ -136,6 +141,7 @@ def inspect_model(
         >>> result["summary"]["layers"]["gated_lstm"]["saturation"]["forget"]["right_saturated"]
     """
     low, high = check_thresholds(low, high)
+    fraction = check_fraction(fraction)
     refs = find_gated_layers(model)
     traces = trace_model(model, x, mask_value=mask_value, refs=refs)
     ranges = {ref.key: gate_value_ranges(ref.layer) for ref in refs}
