@@ -135,6 +135,11 @@ def test_bidirectional_backward_retention_runs_in_processing_order():
     expected, _ = _looped_curve(trace["update"].astype(np.float64), trace["mask"])
     np.testing.assert_allclose(result["bi/backward"]["mean"], expected, rtol=PRODUCT_RTOL)
     assert set(result) == {"bi/forward", "bi/backward"}
+    # The state gradient too is measured in the order the backward layer reads the steps.
+    flows = state_gradient_flow(model, x)
+    np.testing.assert_allclose(
+        flows["bi/backward"]["mean"], state_gradient_flow(mirror, x[:, ::-1])[mirror.name]["mean"]
+    )
 
 
 # ----------------------------------------------------------------------------- gradient flow

@@ -26,6 +26,11 @@ from keras_gates.inspect.horizon import (
     retention_curve,
     retention_matrix,
 )
+from keras_gates.inspect.horizon_plots import (
+    plot_gradient_flow,
+    plot_half_lives,
+    plot_retention,
+)
 from keras_gates.inspect.htmlpage import render_html
 from keras_gates.inspect.plots import (
     plot_gate_heatmaps,
@@ -79,6 +84,9 @@ __all__ = [
     "layer_stats",
     "memory_retention",
     "plot_gate_heatmaps",
+    "plot_gradient_flow",
+    "plot_half_lives",
+    "plot_retention",
     "plot_saturation",
     "plot_state_trajectories",
     "plot_weight_norms",

@@ -155,7 +155,8 @@ def _input_function(model, batch: int, steps: int):
 
     @tf.function(reduce_retracing=True)
     def squared(x_rep, mask_rep, onehot):
-        with tf.GradientTape() as tape:
+        # A root name scope (the model's name) may not start with "_"; a nested one may.
+        with tf.GradientTape() as tape, tf.name_scope("gradient_flow"):
             tape.watch(x_rep)
             out = _output_at_last_step(model(x_rep, training=False), mask_rep, steps)
         grad = tape.gradient(out, x_rep, output_gradients=tf.cast(onehot, out.dtype))
@@ -280,7 +281,7 @@ def _state_function(layer, batch: int, steps: int, sizes: tuple[int, ...]):
     @tf.function(reduce_retracing=True)
     def squared(x_rep, m_rep, s0, onehot):
         deltas = tf.zeros((tf.shape(x_rep)[0], steps, sum(sizes)), dtype)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, tf.name_scope("state_gradient_flow"):
             tape.watch(deltas)
             elems = (
                 tf.transpose(x_rep, (1, 0, 2)),
