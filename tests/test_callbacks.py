@@ -75,7 +75,8 @@ def test_history_and_tensorboard(tmp_path):
         assert len(history.history[key]) == 2
         assert all(np.isfinite(history.history[key]))
     # The last logged values are those of the trained model on the probe.
-    final = inspect_model(model, x[:4])["summary"]["layers"]
+    final_summary = inspect_model(model, x[:4])["summary"]
+    final = final_summary["layers"]
     forget = final["bi/forward"]["saturation"]["forget"]
     assert history.history["gates/bi/forward/forget/mean"][-1] == pytest.approx(forget["mean"])
     # The memory horizon: median half-life and gradient reach per layer, the input's reach.
@@ -84,7 +85,7 @@ def test_history_and_tensorboard(tmp_path):
             assert len(history.history[f"gates/{layer}/{name}"]) == 2
     half = final["gru"]["horizon"]["half_life"]["median"]
     assert history.history["gates/gru/median_half_life"][-1] == half
-    reach = inspect_model(model, x[:4])["summary"]["gradient_flow"]["input"]["reach"]
+    reach = final_summary["gradient_flow"]["input"]["reach"]
     assert history.history["gates/input_gradient_reach"][-1] == reach
     radius = final["gru"]["weights"]["update"]["spectral_radius"]
     assert history.history["gates/gru/update/spectral_radius"][-1] == pytest.approx(radius)
