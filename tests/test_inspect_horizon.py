@@ -164,23 +164,48 @@ def fd_case():
     return model, x
 
 
-def test_gradient_flow_matches_central_differences(fd_case):
-    model, x = fd_case
-    result = gradient_flow(model, x)
-    mask = np.ones((3, STEPS), bool)
-    mask[1, 5:] = False
-    expected = np.full((3, STEPS), np.nan)
+def _fd_input_norms(model, x, mask, pick=lambda y, b: y):
+    """‖∂y/∂x_t‖ per (sample, lag) by central differences; ``pick(y, b)`` selects sample b's y."""
+    expected = np.full(mask.shape, np.nan)
     for b, t in zip(*np.nonzero(mask), strict=True):
         shifted = np.repeat(x[b : b + 1], 2 * FEATURES, axis=0)  # +eps, -eps per feature
         for f in range(FEATURES):
             shifted[2 * f, t, f] += FD_EPS
             shifted[2 * f + 1, t, f] -= FD_EPS
-        y = model(shifted).numpy()
-        jacobian = (y[0::2] - y[1::2]) / (2 * FD_EPS)  # (features, outputs)
+        y = pick(model(shifted).numpy(), b)
+        jacobian = (y[0::2] - y[1::2]) / (2 * FD_EPS)  # (features, outputs...)
         expected[b, mask[b, t + 1 :].sum()] = np.linalg.norm(jacobian)
+    return expected
+
+
+def test_gradient_flow_matches_central_differences(fd_case):
+    model, x = fd_case
+    result = gradient_flow(model, x)
+    mask = np.ones((3, STEPS), bool)
+    mask[1, 5:] = False
+    expected = _fd_input_norms(model, x, mask)
     np.testing.assert_allclose(result["per_sample"], expected, rtol=FD_RTOL, atol=1e-12)
     np.testing.assert_allclose(result["mean"], np.nanmean(expected, axis=0), rtol=FD_RTOL)
     assert list(result["samples"]) == [3] * 5 + [2] * 2 and result["outputs"] == 2
+
+
+def test_sequence_output_is_taken_at_the_last_valid_step(fd_case):
+    _, x = fd_case
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential(
+        [
+            keras.Input((None, FEATURES), dtype="float64"),
+            keras.layers.Masking(0.0, dtype="float64"),
+            GatedGRU(3, return_sequences=True, dtype="float64"),
+            keras.layers.Dense(1, dtype="float64"),
+        ]
+    )
+    mask = np.ones((3, STEPS), bool)
+    mask[1, 5:] = False
+    last = [STEPS - 1, 4, STEPS - 1]
+    expected = _fd_input_norms(model, x, mask, pick=lambda y, b: y[:, last[b]])
+    result = gradient_flow(model, x)
+    np.testing.assert_allclose(result["per_sample"], expected, rtol=FD_RTOL, atol=1e-12)
 
 
 def test_state_gradient_matches_central_differences(fd_case):

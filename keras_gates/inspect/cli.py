@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
     _require_file(args.model, "MODEL", "pass a model saved with model.save('model.keras')")
     x = load_samples(args.input, args.max_samples)
+    if not 0 <= args.sample < len(x):  # before the (long) inspection; masks are checked later
+        raise ValueError(
+            f"Received `sample`={args.sample}: expected an index in [0, {len(x)}) of the batch."
+        )
     model = load_model(args.model)
     if len(x) == args.max_samples:
         print(f"inspecting the first {len(x)} samples of {args.input} (--max-samples)")
