@@ -235,7 +235,7 @@ def gradient_flow(
         )
     with _states_preserved(model):
         probe = _output_at_last_step(
-            model(x[:1], training=False), tf.constant(mask[:1]), x.shape[1]
+            model(x, training=False), tf.constant(mask), x.shape[1]
         )
         copies = int(probe.shape[-1])
         chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))
