@@ -103,6 +103,17 @@ def test_masked_steps_do_not_count_as_lags():
     np.testing.assert_allclose(retention_curve(scrambled, mask)["mean"], without["mean"])
 
 
+def test_retention_curve_in_chunks_equals_one_pass(monkeypatch):
+    rng = np.random.default_rng(4)
+    hold = rng.uniform(0.2, 1.0, size=(5, 8, 3))
+    mask = rng.random((5, 8)) > 0.3
+    whole = retention_curve(hold, mask)
+    monkeypatch.setattr("keras_gates.inspect.horizon.CHUNK_VALUES", 8 * 3 * 2)  # 2 samples
+    chunked = retention_curve(hold, mask)
+    for key in ("mean", "per_sample", "pairs"):
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-12)
+
+
 def _bias_model(layer_class, gate, bias):
     keras.utils.set_random_seed(0)
     layer = layer_class(4, gate_initializers={gate: {"bias": bias}}, name="rnn")
@@ -368,6 +379,7 @@ def test_inspect_command_reports_the_memory_horizon(tmp_path):
     assert summary["layers"]["forget"]["horizon"]["half_life"]["per_unit"] == [1, 1]
     flow = summary["gradient_flow"]
     assert set(flow["layers"]) == {"keep", "forget"} and flow["input"]["outputs"] == 1
+    assert flow["samples"] == 4
     assert len(flow["input"]["mean"]) == 12 and flow["input"]["relative"][0] == 1.0
     # The forget gate at 1 keeps the cell state: its gradient never fades within 12 steps.
     assert flow["layers"]["keep"]["reach_censored"] and flow["layers"]["keep"]["reach"] == 12

@@ -234,9 +234,7 @@ def gradient_flow(
             f"Received `mask` of shape {mask.shape}: expected (batch, time) = {x.shape[:2]}."
         )
     with _states_preserved(model):
-        probe = _output_at_last_step(
-            model(x, training=False), tf.constant(mask), x.shape[1]
-        )
+        probe = _output_at_last_step(model(x, training=False), tf.constant(mask), x.shape[1])
         copies = int(probe.shape[-1])
         chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))
         norms = _batched_vjp_norms(model, x, mask, copies, chunk)

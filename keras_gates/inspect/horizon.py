@@ -30,6 +30,7 @@ import numpy as np
 
 HALF = 0.5
 INV_E = float(np.exp(-1.0))
+CHUNK_VALUES = 1 << 22  # float64 values per working array of retention_curve (32 MiB)
 
 
 def hold_gate_name(layer) -> str:
@@ -130,21 +131,31 @@ def retention_curve(hold: np.ndarray, mask: np.ndarray | None = None) -> dict[st
     batch, _, units = hold.shape
     span = max(int(lengths.max()) if batch else 0, 1)
     per_sample = np.full((batch, span, units), np.nan)
-    mean = np.full((span, units), np.nan)
+    sums = np.zeros((span, units))
     pairs = np.zeros(span, dtype=np.int64)
-    running = np.ones((batch, span, units))  # running[b, s] = R[s, s + lag], compact steps
+    chunk = max(1, CHUNK_VALUES // (span * units))  # bounds the working memory
+    for start in range(0, batch, chunk):
+        rows = slice(start, start + chunk)
+        _accumulate(compact[rows, :span], lengths[rows], per_sample[rows], sums, pairs)
+    mean = np.full((span, units), np.nan)
+    mean[pairs > 0] = sums[pairs > 0] / pairs[pairs > 0, None]
+    return {"lags": np.arange(span), "mean": mean, "per_sample": per_sample, "pairs": pairs}
+
+
+def _accumulate(compact, lengths, per_sample, sums, pairs) -> None:
+    """Add one chunk of samples to the per-lag sums (``per_sample`` is filled in place)."""
+    span = compact.shape[1]
+    running = np.ones(compact.shape)  # running[b, s] = R[s, s + lag] in compact steps
     for lag in range(span):
         if lag:
-            running = running[:, :-1] * compact[:, lag:span]
-        valid = np.arange(span - lag)[None, :] + lag < lengths[:, None]  # (batch, span - lag)
+            running = running[:, :-1] * compact[:, lag:]
+        valid = np.arange(span - lag)[None, :] + lag < lengths[:, None]  # (chunk, span - lag)
         counts = valid.sum(axis=1)
-        sums = np.einsum("bs,bsu->bu", valid.astype(np.float64), running)
+        totals = np.einsum("bs,bsu->bu", valid.astype(np.float64), running)
         has = counts > 0
-        per_sample[has, lag] = sums[has] / counts[has, None]
-        pairs[lag] = counts.sum()
-        if pairs[lag]:
-            mean[lag] = sums.sum(axis=0) / pairs[lag]
-    return {"lags": np.arange(span), "mean": mean, "per_sample": per_sample, "pairs": pairs}
+        per_sample[has, lag] = totals[has] / counts[has, None]
+        sums[lag] += totals.sum(axis=0)
+        pairs[lag] += counts.sum()
 
 
 def lag_below(curve: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:

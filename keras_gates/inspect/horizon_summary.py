@@ -68,8 +68,10 @@ def flow_summary(
     flow: Mapping | None, state_flow: Mapping[str, Mapping], fraction: float, note: str | None
 ) -> dict:
     """The model's ``"gradient_flow"`` entry."""
+    profiles = list(state_flow.values()) + ([flow] if flow is not None else [])
     return {
         "fraction": float(fraction),
+        "samples": int(profiles[0]["per_sample"].shape[0]) if profiles else 0,
         "input": None if flow is None else {**profile_summary(flow), "outputs": flow["outputs"]},
         "note": note,
         "layers": {

@@ -30,6 +30,7 @@
       },
       "gradient_flow": {                             # null with horizon=False
         "fraction": float,                           # reach: first lag with norm < fraction x lag 0
+        "samples": int,                              # first samples of x used (horizon_samples)
         "input": PROFILE + {"outputs": int} | null,  # ‖∂y/∂x_t‖; null when x has no gradient
         "note": str | null,                          # why "input" is null
         "layers": {KEY: PROFILE + {"state_size": int}}   # ‖∂h_T/∂s_t‖, every recurrent layer
@@ -86,6 +87,7 @@ from keras_gates.inspect.trace import (
 )
 
 SUMMARY_FORMAT = "keras-gates-inspect/1"
+HORIZON_SAMPLES = 256
 SUMMARY_KEYS = ("format", "model", "thresholds", "input", "layers", "gradient_flow", "images")
 LAYER_KEYS = (
     "class",
@@ -108,6 +110,17 @@ def _input_shape(x) -> list[int] | list[list[int]]:
     return list(np.shape(x))
 
 
+def first_samples(x, count: int | None):
+    """The first ``count`` samples of ``x`` (an array, or a list/dict of arrays)."""
+    if count is None:
+        return x
+    if isinstance(x, Mapping):
+        return {key: value[:count] for key, value in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(value[:count] for value in x)
+    return x[:count]
+
+
 def inspect_model(
     model,
     x,
@@ -116,6 +129,7 @@ def inspect_model(
     high: float = DEFAULT_HIGH,
     horizon: bool = True,
     fraction: float = DEFAULT_FRACTION,
+    horizon_samples: int | None = HORIZON_SAMPLES,
 ) -> dict:
     """Trace every gated layer of ``model`` on ``x`` and compute all statistics.
 
@@ -129,6 +143,8 @@ def inspect_model(
             unit (:func:`memory_retention`), the output's gradient against lag
             (:func:`gradient_flow`) and each recurrent layer's (:func:`state_gradient_flow`).
         fraction: the gradient reach is the first lag where the norm < fraction × lag 0.
+        horizon_samples: measure the gradients on at most this many samples of ``x`` (the
+            first ones; default 256, None for all): their cost grows with batch × units.
 
     Returns:
         ``{"refs": {key: GatedLayerRef}, "traces": {key: trace}, "stats": {key: {gate: per-unit
@@ -150,10 +166,11 @@ def inspect_model(
     retention, flow, state_flow, note = {}, None, {}, None
     if horizon:
         retention = memory_retention(model, x, traces=traces)
-        state_flow = state_gradient_flow(model, x, mask_value=mask_value, fraction=fraction)
+        head = first_samples(x, horizon_samples)
+        state_flow = state_gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
         note = gradient_note(x)
         if note is None:
-            flow = gradient_flow(model, x, mask_value=mask_value, fraction=fraction)
+            flow = gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
     summary = build_summary(
         model_name=model.name,
         refs=refs,
