@@ -162,8 +162,8 @@ def plot_horizon(flows: dict, retention: dict, steps: int):
     for ax, stage in zip(axes[:2], ("init", "trained"), strict=True):
         for kind, flow in flows.items():
             norms = flow[stage]["mean"]  # exact zeros (float32 underflow) are not drawn
-            ax.plot(flow[stage]["lags"], np.where(norms > 0, norms, np.nan), color=colors[kind])
-            ax.plot([], [], color=colors[kind], label=kind)
+            positive = np.where(norms > 0, norms, np.nan)
+            ax.plot(flow[stage]["lags"], positive, color=colors[kind], label=kind)
         ax.set_yscale("log")
         ax.set_xlabel("lag T - t (steps)")
         ax.set_title("at initialisation" if stage == "init" else "after training")
