@@ -10,6 +10,12 @@ A ``keras.layers.SimpleRNN`` stays near it at T = 100; ``GatedLSTM`` and ``Gated
 hold the value in units whose forget (LSTM) / update (GRU) gate stays close to 1, which the
 saturation plot written at the end shows unit by unit.
 
+The memory horizon shows why: the gradient of the output with respect to each input step,
+‖∂y/∂x_t‖, against the lag T - t, at initialisation and after training (the SimpleRNN's falls
+geometrically, the gated layers' reaches back across the whole sequence), and the memory
+half-life of every gated unit (the lag at which the product of its forget/update gate falls
+below 0.5) after training.
+
     python examples/adding_problem.py                 # T = 100, a few minutes on a laptop CPU
     python examples/adding_problem.py --steps 200     # longer dependencies
     python examples/adding_problem.py --quick         # tiny smoke run (the test suite uses it)
@@ -30,7 +36,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_gates import GatedGRU, GatedLSTM  # noqa: E402
-from keras_gates.inspect import plot_saturation, saturation_stats, save_figure  # noqa: E402
+from keras_gates.inspect import (  # noqa: E402
+    gradient_flow,
+    memory_retention,
+    plot_saturation,
+    saturation_stats,
+    save_figure,
+)
+from keras_gates.inspect.horizon_summary import lag_text  # noqa: E402
 
 BASELINE = 2.0 / 12.0  # MSE of always predicting 1.0: the variance of a sum of two U(0, 1)
 LAYERS = {"SimpleRNN": keras.layers.SimpleRNN, "GatedLSTM": GatedLSTM, "GatedGRU": GatedGRU}
@@ -62,12 +75,15 @@ def build_model(kind: str, steps: int, units: int, lr: float, clipnorm: float) -
     return model
 
 
-def train(kind: str, data, args) -> tuple[keras.Model, float, float]:
-    """Train one model; return it with its test MSE and the training time in seconds."""
+def train(kind: str, data, args, flows: dict) -> tuple[keras.Model, float, float]:
+    """Train one model; return it with its test MSE and the training time in seconds.
+    ``flows[kind]`` gets the gradient flow on test sequences before and after training."""
     (x_train, y_train), (x_test, y_test) = data
     print(f"\n--- {kind}({args.units}), T = {args.steps} ---", flush=True)
     keras.utils.set_random_seed(args.seed)
     model = build_model(kind, args.steps, args.units, args.lr, args.clipnorm)
+    probe = x_test[: args.probe]
+    flows[kind] = {"init": gradient_flow(model, probe)}
     start = time.perf_counter()
     model.fit(
         x_train,
@@ -79,6 +95,7 @@ def train(kind: str, data, args) -> tuple[keras.Model, float, float]:
     )
     seconds = time.perf_counter() - start
     mse = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0))
+    flows[kind]["trained"] = gradient_flow(model, probe)
     return model, mse, seconds
 
 
@@ -106,6 +123,66 @@ def hold_stats(models: dict[str, keras.Model], x: np.ndarray) -> dict[str, dict]
     return stats
 
 
+def horizon_table(flows: dict, retention: dict, steps: int) -> None:
+    """Gradient reach before/after training, and the trained gated units' half-lives."""
+    print(f"\n{'model':<12} {'grad reach init':>15} {'trained':>8} {'median half-life':>17}")
+    for kind, flow in flows.items():
+        reach = [lag_text(int(f["reach"]), f["reach_censored"]) for f in flow.values()]
+        half = retention.get(kind)
+        median = "-" if half is None else lag_text(*_median(half))
+        print(f"{kind:<12} {reach[0]:>15} {reach[1]:>8} {median:>17}")
+    print("(grad reach: first lag T - t where ‖∂y/∂x_t‖ < 1e-3 of its value at lag 0)")
+    for kind, entry in retention.items():
+        order = np.argsort(np.where(entry["half_life_censored"], np.inf, entry["half_life"]))
+        values = [
+            lag_text(int(entry["half_life"][u]), entry["half_life_censored"][u]) for u in order
+        ]
+        holding = int((entry["half_life"] >= steps // 2).sum())
+        print(
+            f"{kind}: {holding}/{len(order)} units have a half-life of at least T/2 = "
+            f"{steps // 2} steps; half-life per unit ({entry['gate']} gate, sorted): "
+            + " ".join(values)
+        )
+
+
+def _median(entry: dict) -> tuple[int, bool]:
+    from keras_gates.inspect.horizon import median_lag
+
+    value, censored = median_lag(entry["half_life"], entry["half_life_censored"])
+    return int(value), censored
+
+
+def plot_horizon(flows: dict, retention: dict, steps: int):
+    """Gradient norm against lag at initialisation and after training, and half-lives."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.0, 3.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=(1, 1, 1.1))
+    colors = {"SimpleRNN": "tab:red", "GatedLSTM": "tab:blue", "GatedGRU": "tab:green"}
+    for ax, stage in zip(axes[:2], ("init", "trained"), strict=True):
+        for kind, flow in flows.items():
+            norms = flow[stage]["mean"]  # exact zeros (float32 underflow) are not drawn
+            positive = np.where(norms > 0, norms, np.nan)
+            ax.plot(flow[stage]["lags"], positive, color=colors[kind], label=kind)
+        ax.set_yscale("log")
+        ax.set_xlabel("lag T - t (steps)")
+        ax.set_title("at initialisation" if stage == "init" else "after training")
+    axes[0].set_ylabel("‖∂y/∂x_t‖, mean over test sequences")
+    axes[0].legend(fontsize="small")
+    ax = axes[2]
+    for kind, entry in retention.items():
+        ranked = np.sort(np.where(entry["half_life_censored"], steps, entry["half_life"]))
+        ax.step(np.arange(len(ranked)), ranked, where="mid", color=colors[kind], label=kind)
+    ax.axhline(steps, color="grey", linestyle=":", linewidth=0.8, label=f"T = {steps} (never)")
+    ax.set_yscale("log")
+    ax.set_xlabel("unit (sorted)")
+    ax.set_ylabel("memory half-life (steps)")
+    ax.set_title("half-life per unit, trained")
+    ax.legend(fontsize="small")
+    fig.suptitle(f"adding problem, T = {steps}: how far back the gradient reaches")
+    return fig
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="sequence length T (default 100)")
@@ -116,11 +193,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--clipnorm", type=float, default=1.0, help="gradient norm clipping")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="folder for the PNG")
+    parser.add_argument("--probe", type=int, default=256, help="test sequences for gradients")
+    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="folder for the PNGs")
     parser.add_argument("--quick", action="store_true", help="tiny run: T=20, 1 epoch, 8 units")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.samples, args.epochs, args.units = 20, 512, 1, 8
+        args.steps, args.samples, args.epochs, args.units, args.probe = 20, 512, 1, 8, 32
     if args.steps < 2:
         parser.error(f"--steps must be at least 2 (one mark per half), got {args.steps}")
     return args
@@ -133,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     test_data = adding_data(max(args.samples // 5, 256), args.steps, rng)
     empirical_baseline = float(np.mean((test_data[1] - 1.0) ** 2))
 
-    models, results = {}, {}
+    models, results, flows = {}, {}, {}
     for kind in LAYERS:
-        models[kind], mse, seconds = train(kind, (train_data, test_data), args)
+        models[kind], mse, seconds = train(kind, (train_data, test_data), args, flows)
         results[kind] = (mse, seconds)
     print_table(results, empirical_baseline)
 
@@ -148,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"adding_problem_T{args.steps}_saturation.png"
     width, height = save_figure(fig, path)
     print(f"saved saturation plot {path} ({width}x{height} px)")
+
+    # How far back does the gradient reach, and how long does each gated unit remember?
+    probe = test_data[0][: args.probe]
+    retention = {kind: memory_retention(models[kind], probe)["rnn"] for kind in HOLD_GATE}
+    horizon_table(flows, retention, args.steps)
+    path = args.out / f"adding_problem_T{args.steps}_horizon.png"
+    width, height = save_figure(plot_horizon(flows, retention, args.steps), path)
+    print(f"saved memory-horizon plot {path} ({width}x{height} px)")
     return 0
 
 

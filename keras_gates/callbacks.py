@@ -8,12 +8,16 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from keras_gates.inspect.gradients import DEFAULT_FRACTION
+from keras_gates.inspect.horizon_summary import horizon_scalars
 from keras_gates.inspect.stats import DEFAULT_HIGH, DEFAULT_LOW, STAT_KEYS, check_thresholds
 from keras_gates.inspect.summary import inspect_model
 from keras_gates.inspect.trace import check_input_shape, find_gated_layers
 
 #: Scalars logged per gate: the saturation statistics plus the recurrent spectral radius.
 MONITORED = (*STAT_KEYS, "spectral_radius")
+#: Memory-horizon scalars logged per layer (see ``keras_gates.inspect.horizon_summary``).
+HORIZON_MONITORED = ("median_half_life", "median_e_lag", "gradient_reach")
 
 
 class GateMonitor(keras.callbacks.Callback):
@@ -30,6 +34,14 @@ class GateMonitor(keras.callbacks.Callback):
     TensorBoard event files with ``tf.summary`` (step = epoch; TensorBoard's own scalar and
     histogram formats, written with TensorFlow alone so the ``tensorboard`` package is optional).
 
+    The memory horizon is logged too (``horizon``): per gated layer the median over units of
+    the half-life and of the 1/e lag (``"{prefix}/{layer}/median_half_life"``), per recurrent
+    layer the gradient reach of ‖∂h_T/∂s_t‖ (``"{prefix}/{layer}/gradient_reach"``) and the
+    model's ``"{prefix}/input_gradient_reach"`` of ‖∂y/∂x_t‖. A value that never crossed its
+    threshold within the probe is logged as its lower bound, the probe's number of steps (see
+    ``keras_gates.inspect.horizon``). TensorBoard also gets a histogram of the per-unit
+    half-lives (``"{prefix}/{layer}/half_life_per_unit"``).
+
     Args:
         probe: the input batch to trace (numpy array, or what the model takes).
         every: monitor every this many epochs (default 1).
@@ -38,6 +50,9 @@ class GateMonitor(keras.callbacks.Callback):
         low, high: saturation thresholds (default 0.1 / 0.9).
         stats: which of ``MONITORED`` to log (default all).
         prefix: start of every log key (default ``"gates"``).
+        horizon: which of ``HORIZON_MONITORED`` to log (default all; ``()`` skips measuring
+            the memory horizon, which costs a few gradient passes over the probe).
+        fraction: the gradient reach threshold relative to lag 0 (default 1e-3).
 
     Attributes:
         epochs: the monitored epochs.
@@ -60,6 +75,8 @@ class GateMonitor(keras.callbacks.Callback):
         high: float = DEFAULT_HIGH,
         stats: Sequence[str] = MONITORED,
         prefix: str = "gates",
+        horizon: Sequence[str] = HORIZON_MONITORED,
+        fraction: float = DEFAULT_FRACTION,
     ):
         super().__init__()
         if not isinstance(every, int) or every < 1:
@@ -72,6 +89,12 @@ class GateMonitor(keras.callbacks.Callback):
             raise ValueError(
                 f"Received unknown `stats` {unknown}: expected a subset of {list(MONITORED)}."
             )
+        unknown = [name for name in horizon if name not in HORIZON_MONITORED]
+        if unknown:
+            raise ValueError(
+                f"Received unknown `horizon` {unknown}: expected a subset of "
+                f"{list(HORIZON_MONITORED)} (or () to skip the memory horizon)."
+            )
         self.probe = probe
         self.every = every
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -79,6 +102,8 @@ class GateMonitor(keras.callbacks.Callback):
         self.low, self.high = check_thresholds(low, high)
         self.stats = tuple(stats)
         self.prefix = prefix
+        self.horizon = tuple(horizon)
+        self.fraction = fraction
         self.epochs: list[int] = []
         self.summaries: list[dict] = []
         self._writer = None
@@ -101,7 +126,13 @@ class GateMonitor(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         result = inspect_model(
-            self.model, self.probe, mask_value=self.mask_value, low=self.low, high=self.high
+            self.model,
+            self.probe,
+            mask_value=self.mask_value,
+            low=self.low,
+            high=self.high,
+            horizon=bool(self.horizon),
+            fraction=self.fraction,
         )
         scalars = self._scalars(result["summary"])
         if logs is not None:
@@ -126,7 +157,7 @@ class GateMonitor(keras.callbacks.Callback):
                 for name in self.stats:
                     if values.get(name) is not None:
                         scalars[f"{self.prefix}/{key}/{gate}/{name}"] = float(values[name])
-        return scalars
+        return {**scalars, **horizon_scalars(summary, self.prefix, self.horizon)}
 
     def _write_tensorboard(self, epoch: int, scalars: dict[str, float], result: dict) -> None:
         with self._writer.as_default(step=epoch):
@@ -141,6 +172,9 @@ class GateMonitor(keras.callbacks.Callback):
                     write_histogram(f"{base}/activations", np.asarray(trace[gate])[valid], epoch)
                     for name in ("left_saturated", "right_saturated"):
                         write_histogram(f"{base}/{name}_per_unit", gate_stats[name], epoch)
+            for key, retention in result["retention"].items():
+                tag = f"{self.prefix}/{key}/half_life_per_unit"
+                write_histogram(tag, retention["half_life"], epoch)
         self._writer.flush()
 
 

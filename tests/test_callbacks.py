@@ -75,9 +75,18 @@ def test_history_and_tensorboard(tmp_path):
         assert len(history.history[key]) == 2
         assert all(np.isfinite(history.history[key]))
     # The last logged values are those of the trained model on the probe.
-    final = inspect_model(model, x[:4])["summary"]["layers"]
+    final_summary = inspect_model(model, x[:4])["summary"]
+    final = final_summary["layers"]
     forget = final["bi/forward"]["saturation"]["forget"]
     assert history.history["gates/bi/forward/forget/mean"][-1] == pytest.approx(forget["mean"])
+    # The memory horizon: median half-life and gradient reach per layer, the input's reach.
+    for name in ("median_half_life", "median_e_lag", "gradient_reach"):
+        for layer in ("bi/forward", "bi/backward", "gru"):
+            assert len(history.history[f"gates/{layer}/{name}"]) == 2
+    half = final["gru"]["horizon"]["half_life"]["median"]
+    assert history.history["gates/gru/median_half_life"][-1] == half
+    reach = final_summary["gradient_flow"]["input"]["reach"]
+    assert history.history["gates/input_gradient_reach"][-1] == reach
     radius = final["gru"]["weights"]["update"]["spectral_radius"]
     assert history.history["gates/gru/update/spectral_radius"][-1] == pytest.approx(radius)
     # Fractions are fractions; training moved the gates.
@@ -97,17 +106,20 @@ def test_history_and_tensorboard(tmp_path):
     assert buckets[:, 2].sum() == (4 * STEPS - 2 * 2) * 4
     _, _, per_unit = events["gates/bi/backward/forget/left_saturated_per_unit"][0]
     assert per_unit[:, 2].sum() == 4  # one value per unit
+    _, plugin, half_lives = events["gates/gru/half_life_per_unit"][-1]
+    assert plugin == "histograms" and half_lives[:, 2].sum() == 3
+    assert [step for step, _, _ in events["gates/gru/median_half_life"]] == [0, 1]
 
 
 def test_every_n_epochs_and_selected_stats():
     model = _model()
     x, y = _data()
-    monitor = GateMonitor(x[:4], every=2, stats=("right_saturated",), prefix="g")
+    monitor = GateMonitor(x[:4], every=2, stats=("right_saturated",), prefix="g", horizon=())
     history = model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[monitor])
     assert monitor.epochs == [1]
     assert len(history.history["loss"]) == 3
     assert len(history.history["g/gru/update/right_saturated"]) == 1
-    assert not any(key.endswith("/mean") for key in history.history)
+    assert not any(key.endswith(("/mean", "_half_life", "_reach")) for key in history.history)
     assert len(monitor.summaries) == 1 and "gru" in monitor.summaries[0]["layers"]
 
 
@@ -116,6 +128,8 @@ def test_bad_arguments():
         GateMonitor(np.zeros((1, STEPS, FEATURES)), every=0)
     with pytest.raises(ValueError, match="unknown `stats`"):
         GateMonitor(np.zeros((1, STEPS, FEATURES)), stats=("median",))
+    with pytest.raises(ValueError, match="unknown `horizon`.*median_half_life"):
+        GateMonitor(np.zeros((1, STEPS, FEATURES)), horizon=("half_life",))
     model = _model()
     x, y = _data()
     wrong_probe = GateMonitor(np.zeros((2, STEPS, FEATURES + 1), "float32"))

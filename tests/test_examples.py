@@ -132,8 +132,13 @@ EXAMPLES = [
             r"GatedLSTM: \d+/8 units keep their forget gate",
             r"GatedGRU: \d+/8 units keep their update gate",
             r"saved saturation plot .*adding_problem_T20_saturation\.png \(\d+x\d+ px\)",
+            r"SimpleRNN\s+≥?\d+\s+≥?\d+\s+-",
+            r"GatedLSTM\s+≥?\d+\s+≥?\d+\s+≥?\d+",
+            r"GatedGRU: \d+/8 units have a half-life of at least T/2 = 10 steps; half-life per "
+            r"unit \(update gate, sorted\): (≥?\d+ ){7}≥?\d+",
+            r"saved memory-horizon plot .*adding_problem_T20_horizon\.png \(\d+x\d+ px\)",
         ),
-        outputs=("adding_problem_T20_saturation.png",),
+        outputs=("adding_problem_T20_saturation.png", "adding_problem_T20_horizon.png"),
         check=check_adding_problem,
     ),
     Example(

@@ -12,7 +12,7 @@ import pytest
 from keras_gates import GatedGRU, GatedLSTM
 from keras_gates.cli import main
 from keras_gates.inspect import write_report
-from keras_gates.inspect.report import IMAGE_KINDS
+from keras_gates.inspect.report import IMAGE_KINDS, MODEL_IMAGE_KINDS
 from keras_gates.inspect.summary import LAYER_KEYS, SUMMARY_FORMAT, SUMMARY_KEYS
 
 STEPS, FEATURES = 5, 3
@@ -59,7 +59,7 @@ def test_cli_writes_a_complete_report(files, capsys):
     assert summary["input"] == {"shape": [3, STEPS, FEATURES], "mask_value": -1.0}
 
     images = summary["images"]
-    assert len(images) == 3 * len(IMAGE_KINDS)
+    assert len(images) == 3 * len(IMAGE_KINDS) + len(MODEL_IMAGE_KINDS)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(i["file"] for i in images)
     page = (out / "index.html").read_text()
     for image in images:
@@ -75,8 +75,13 @@ def test_write_report_returns_paths(files, tmp_path):
     model = keras.saving.load_model(files / "model.keras")
     paths = write_report(model, np.load(files / "x.npy"), tmp_path / "r", mask_value=-1.0)
     assert paths["html"] == str(tmp_path / "r" / "index.html")
-    assert len(paths["images"]) == 12
+    assert len(paths["images"]) == 3 * len(IMAGE_KINDS) + len(MODEL_IMAGE_KINDS)
     assert all((tmp_path / "r" / p).is_file() for p in [paths["summary"], *paths["images"]])
+    plain = write_report(model, np.load(files / "x.npy"), tmp_path / "s", horizon=False)
+    assert len(plain["images"]) == 3 * (len(IMAGE_KINDS) - 2)  # no retention, no half-life
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["gradient_flow"] is None and summary["layers"]["lstm"]["horizon"] is None
+    assert "Memory horizon" not in (tmp_path / "s" / "index.html").read_text()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +93,7 @@ def test_write_report_returns_paths(files, tmp_path):
         ("model.keras", "wrong.npy", [], r"shape \(3, 5, 4\).*expected \(any, 5, 3\)"),
         ("model.keras", "x.npy", ["--sample", "3"], r"`sample`=3: expected an index in \[0, 3\)"),
         ("model.keras", "x.npy", ["--low", "0.95"], "low < high"),
+        ("model.keras", "x.npy", ["--fraction", "2"], r"`fraction`, expected a number in \(0, 1\)"),
     ],
 )
 def test_cli_bad_input_exits_non_zero_with_a_message(files, capsys, model, samples, extra, message):

@@ -77,7 +77,7 @@ def test_trace_model_equals_layer_trace_with_the_model_mask(model):
 
 def test_statistics_equal_numpy_on_layer_trace(model):
     x = _padded_batch()
-    result = inspect_model(model, x, low=0.2, high=0.8)
+    result = inspect_model(model, x, low=0.2, high=0.8, horizon=False)
     trace = model.get_layer("lstm").trace(x, mask=_expected_mask())
     valid = trace["forget"][_expected_mask()]  # (12 valid steps, 4 units)
     stats = result["stats"]["lstm"]["forget"]
@@ -110,15 +110,15 @@ def test_padded_steps_do_not_change_statistics(model):
     alone = [lstm.trace(x[i : i + 1, :length]) for i, length in enumerate(LENGTHS)]
     values = np.concatenate([t["output"][0] for t in alone])  # (12, 4)
     want = saturation_stats(values[None])
-    got = inspect_model(model, x)["stats"]["lstm"]["output"]
+    got = inspect_model(model, x, horizon=False)["stats"]["lstm"]["output"]
     for key in ("left_saturated", "right_saturated", "mean", "std"):
         np.testing.assert_allclose(got[key], want[key], atol=FLOAT32)
     # Without a Masking layer, the zero padding is excluded by mask_value alone.
     plain = keras.Sequential([keras.Input((STEPS, FEATURES)), lstm_like(lstm)])
-    noisy = inspect_model(plain, x, mask_value=0.0)["stats"]["lstm_copy"]["output"]
+    noisy = inspect_model(plain, x, mask_value=0.0, horizon=False)["stats"]["lstm_copy"]["output"]
     for key in ("left_saturated", "right_saturated", "mean", "std"):
         np.testing.assert_allclose(noisy[key], want[key], atol=FLOAT32)
-    unmasked = inspect_model(plain, x)["summary"]["layers"]["lstm_copy"]
+    unmasked = inspect_model(plain, x, horizon=False)["summary"]["layers"]["lstm_copy"]
     assert unmasked["valid_steps"] == len(LENGTHS) * STEPS
 
 

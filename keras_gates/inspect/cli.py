@@ -1,7 +1,8 @@
 """``keras-gates inspect MODEL.keras --input SAMPLES.npy [--mask-value V] --out DIR``.
 
 Writes one PNG per plot, ``summary.json`` and a self-contained ``index.html`` into DIR and prints
-a short table of saturation per gate. Heavy imports (Keras, TensorFlow, matplotlib) happen in
+a short table of saturation per gate, then the memory horizon: half-life per unit and gradient
+reach per layer. Heavy imports (Keras, TensorFlow, matplotlib) happen in
 :func:`run`.
 """
 
@@ -42,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--top-k", type=int, default=6, help="units drawn in the state trajectories (default 6)"
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=1e-3,
+        help="gradient reach: first lag where the gradient norm falls below this fraction of its "
+        "value at lag 0 (default 1e-3)",
+    )
+    parser.add_argument(
+        "--no-horizon",
+        action="store_true",
+        help="skip the memory horizon (retention, half-life, gradient flow)",
     )
     parser.add_argument(
         "--max-samples",
@@ -98,10 +111,22 @@ def run(args: argparse.Namespace) -> int:
 
     _require_file(args.model, "MODEL", "pass a model saved with model.save('model.keras')")
     x = load_samples(args.input, args.max_samples)
+    if not 0 <= args.sample < len(x):  # before the (long) inspection; masks are checked later
+        raise ValueError(
+            f"Received `sample`={args.sample}: expected an index in [0, {len(x)}) of the batch."
+        )
     model = load_model(args.model)
     if len(x) == args.max_samples:
         print(f"inspecting the first {len(x)} samples of {args.input} (--max-samples)")
-    result = inspect_model(model, x, mask_value=args.mask_value, low=args.low, high=args.high)
+    result = inspect_model(
+        model,
+        x,
+        mask_value=args.mask_value,
+        low=args.low,
+        high=args.high,
+        horizon=not args.no_horizon,
+        fraction=args.fraction,
+    )
     paths = write_report_files(result, args.out, sample=args.sample, top_k=args.top_k)
     print(format_table(result["summary"]))
     print(

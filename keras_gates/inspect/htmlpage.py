@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from html import escape
 
+from keras_gates.inspect.horizon_summary import lag_text
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
@@ -33,7 +35,21 @@ _CAPTIONS = {
     "weights": "Norms of each gate's input kernel, recurrent kernel and bias, and the spectral "
     "radius of its recurrent kernel (above 1: the recurrence can amplify).",
     "states": "State trajectories of the most active units (largest spread over time).",
+    "retention": "Mean retention against lag, one line per unit: the product of the hold gate "
+    "(LSTM forget, or 1 - input when coupled; GRU update) over the steps in between, averaged "
+    "over every (sample, start step) pair of valid steps.",
+    "half_life": "Memory half-life per unit: the lag where its mean retention falls below 0.5 "
+    "(hatched: never within the batch's length); dots: the 1/e lag.",
+    "gradient_flow": "Gradient norm against lag T - t, averaged over the batch: of the model "
+    "output with respect to each input step, and of each recurrent layer's last hidden state "
+    "with respect to its state after step t (relative to lag 0). Dashed: the reach threshold.",
 }
+
+_HORIZON_INTRO = (
+    "How far back each unit remembers and how far gradients reach (Pascanu, Mikolov &amp; Bengio, "
+    "2013). Lags count valid steps back in each layer's processing order; padded steps carry the "
+    "state unchanged and are not counted. ≥T: the threshold was never crossed within the batch."
+)
 
 
 def _number(value: float | int | None) -> str:
@@ -81,7 +97,7 @@ def _figure(image: Mapping, image_dir: str) -> str:
     return (
         f'<figure><img src="data:image/png;base64,{data}" data-file="{escape(image["file"])}" '
         f'width="{image["width"]}" height="{image["height"]}" '
-        f'alt="{escape(image["kind"])} of {escape(image["layer"])}">'
+        f'alt="{escape(image["kind"])} of {escape(image["layer"] or "the model")}">'
         f"<figcaption>{escape(caption)} <span class='note'>({escape(image['file'])})</span>"
         "</figcaption></figure>"
     )
@@ -98,10 +114,62 @@ def _layer_section(key: str, layer: Mapping, images: list, image_dir: str, low, 
             _saturation_table(layer, low, high),
             "<h3>Weights</h3>",
             _weights_table(layer),
+            *_unit_horizon(layer.get("horizon")),
             *(_figure(image, image_dir) for image in images if image["layer"] == key),
             "</section>",
         ]
     )
+
+
+def _lag(entry: Mapping, name: str) -> str:
+    return lag_text(entry[name]["median"], entry[name]["median_censored"])
+
+
+def _unit_horizon(horizon: Mapping | None) -> list[str]:
+    if not horizon:
+        return []
+    half, e_lag = horizon["half_life"], horizon["e_lag"]
+    rows = [
+        [str(unit), lag_text(h, hc), lag_text(e, ec)]
+        for unit, (h, hc, e, ec) in enumerate(
+            zip(half["per_unit"], half["censored"], e_lag["per_unit"], e_lag["censored"])
+        )
+    ]
+    return [
+        f"<h3>Memory horizon ({escape(horizon['hold_gate'])} gate)</h3>",
+        _table(["unit", "half-life", "1/e lag"], rows),
+    ]
+
+
+def _horizon_section(summary: Mapping, image_dir: str) -> list[str]:
+    flow = summary.get("gradient_flow")
+    if flow is None:
+        return []
+    rows = []
+    for key, profile in flow["layers"].items():
+        entry = summary["layers"].get(key, {}).get("horizon")
+        reach = lag_text(profile["reach"], profile["reach_censored"])
+        if entry:
+            rows.append(
+                [key, entry["hold_gate"], _lag(entry, "half_life"), _lag(entry, "e_lag"), reach]
+            )
+        else:
+            rows.append([key, "-", "-", "-", reach])
+    if flow["input"] is not None:
+        reach = lag_text(flow["input"]["reach"], flow["input"]["reach_censored"])
+        rows.append(["model output ‖∂y/∂x_t‖", "-", "-", "-", reach])
+    header = ["layer", "hold gate", "median half-life", "median 1/e lag"]
+    header.append(f"gradient reach (< {flow['fraction']:g} of lag 0)")
+    note = f"<p class='note'>No input gradient: {escape(flow['note'])}.</p>" if flow["note"] else ""
+    figures = [_figure(i, image_dir) for i in summary["images"] if i["layer"] is None]
+    return [
+        "<section><h2>Memory horizon</h2>",
+        f"<p>{_HORIZON_INTRO}</p>",
+        _table(header, rows),
+        note,
+        *figures,
+        "</section>",
+    ]
 
 
 def render_html(summary: Mapping, image_dir: str | os.PathLike) -> str:
@@ -129,6 +197,7 @@ def render_html(summary: Mapping, image_dir: str | os.PathLike) -> str:
             f"<p class='note'>Input shape {escape(str(summary['input']['shape']))}; mask value "
             f"{'none' if mask_value is None else f'{mask_value:g}'}; "
             f"{len(summary['layers'])} gated layer(s).</p>",
+            *_horizon_section(summary, image_dir),
             *sections,
             "</body></html>",
         ]

@@ -8,14 +8,16 @@ import re
 from collections.abc import Mapping
 
 from keras_gates.atomic import write_text
-from keras_gates.inspect import plots
+from keras_gates.inspect import horizon_plots, plots
+from keras_gates.inspect.gradients import DEFAULT_FRACTION
 from keras_gates.inspect.htmlpage import render_html
 from keras_gates.inspect.stats import DEFAULT_HIGH, DEFAULT_LOW
 from keras_gates.inspect.summary import inspect_model
 
 SUMMARY_FILE = "summary.json"
 HTML_FILE = "index.html"
-IMAGE_KINDS = ("heatmaps", "saturation", "weights", "states")
+IMAGE_KINDS = ("heatmaps", "saturation", "weights", "states", "retention", "half_life")
+MODEL_IMAGE_KINDS = ("gradient_flow",)  # one per report, "layer": null
 
 
 def _file_stem(index: int, key: str) -> str:
@@ -29,7 +31,7 @@ def _layer_figures(result: Mapping, key: str, sample: int, top_k: int) -> dict:
     ranges = {
         gate: tuple(entry["range"]) for gate, entry in summary["layers"][key]["saturation"].items()
     }
-    return {
+    figures = {
         "heatmaps": lambda: plots.plot_gate_heatmaps(
             trace, sample, title=f"{key}: gates", value_ranges=ranges
         ),
@@ -41,14 +43,38 @@ def _layer_figures(result: Mapping, key: str, sample: int, top_k: int) -> dict:
             trace, sample, top_k, title=f"{key}: states"
         ),
     }
+    retention = result.get("retention", {}).get(key)
+    if retention is not None:
+        figures["retention"] = lambda: horizon_plots.plot_retention(
+            retention, title=f"{key}: retention of the {retention['gate']} gate"
+        )
+        figures["half_life"] = lambda: horizon_plots.plot_half_lives(
+            retention, title=f"{key}: memory half-life per unit"
+        )
+    return figures
+
+
+def _model_figures(result: Mapping) -> dict:
+    if result.get("gradient_flow") is None and not result.get("state_flow"):
+        return {}
+    return {
+        "gradient_flow": lambda: horizon_plots.plot_gradient_flow(
+            result.get("gradient_flow"), result.get("state_flow", {})
+        )
+    }
 
 
 def write_plots(result: Mapping, out_dir: str, sample: int = 0, top_k: int = 6) -> list[dict]:
     """Draw and save every plot of an :func:`inspect_model` result; return the image records.
 
-    Each record is ``{"file", "layer", "kind", "width", "height"}`` (file relative to out_dir).
+    Each record is ``{"file", "layer", "kind", "width", "height"}`` (file relative to out_dir;
+    ``"layer"`` None for the model-wide gradient plot).
     """
     images = []
+    for kind, draw in _model_figures(result).items():
+        name = f"model-{kind}.png"
+        width, height = plots.save_figure(draw(), os.path.join(out_dir, name))
+        images.append({"file": name, "layer": None, "kind": kind, "width": width, "height": height})
     for index, key in enumerate(result["summary"]["layers"]):
         for kind, draw in _layer_figures(result, key, sample, top_k).items():
             name = f"{_file_stem(index, key)}-{kind}.png"
@@ -68,6 +94,8 @@ def write_report(
     high: float = DEFAULT_HIGH,
     sample: int = 0,
     top_k: int = 6,
+    horizon: bool = True,
+    fraction: float = DEFAULT_FRACTION,
 ) -> dict:
     """Inspect ``model`` on ``x`` and write the full report to ``out_dir``.
 
@@ -79,6 +107,8 @@ def write_report(
         low, high: saturation thresholds (default 0.1 / 0.9).
         sample: index of the batch sample drawn in the heatmaps and state trajectories.
         top_k: number of units drawn in the state trajectories.
+        horizon: also measure and draw the memory horizon (retention, half-life, gradient flow).
+        fraction: the gradient reach threshold, relative to lag 0 (default 1e-3).
 
     Returns:
         ``{"dir": out_dir, "html": path of index.html, "summary": path of summary.json,
@@ -89,7 +119,9 @@ def write_report(
         >>> print("open", paths["html"])               # doctest: +SKIP
     """
     out_dir = os.fspath(out_dir)
-    result = inspect_model(model, x, mask_value=mask_value, low=low, high=high)
+    result = inspect_model(
+        model, x, mask_value=mask_value, low=low, high=high, horizon=horizon, fraction=fraction
+    )
     return write_report_files(result, out_dir, sample=sample, top_k=top_k)
 
 

@@ -20,13 +20,32 @@
                            "mean": [..], "std": [..]}}},
           "weights": {GATE: {"kernel_norm": float, "recurrent_kernel_norm": float,
                              "bias_norm": float | null, "spectral_radius": float,
-                             ["recurrent_bias_norm": float], ["peephole_norm": float]}}
+                             ["recurrent_bias_norm": float], ["peephole_norm": float]}},
+          "horizon": {                               # null with horizon=False
+              "hold_gate": "forget" | "1 - input" | "update",  # see inspect/horizon.py
+              "max_lag": int,                        # longest lag measured (valid steps - 1)
+              "half_life": LAGS, "e_lag": LAGS,      # mean retention < 0.5 / < 1/e
+              "gradient_reach": int | null, "gradient_reach_censored": bool}  # of ‖∂h_T/∂s_t‖
         }
       },
-      "images": [{"file": str, "layer": KEY, "kind": str, "width": int, "height": int}]
+      "gradient_flow": {                             # null with horizon=False
+        "fraction": float,                           # reach: first lag with norm < fraction x lag 0
+        "samples": int,                              # first samples of x used (horizon_samples)
+        "input": PROFILE + {"outputs": int} | null,  # ‖∂y/∂x_t‖; null when x has no gradient
+        "note": str | null,                          # why "input" is null
+        "layers": {KEY: PROFILE + {"state_size": int}}   # ‖∂h_T/∂s_t‖, every recurrent layer
+      },
+      "images": [{"file": str, "layer": KEY | null, "kind": str, "width": int, "height": int}]
     }
 
-``"images"`` is filled by :func:`keras_gates.inspect.write_report`. NaN (no valid step) is null.
+    LAGS = {"per_unit": [int | null, ...], "censored": [bool, ...],   # censored: value is a
+            "median": int | null, "median_censored": bool}            # lower bound ("≥ T")
+    PROFILE = {"reach": int | null, "reach_censored": bool,
+               "mean": [float, ...], "relative": [float, ...]}  # by lag 0, 1, ... (valid steps)
+
+``"images"`` is filled by :func:`keras_gates.inspect.write_report` (``"layer"`` is null for the
+model-wide gradient plot). NaN (no valid step) is null. Lags count valid steps in each layer's
+processing order; see :mod:`keras_gates.inspect.horizon` and :mod:`keras_gates.inspect.gradients`.
 """
 
 from __future__ import annotations
@@ -35,6 +54,19 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from keras_gates.inspect.gradients import (
+    DEFAULT_FRACTION,
+    check_fraction,
+    gradient_flow,
+    state_gradient_flow,
+)
+from keras_gates.inspect.horizon import memory_retention
+from keras_gates.inspect.horizon_summary import (
+    flow_summary,
+    format_horizon_table,
+    gradient_note,
+    layer_horizon,
+)
 from keras_gates.inspect.stats import (
     DEFAULT_HIGH,
     DEFAULT_LOW,
@@ -55,7 +87,8 @@ from keras_gates.inspect.trace import (
 )
 
 SUMMARY_FORMAT = "keras-gates-inspect/1"
-SUMMARY_KEYS = ("format", "model", "thresholds", "input", "layers", "images")
+HORIZON_SAMPLES = 256
+SUMMARY_KEYS = ("format", "model", "thresholds", "input", "layers", "gradient_flow", "images")
 LAYER_KEYS = (
     "class",
     "units",
@@ -65,6 +98,7 @@ LAYER_KEYS = (
     "total_steps",
     "saturation",
     "weights",
+    "horizon",
 )
 
 
@@ -76,12 +110,26 @@ def _input_shape(x) -> list[int] | list[list[int]]:
     return list(np.shape(x))
 
 
+def first_samples(x, count: int | None):
+    """The first ``count`` samples of ``x`` (an array, or a list/dict of arrays)."""
+    if count is None:
+        return x
+    if isinstance(x, Mapping):
+        return {key: value[:count] for key, value in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(value[:count] for value in x)
+    return x[:count]
+
+
 def inspect_model(
     model,
     x,
     mask_value: float | None = None,
     low: float = DEFAULT_LOW,
     high: float = DEFAULT_HIGH,
+    horizon: bool = True,
+    fraction: float = DEFAULT_FRACTION,
+    horizon_samples: int | None = HORIZON_SAMPLES,
 ) -> dict:
     """Trace every gated layer of ``model`` on ``x`` and compute all statistics.
 
@@ -91,21 +139,38 @@ def inspect_model(
         x: an input batch for the model.
         mask_value: optional padding value of the input (see :func:`trace_model`).
         low, high: saturation thresholds (default 0.1 / 0.9).
+        horizon: also measure the memory horizon (default True): retention and half-life per
+            unit (:func:`memory_retention`), the output's gradient against lag
+            (:func:`gradient_flow`) and each recurrent layer's (:func:`state_gradient_flow`).
+        fraction: the gradient reach is the first lag where the norm < fraction × lag 0.
+        horizon_samples: measure the gradients on at most this many samples of ``x`` (the
+            first ones; default 256, None for all): their cost grows with batch × units.
 
     Returns:
         ``{"refs": {key: GatedLayerRef}, "traces": {key: trace}, "stats": {key: {gate: per-unit
-        arrays}}, "weights": {key: weight summary}, "summary": JSON-serialisable dict}``.
+        arrays}}, "weights": {key: weight summary}, "retention": {key: layer_retention},
+        "gradient_flow": gradient_flow | None, "state_flow": {key: profile}, "summary":
+        JSON-serialisable dict}`` (the three horizon entries are empty/None with horizon=False).
 
     Example:
         >>> result = inspect_model(model, x)                   # doctest: +SKIP
         >>> result["summary"]["layers"]["gated_lstm"]["saturation"]["forget"]["right_saturated"]
     """
     low, high = check_thresholds(low, high)
+    fraction = check_fraction(fraction)
     refs = find_gated_layers(model)
     traces = trace_model(model, x, mask_value=mask_value, refs=refs)
     ranges = {ref.key: gate_value_ranges(ref.layer) for ref in refs}
     stats = {ref.key: layer_stats(traces[ref.key], low, high, ranges[ref.key]) for ref in refs}
     weights = {ref.key: weight_summary(ref.layer.get_gate_weights()) for ref in refs}
+    retention, flow, state_flow, note = {}, None, {}, None
+    if horizon:
+        retention = memory_retention(model, x, traces=traces)
+        head = first_samples(x, horizon_samples)
+        state_flow = state_gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
+        note = gradient_note(x)
+        if note is None:
+            flow = gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
     summary = build_summary(
         model_name=model.name,
         refs=refs,
@@ -116,12 +181,18 @@ def inspect_model(
         thresholds=(low, high),
         input_shape=_input_shape(x),
         mask_value=mask_value,
+        retention=retention,
+        state_flow=state_flow,
     )
+    summary["gradient_flow"] = flow_summary(flow, state_flow, fraction, note) if horizon else None
     return {
         "refs": {ref.key: ref for ref in refs},
         "traces": traces,
         "stats": stats,
         "weights": weights,
+        "retention": retention,
+        "gradient_flow": flow,
+        "state_flow": state_flow,
         "summary": summary,
     }
 
@@ -137,12 +208,24 @@ def build_summary(
     thresholds: tuple[float, float],
     input_shape: list,
     mask_value: float | None,
+    retention: Mapping[str, Mapping] | None = None,
+    state_flow: Mapping[str, Mapping] | None = None,
 ) -> dict:
-    """Assemble the JSON-serialisable summary documented in this module's docstring."""
+    """Assemble the JSON-serialisable summary documented in this module's docstring
+    (``"gradient_flow"`` is left None: :func:`inspect_model` fills it)."""
     layers = {
-        ref.key: _layer_summary(
-            ref, traces[ref.key], stats[ref.key], weights[ref.key], (ranges or {}).get(ref.key, {})
-        )
+        ref.key: {
+            **_layer_summary(
+                ref,
+                traces[ref.key],
+                stats[ref.key],
+                weights[ref.key],
+                (ranges or {}).get(ref.key, {}),
+            ),
+            "horizon": layer_horizon(
+                (retention or {}).get(ref.key), (state_flow or {}).get(ref.key)
+            ),
+        }
         for ref in refs
     }
     return {
@@ -151,6 +234,7 @@ def build_summary(
         "thresholds": {"low": thresholds[0], "high": thresholds[1]},
         "input": {"shape": input_shape, "mask_value": to_json_number(mask_value)},
         "layers": layers,
+        "gradient_flow": None,
         "images": [],
     }
 
@@ -215,4 +299,5 @@ def format_table(summary: Mapping) -> str:
         f"left/right: fraction of valid steps below {low:g} / above {high:g} of each gate's "
         "activation range (sigmoid: 0..1, tanh: -1..1)"
     )
-    return "\n".join(lines)
+    horizon = format_horizon_table(summary)
+    return "\n".join(lines) + ("\n\nmemory horizon\n" + horizon if horizon else "")
