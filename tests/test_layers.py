@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_gates import GatedGRU, GatedGRUCell, GatedLSTM, GatedLSTMCell
 from tests.layer_contract import run_layer_contract
@@ -20,6 +19,7 @@ VARIANTS = [
     (GatedLSTM, {"use_peepholes": True, "coupled_input_forget": True, "use_bias": False}),
     (GatedLSTM, {"frozen_gates": ["forget"], "gate_initializers": {"forget": {"bias": 2.0}}}),
     (GatedLSTM, {"dropout": 0.2, "recurrent_dropout": 0.2, "seed": 1, "go_backwards": True}),
+    (GatedLSTM, {"coupled_input_forget": True, "dropout": 0.1, "recurrent_dropout": 0.2}),
     (GatedLSTM, {"stateful": True, "kernel_regularizer": "l2", "recurrent_constraint": "max_norm"}),
     (GatedGRU, {}),
     (GatedGRU, {"reset_after": False, "return_sequences": True}),
@@ -139,11 +139,7 @@ def test_trace_masked_steps_are_zero_and_reported():
     trace = layer.trace(X, mask=mask)
     np.testing.assert_array_equal(trace["mask"], mask)
     assert np.all(trace["input"][1, 3:] == 0) and np.all(trace["input"][1, :3] != 0)
-    np.testing.assert_allclose(
-        trace["hidden"][:, 2],
-        np.asarray(GatedLSTM.from_config(layer.get_config()) and layer(X[:, :3])),
-        atol=FP32_ATOL,
-    )
+    np.testing.assert_allclose(trace["hidden"][:, 2], np.asarray(layer(X[:, :3])), atol=FP32_ATOL)
 
 
 def test_cells_inside_keras_rnn_and_stacked():
@@ -200,34 +196,6 @@ def test_from_keras_and_to_keras_round_trip():
         peep.to_keras()
     with pytest.raises(TypeError, match="keras.layers.GRU"):
         GatedGRU.from_keras(stock)
-
-
-def test_mirrored_strategy_on_two_logical_cpus():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    with strategy.scope():
-        model = keras.Sequential([keras.Input((6, 4)), GatedLSTM(3), keras.layers.Dense(1)])
-        model.compile(optimizer="adam", loss="mse")
-    x = np.concatenate([X, X[:1]])  # 4 samples: 2 per replica
-    history = model.fit(x, np.ones((4, 1)), batch_size=4, epochs=2, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-
-
-def test_mixed_precision():
-    layer = GatedGRU(3, dtype="mixed_float16", return_sequences=True)
-    out = layer(X)
-    assert out.dtype == "float16"
-    assert all(v.dtype == "float32" for v in layer.weights)
-    model = keras.Sequential(
-        [
-            keras.Input((6, 4)),
-            GatedLSTM(3, dtype="mixed_float16"),
-            keras.layers.Dense(1, dtype="float32"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="mse")
-    assert np.isfinite(model.fit(X, np.ones((3, 1)), verbose=0).history["loss"][0])
-    assert layer.trace(X)["hidden"].dtype == np.float32
 
 
 @pytest.mark.parametrize(
