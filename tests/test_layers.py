@@ -29,7 +29,11 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("layer_cls, kwargs", VARIANTS, ids=lambda v: str(v)[:60])
+def _variant_id(variant) -> str:
+    return variant.__name__ if isinstance(variant, type) else "-".join(variant) or "defaults"
+
+
+@pytest.mark.parametrize("layer_cls, kwargs", VARIANTS, ids=_variant_id)
 def test_layer_contract(layer_cls, kwargs, tmp_path):
     run_layer_contract(layer_cls, {"units": 5, **kwargs}, tmp_path)
 
