@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 
-# The Keras versions this module was checked against (pyproject.toml and tests/test_keras_range.py
-# run the suite on both ends).
-OLDEST_KERAS = "3.9.0"
+# The Keras versions this module was checked against (pyproject.toml states them; the suite runs on
+# the newest, tests/test_keras_range.py runs the layer tests on the oldest).
+OLDEST_KERAS = "3.8.0"  # the first with keras.src.export.tf2onnx_lib
 NEWEST_KERAS = "3.15.1"
 
 
@@ -42,7 +43,7 @@ def check_keras() -> None:
     """Resolve every private entry point now; raise naming the Keras version if one is gone."""
     for module, name in _ENTRY_POINTS:
         _private(module, name)
-    for attribute in ("_track_variable", "_call_context_args"):
+    for attribute in ("_track_variable",):
         if not hasattr(keras.layers.Dense(1), attribute):
             raise ImportError(
                 f"keras-gates needs `Layer.{attribute}`, which Keras {keras.__version__} does "
@@ -192,8 +193,12 @@ def producing_layer(tensor: Any) -> Any:
 
 
 def call_context_args(layer: Any) -> tuple:
-    """The call arguments (``training``, ...) Keras passes down from the outer call."""
-    return tuple(getattr(layer, "_call_context_args", ()))
+    """The call arguments (``training``, ...) Keras passes down from the outer call. Keras
+    before 3.10 has no ``_call_context_args``: there, ``training`` if ``call`` takes it."""
+    names = getattr(layer, "_call_context_args", None)
+    if names is None:
+        names = ("training",) if "training" in inspect.signature(layer.call).parameters else ()
+    return tuple(names)
 
 
 def get_keras_mask(tensor: Any) -> Any:

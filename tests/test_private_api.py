@@ -122,7 +122,7 @@ def test_the_check_finds_what_it_looks_for():
         Path("keras_gates/sample.py"): (
             "from keras.src import tree\n"
             "layers = model._flatten_layers(include_self=False)\n"
-            "args = getattr(op, '_call_context_args', ())\n"
+            "name = getattr(t, '_keras_history')[0].name\n"
             "self._writer = None\n"
             "self._writer.flush()\n"
         )
@@ -131,7 +131,7 @@ def test_the_check_finds_what_it_looks_for():
     assert [line.split(": ")[1] for line in lines] == [
         "keras.src",
         "_flatten_layers",
-        "_call_context_args",
+        "_keras_history",
     ]
 
 
