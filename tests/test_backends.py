@@ -28,7 +28,7 @@ def _grid_id(case: dict, kind: str) -> str:
     return "-".join(k for k, v in case.items() if v) or "plain"
 
 
-# JAX compiles every new loop (about 5 s a parity case here), so it runs 8 of the 32 stock-parity
+# JAX compiles every new loop (about 5 s a parity case here), so it runs 10 of the 32 stock-parity
 # cases (each flag on in some, the extremes of each kind); everything else runs in full.
 _JAX_GRID = {"plain", "return_sequences-masked", "return_state-go_backwards", "masked"}
 _JAX_GRID |= {"return_sequences-return_state-go_backwards-masked"}

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from html import escape
 
+from keras_gates.inspect.stats import STAT_KEYS, WEIGHT_KEYS
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
@@ -51,9 +53,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _saturation_table(layer: Mapping, low: float, high: float) -> str:
-    keys = ("left_saturated", "right_saturated", "mean", "std")
     rows = [
-        [gate, _range(entry.get("range")), *(_number(entry[key]) for key in keys)]
+        [gate, _range(entry.get("range")), *(_number(entry[key]) for key in STAT_KEYS)]
         for gate, entry in layer["saturation"].items()
     ]
     header = ["gate", "range", f"left-saturated (< {low:g})", f"right-saturated (> {high:g})"]
@@ -65,9 +66,8 @@ def _range(value_range) -> str:
 
 
 def _weights_table(layer: Mapping) -> str:
-    keys = ("kernel_norm", "recurrent_kernel_norm", "bias_norm", "spectral_radius")
     rows = [
-        [gate, *(_number(entry.get(key)) for key in keys)]
+        [gate, *(_number(entry.get(key)) for key in WEIGHT_KEYS)]
         for gate, entry in layer["weights"].items()
     ]
     header = ["gate", "input kernel norm", "recurrent kernel norm", "bias norm", "spectral radius"]
