@@ -8,6 +8,7 @@ and onnxruntime must reproduce what JAX computed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -28,15 +29,36 @@ def _grid_id(case: dict, kind: str) -> str:
     return "-".join(k for k, v in case.items() if v) or "plain"
 
 
-# JAX compiles every new loop (about 5 s a parity case here), so it runs 10 of the 32 stock-parity
-# cases (each flag on in some, the extremes of each kind); everything else runs in full.
-_JAX_GRID = {"plain", "return_sequences-masked", "return_state-go_backwards", "masked"}
+# JAX compiles every new loop (5-10 s a parity case on a busy 2-core CPU), so it runs a
+# representative half: 6 of the 32 stock-parity cases (each flag on in some), 5 of the 12 layer
+# contracts (peepholes, coupled with both dropouts, stateful, both GRU forms), 3 of the 8 LSTM
+# reference variants and 2 of the 5 Bidirectional merge modes; everything else in full.
+_JAX_GRID = {"return_sequences-masked", "return_state-go_backwards"}
 _JAX_GRID |= {"return_sequences-return_state-go_backwards-masked"}
+_JAX_SKIPPED_CONTRACTS = [
+    "GatedLSTM-defaults",
+    "GatedLSTM-coupled_input_forget-return_state",
+    "GatedLSTM-use_peepholes-coupled_input_forget-use_bias",
+    "GatedLSTM-frozen_gates-gate_initializers",
+    "GatedLSTM-dropout-recurrent_dropout-seed-go_backwards",
+    "GatedGRU-defaults",
+    "GatedGRU-frozen_gates-activity_regularizer",
+]
+_JAX_LSTM_REFERENCE = {"False-False-True", "False-True-False", "True-True-True"}
 JAX_DESELECT = [
     f"tests/test_parity.py::test_matches_stock_keras[{_grid_id(case, kind)}-{kind}]"
     for case in GRID
     for kind in ("lstm", "gru")
     if _grid_id(case, kind) not in _JAX_GRID
+]
+JAX_DESELECT += [f"tests/test_layers.py::test_layer_contract[{v}]" for v in _JAX_SKIPPED_CONTRACTS]
+JAX_DESELECT += [
+    f"tests/test_parity.py::test_lstm_matches_numpy_reference[{'-'.join(flags)}]"
+    for flags in itertools.product(("False", "True"), repeat=3)
+    if "-".join(flags) not in _JAX_LSTM_REFERENCE
+]
+JAX_DESELECT += [
+    f"tests/test_layers.py::test_bidirectional_models[{m}]" for m in ("sum", "mul", "ave")
 ]
 # Keras on PyTorch cannot train a stateful RNN called before: the stock keras.layers.LSTM fails
 # the same way ("modified by an inplace operation"), so the contract's training clause cannot
