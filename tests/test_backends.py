@@ -1,6 +1,6 @@
 """The layers on every Keras backend, as a user runs them: a fresh process with ``KERAS_BACKEND``.
 
-Each child runs the parity and layer tests with TensorFlow made unimportable
+Each child runs the parity, layer and model-inspection tests with TensorFlow made unimportable
 (``KERAS_GATES_NO_TENSORFLOW=1``, see conftest.py), so a JAX or PyTorch user never needs it.
 A model trained on JAX is then exported by ``keras-gates export`` (TensorFlow, its own process),
 and onnxruntime must reproduce what JAX computed.
@@ -22,7 +22,7 @@ from tests.reference import FP32_ATOL
 from tests.test_parity import GRID
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYER_TESTS = ["tests/test_parity.py", "tests/test_layers.py"]
+LAYER_TESTS = ["tests/test_parity.py", "tests/test_layers.py", "tests/test_inspect_trace.py"]
 
 
 def _grid_id(case: dict, kind: str) -> str:
