@@ -130,7 +130,8 @@ def cudnn_blocks_jit() -> bool:
 # ----------------------------------------------------------------------------- models
 def flatten_layers(layer: keras.layers.Layer, include_self: bool = False) -> list:
     """Every layer inside ``layer`` (nested models, wrappers, RNN cells), each once, from public
-    attributes only: the replacement for the private ``Layer._flatten_layers``."""
+    attributes only: the replacement for the private ``Layer._flatten_layers``. ``InputLayer``s
+    (no weights, no state) are left out: Keras' own walker lists some and not others."""
     seen: dict[int, keras.layers.Layer] = {}
 
     def visit(node: Any) -> None:
@@ -141,8 +142,8 @@ def flatten_layers(layer: keras.layers.Layer, include_self: bool = False) -> lis
             visit(child)
 
     visit(layer)
-    found = list(seen.values())
-    return found if include_self else found[1:]
+    found = [node for node in seen.values() if not isinstance(node, keras.layers.InputLayer)]
+    return found if include_self else [node for node in found if node is not layer]
 
 
 def _children(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:

@@ -147,3 +147,59 @@ def test_a_missing_entry_point_names_the_keras_version(monkeypatch):
     monkeypatch.setattr(_internals, "_ENTRY_POINTS", [("keras.src.backend", "no_such_kernel")])
     with pytest.raises(ImportError, match=rf"Keras {re.escape(keras.__version__)} does not have"):
         _internals.check_keras()
+
+
+def _nested_model():
+    from keras_gates import GatedGRU, GatedLSTM
+
+    inner = keras.Sequential(
+        [keras.Input((5, 3)), GatedGRU(4, return_sequences=True)], name="inner"
+    )
+    inputs = keras.Input((5, 3))
+    h = inner(inputs)
+    h = keras.layers.Bidirectional(GatedLSTM(3, return_sequences=True))(h)
+    h = keras.layers.TimeDistributed(keras.layers.Dense(2))(h)
+    return keras.Model(inputs, keras.layers.RNN(keras.layers.GRUCell(2))(h))
+
+
+def test_public_layer_walker_finds_what_keras_private_walker_finds():
+    from keras_gates import _internals
+
+    model = _nested_model()
+    mine = {id(layer) for layer in _internals.flatten_layers(model)}
+    theirs = {
+        id(layer)
+        for layer in model._flatten_layers(include_self=False)
+        if not isinstance(layer, keras.layers.InputLayer)  # left out on purpose
+    }
+    assert mine == theirs
+    assert len(_internals.flatten_layers(model, include_self=True)) == len(mine) + 1
+
+
+def test_exporter_entry_points_run_a_graph():
+    import numpy as np
+
+    from keras_gates import _internals
+
+    model = _nested_model()
+    functional = _internals.functional_of(model)
+    assert functional is model
+    seen = []
+
+    def operation_fn(op):
+        seen.append(op.name)
+        assert "training" in _internals.call_context_args(op) or not hasattr(op, "cell")
+        return op
+
+    x = np.zeros((2, 5, 3), "float32")
+    out = _internals.run_through_graph(functional, x, operation_fn)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(out), keras.ops.convert_to_numpy(model(x))
+    )
+    assert seen[0] == "inner" and len(seen) == 4
+    assert _internals.producing_layer(model.outputs[0]).name == model.layers[-1].name
+    sequential = keras.Sequential([keras.Input((5, 3)), keras.layers.Dense(1)])
+    assert _internals.functional_of(sequential) is not None
+    masked = keras.ops.ones((2, 5))
+    _internals.set_keras_mask(masked, keras.ops.ones((2,), dtype="bool"))
+    assert _internals.get_keras_mask(masked) is not None
