@@ -188,7 +188,7 @@ class GatedCell(_internals.DropoutRNNCell, keras.layers.Layer):
         shape = gate_orders.PART_SHAPES[part](input_dim, self.units)
         fused_shape = shape[:-1] + (shape[-1] * len(gates),)
         fused = self._default_initializer(part)(fused_shape, dtype=self.variable_dtype)
-        values = dict(zip(gates, np.split(ops.convert_to_numpy(fused), len(gates), axis=-1)))
+        values = gate_orders.split(ops.convert_to_numpy(fused), gates)
         for gate in gates:
             custom = self.gate_initializers.get(gate, {}).get(part)
             if custom is None and part != "peephole":

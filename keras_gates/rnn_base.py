@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_gates import _internals, keras_bridge
+from keras_gates import gates as gate_orders
 
 _LAYER_BASE_KEYS = ("name", "trainable", "dtype")
 
@@ -316,8 +317,7 @@ class GatedRNN(keras.layers.RNN):
         if self.go_backwards:
             outputs = ops.flip(outputs, axis=1)
         names = self._trace_names() + ("hidden",)
-        blocks = np.split(ops.convert_to_numpy(ops.cast(outputs, "float32")), len(names), -1)
-        result = dict(zip(names, blocks))
+        result = gate_orders.split(ops.convert_to_numpy(ops.cast(outputs, "float32")), names)
         full = np.ones((batch, steps), bool)
         result["mask"] = full if mask is None else np.asarray(ops.convert_to_numpy(bool_mask))
         return result
