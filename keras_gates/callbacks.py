@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from keras_gates import _internals
 from keras_gates.inspect.gradients import DEFAULT_FRACTION
 from keras_gates.inspect.horizon_summary import horizon_scalars
 from keras_gates.inspect.stats import DEFAULT_HIGH, DEFAULT_LOW, STAT_KEYS, check_thresholds
@@ -178,19 +179,11 @@ class GateMonitor(keras.callbacks.Callback):
         self._writer.flush()
 
 
-def _metadata(plugin_name: str, data_class: int):
-    from tensorflow.core.framework import summary_pb2
-
-    plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin_name)
-    return summary_pb2.SummaryMetadata(plugin_data=plugin, data_class=data_class)
-
-
 def write_scalar(tag: str, value: float, step: int) -> None:
     """A TensorBoard scalar, as ``tf.summary.scalar`` writes it, without needing ``tensorboard``."""
     import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
 
-    metadata = _metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
+    metadata = _internals.summary_metadata("scalars", "scalar")
     tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
 
 
@@ -198,7 +191,6 @@ def write_histogram(tag: str, values: np.ndarray, step: int, bins: int = 30) -> 
     """A TensorBoard histogram (``[bins, 3]`` rows of left edge, right edge, count), as
     ``tf.summary.histogram`` writes it, without needing the ``tensorboard`` package."""
     import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
 
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
@@ -206,5 +198,5 @@ def write_histogram(tag: str, values: np.ndarray, step: int, bins: int = 30) -> 
         return
     counts, edges = np.histogram(values, bins=bins)
     buckets = np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
-    metadata = _metadata("histograms", summary_pb2.DATA_CLASS_TENSOR)
+    metadata = _internals.summary_metadata("histograms", "tensor")
     tf.summary.write(tag, tf.constant(buckets), step=step, metadata=metadata)

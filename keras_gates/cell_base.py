@@ -3,8 +3,9 @@
 A cell owns, for each gate, a ``kernel`` ``(input_dim, units)``, a ``recurrent_kernel``
 ``(units, units)`` and optionally a ``bias`` ``(units,)`` (plus cell-specific parts such as a
 GRU ``recurrent_bias`` or LSTM ``peephole``). Variables live under ``<layer>/<gate>/<part>``.
-Computation never runs gate by gate: :meth:`GatedCell.fused_weights` concatenates the gates once
-per call in the cell's compute order, and the step does one matmul per input.
+:meth:`GatedCell.fused_weights` concatenates the gates once per call in the cell's compute order,
+and the step does one matmul per input (with dropout on, one per gate: each gate has its own
+dropout mask, as in Keras).
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import activations, constraints, initializers, ops, regularizers
-from keras.src.backend.common.name_scope import current_path
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
+from keras_gates import _internals
 from keras_gates import gates as gate_orders
 
 # Which constructor arguments govern each part (initializer, regularizer, constraint).
@@ -52,10 +51,13 @@ def check_rate(value: float, argument: str) -> float:
     return float(value)
 
 
-class GatedCell(DropoutRNNCell, keras.layers.Layer):
+class GatedCell(_internals.DropoutRNNCell, keras.layers.Layer):
     """Base class of :class:`GatedLSTMCell` and :class:`GatedGRUCell` (not used directly)."""
 
     gate_names: tuple[str, ...] = ()
+    # Set by the owning GatedLSTM/GatedGRU: variables read `<layer>/<gate>/<part>`, not
+    # `<layer>/<cell>/<gate>/<part>`.
+    variables_under_layer: bool = False
 
     def __init__(
         self,
@@ -154,10 +156,10 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         input_dim = input_shape[-1]
         self.input_dim = input_dim
         # Variables read `<layer>/<gate>/<part>` inside a Gated layer, `<cell>/<gate>/<part>` alone.
-        path = current_path()
-        flat = getattr(self, "_flat_path", False) and "/" in path
+        path = _internals.current_name_path()
+        flat = self.variables_under_layer and "/" in path
         owner = path.rsplit("/", 1)[0] if flat else path
-        with tf.init_scope():  # draw eagerly: build may run inside a scratch graph
+        with _internals.init_scope():  # draw eagerly: build may run inside a scratch graph
             initial = {part: self._initial_values(part, input_dim) for part in self._all_parts()}
         self.gate_variables: dict[str, dict[str, keras.Variable]] = {}
         for gate in self.weighted_gates:
@@ -174,7 +176,7 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
             parts += [p for p in self.gate_parts(gate) if p not in parts]
         return parts
 
-    def _default_initializer(self, gate: str, part: str):
+    def _default_initializer(self, part: str):
         if part == "peephole":
             return initializers.get("zeros")
         return getattr(self, f"{_PART_ARGS[part]}_initializer")
@@ -185,8 +187,8 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         gates = [g for g in self.weighted_gates if part in self.gate_parts(g)]
         shape = gate_orders.PART_SHAPES[part](input_dim, self.units)
         fused_shape = shape[:-1] + (shape[-1] * len(gates),)
-        fused = self._default_initializer(gates[0], part)(fused_shape, dtype=self.variable_dtype)
-        values = dict(zip(gates, np.split(ops.convert_to_numpy(fused), len(gates), axis=-1)))
+        fused = self._default_initializer(part)(fused_shape, dtype=self.variable_dtype)
+        values = gate_orders.split(ops.convert_to_numpy(fused), gates)
         for gate in gates:
             custom = self.gate_initializers.get(gate, {}).get(part)
             if custom is None and part != "peephole":
@@ -211,7 +213,7 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         )
         variable.regularizer = getattr(self, f"{arg}_regularizer", None)
         variable.constraint = getattr(self, f"{arg}_constraint", None)
-        self._track_variable(variable)
+        _internals.track_variable(self, variable)
         return variable
 
     def fused_weights(self, order: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -281,21 +283,25 @@ class GatedCell(DropoutRNNCell, keras.layers.Layer):
         elif not isinstance(masks, list):
             projected = ops.matmul(inputs * masks, weights["kernel"])
         else:
-            kernels = ops.split(weights["kernel"], len(masks), axis=-1)
-            projected = ops.concatenate(
-                [ops.matmul(inputs * m, k) for m, k in zip(masks, kernels)], axis=-1
-            )
+            projected = self._per_gate(inputs, weights["kernel"], masks, self.compute_order)
         if self.use_bias:
             projected = projected + weights["bias"]
         return projected
 
-    def project_state(self, h, recurrent_kernel, training=False, gates=slice(None)):
-        """``h @ U`` with the recurrent dropout mask(s) of ``gates`` (a slice) applied."""
+    def project_state(self, h, recurrent_kernel, training=False, gates=None):
+        """``h @ U`` for ``gates`` (the gates fused in ``U``, default :attr:`compute_order`),
+        with each gate's recurrent dropout mask applied."""
         if not (training and self.recurrent_dropout > 0.0):
             return ops.matmul(h, recurrent_kernel)
-        masks = self.get_recurrent_dropout_mask(h)[gates]
-        kernels = ops.split(recurrent_kernel, len(masks), axis=-1)
-        return ops.concatenate([ops.matmul(h * m, k) for m, k in zip(masks, kernels)], axis=-1)
+        masks = self.get_recurrent_dropout_mask(h)
+        return self._per_gate(h, recurrent_kernel, masks, gates or self.compute_order)
+
+    def _per_gate(self, x, kernel, masks, gates):
+        """``[(x * mask_g) @ kernel_g for g in gates]`` concatenated: with dropout on, as in
+        Keras, every gate sees its own mask (one per gate name), so the matmul splits by gate."""
+        masks = dict(zip(self.gate_names, masks))
+        kernels = gate_orders.split(kernel, gates)
+        return ops.concatenate([ops.matmul(x * masks[g], kernels[g]) for g in gates], axis=-1)
 
     def step(self, x_proj, states, weights, training=False):
         """One time step from projected inputs. Returns ``(output, new_states, activations)``."""

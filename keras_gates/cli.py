@@ -21,10 +21,6 @@ COMMANDS = (
 )
 
 
-class CommandError(Exception):
-    """An error a subcommand reports to the user as one line, exiting with status 1."""
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (so ``serve`` never loads TensorFlow)."""
     parser = argparse.ArgumentParser(
@@ -52,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (CommandError, FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"keras-gates {args.command}: error: {err}", file=sys.stderr)
         return 1
 

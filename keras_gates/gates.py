@@ -16,6 +16,10 @@ import numpy as np
 LSTM_GATES = ("input", "forget", "candidate", "output")
 GRU_GATES = ("update", "reset", "candidate")
 
+# The order GatedLSTMCell fuses its gates in for computing: the sigmoid gates first, the candidate
+# last (the coupled variant, which has no forget weights, drops "forget" from it).
+LSTM_COMPUTE = ("input", "forget", "output", "candidate")
+
 # Fused layouts of other frameworks.
 KERAS_LSTM = ("input", "forget", "candidate", "output")  # Keras / TF / cuDNN "ifco"
 ONNX_LSTM = ("input", "output", "forget", "candidate")  # ONNX LSTM W/R/B "iofc"

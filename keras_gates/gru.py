@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_gates import _internals
 from keras_gates import gates as gate_orders
 from keras_gates.cell_base import GatedCell
 from keras_gates.rnn_base import GatedRNN
@@ -56,23 +57,22 @@ class GatedGRUCell(GatedCell):
     def step(self, x_proj, states, weights, training=False):
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
         sigma, phi = self.recurrent_activation, self.activation
-        x_z, x_r, x_h = ops.split(x_proj, 3, axis=-1)
-        u = weights["recurrent_kernel"]
+        x = gate_orders.split(x_proj, self.compute_order)
         if self.reset_after:
-            rec = self.project_state(h_prev, u, training)
+            rec = self.project_state(h_prev, weights["recurrent_kernel"], training)
             if self.use_bias:
                 rec = rec + weights["recurrent_bias"]
-            r_z, r_r, r_h = ops.split(rec, 3, axis=-1)
-            z, r = sigma(x_z + r_z), sigma(x_r + r_r)
-            n = phi(x_h + r * r_h)
+            u = gate_orders.split(rec, self.compute_order)  # h U + b^, per gate
+            z, r = sigma(x["update"] + u["update"]), sigma(x["reset"] + u["reset"])
+            n = phi(x["candidate"] + r * u["candidate"])
         else:
-            u_z, u_r, u_h = ops.split(u, 3, axis=-1)
-            rec_zr = self.project_state(
-                h_prev, ops.concatenate([u_z, u_r], -1), training, slice(0, 2)
-            )
-            r_z, r_r = ops.split(rec_zr, 2, axis=-1)
-            z, r = sigma(x_z + r_z), sigma(x_r + r_r)
-            n = phi(x_h + self.project_state(r * h_prev, u_h, training, slice(2, 3)))
+            kernels = gate_orders.split(weights["recurrent_kernel"], self.compute_order)
+            zr = ("update", "reset")
+            u_zr = ops.concatenate([kernels[g] for g in zr], axis=-1)
+            u = gate_orders.split(self.project_state(h_prev, u_zr, training, zr), zr)
+            z, r = sigma(x["update"] + u["update"]), sigma(x["reset"] + u["reset"])
+            rh = self.project_state(r * h_prev, kernels["candidate"], training, ("candidate",))
+            n = phi(x["candidate"] + rh)
         h = z * h_prev + (1.0 - z) * n
         return h, [h], {"update": z, "reset": r, "candidate": n}
 
@@ -117,7 +117,7 @@ class GatedGRU(GatedRNN):
         bias = None
         if self.cell.use_bias:
             bias = ops.stack([weights["bias"], weights["recurrent_bias"]])
-        return keras.src.backend.gru(
+        return _internals.fused_gru(
             sequences,
             initial_state[0],
             mask,

@@ -4,8 +4,9 @@ coupled input-forget gate (Greff et al., 2017)."""
 from __future__ import annotations
 
 import keras
-from keras import initializers, ops
+from keras import initializers
 
+from keras_gates import _internals
 from keras_gates import gates as gate_orders
 from keras_gates.cell_base import GatedCell
 from keras_gates.rnn_base import GatedRNN
@@ -88,40 +89,27 @@ class GatedLSTMCell(GatedCell):
 
     @property
     def compute_order(self):
-        # Sigmoid gates first, the candidate last (one split serves the coupled variant too).
-        return tuple(
-            g for g in ("input", "forget", "output", "candidate") if g in self.weighted_gates
-        )
+        return tuple(g for g in gate_orders.LSTM_COMPUTE if g in self.weighted_gates)
 
     def step(self, x_proj, states, weights, training=False):
         h_prev, c_prev = states
-        z = x_proj + self.project_state(h_prev, weights["recurrent_kernel"], training)
-        sigma, phi = self.recurrent_activation, self.activation
+        u = weights["recurrent_kernel"]
+        z = gate_orders.split(x_proj + self.project_state(h_prev, u, training), self.compute_order)
+        p = {}  # peephole weights, per gate
         if self.use_peepholes:
-            i, f, g, o, c = self._peephole_gates(z, c_prev, weights)
-        else:
-            blocks = ops.split(z, len(self.compute_order), axis=-1)
-            gates = [sigma(block) for block in blocks[:-1]]
-            i, f, o = gates if len(gates) == 3 else (gates[0], 1.0 - gates[0], gates[1])
-            g = phi(blocks[-1])
-            c = f * c_prev + i * g
+            p = gate_orders.split(weights["peephole"], self.peephole_gates)
+        sigma, phi = self.recurrent_activation, self.activation
+
+        def pre(gate, c):  # the gate's pre-activation, with its peephole onto the cell state
+            return z[gate] + p[gate] * c if gate in p else z[gate]
+
+        i = sigma(pre("input", c_prev))
+        f = 1.0 - i if self.coupled_input_forget else sigma(pre("forget", c_prev))
+        g = phi(z["candidate"])
+        c = f * c_prev + i * g
+        o = sigma(pre("output", c))
         h = o * phi(c)
         return h, [h, c], {"input": i, "forget": f, "candidate": g, "output": o, "cell": c}
-
-    def _peephole_gates(self, z, c_prev, weights):
-        sigma, phi = self.recurrent_activation, self.activation
-        blocks = dict(zip(self.compute_order, ops.split(z, len(self.compute_order), axis=-1)))
-        peep = gate_orders.split(weights["peephole"], self.peephole_gates)
-        i = sigma(blocks["input"] + peep["input"] * c_prev)
-        f = (
-            1.0 - i
-            if self.coupled_input_forget
-            else sigma(blocks["forget"] + peep["forget"] * c_prev)
-        )
-        g = phi(blocks["candidate"])
-        c = f * c_prev + i * g
-        o = sigma(blocks["output"] + peep["output"] * c)
-        return i, f, g, o, c
 
     @property
     def peephole_gates(self):
@@ -166,12 +154,13 @@ class GatedLSTM(GatedRNN):
     keras_class = keras.layers.LSTM
     keras_order = gate_orders.KERAS_LSTM
     cell_arguments = ("unit_forget_bias", "use_peepholes", "coupled_input_forget")
+    gated_only_arguments = ("use_peepholes", "coupled_input_forget")
 
     def _cudnn_ok(self) -> bool:
         return not (self.cell.use_peepholes or self.cell.coupled_input_forget)
 
     def _cudnn_loop(self, sequences, initial_state, mask, weights):
-        return keras.src.backend.lstm(
+        return _internals.fused_lstm(
             sequences,
             initial_state[0],
             initial_state[1],

@@ -8,15 +8,14 @@ statefulness, ``go_backwards``, ``return_state`` and ``Bidirectional`` come from
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
-from keras.src import tree
-from keras.src.backend import rnn as backend_rnn
 
+from keras_gates import _internals, keras_bridge
 from keras_gates import gates as gate_orders
 
 _LAYER_BASE_KEYS = ("name", "trainable", "dtype")
@@ -28,7 +27,8 @@ class GatedRNN(keras.layers.RNN):
     cell_class: type = None
     keras_class: type = None
     keras_order: tuple[str, ...] = ()  # the fused gate order of keras_class (and cuDNN)
-    cell_arguments: tuple[str, ...] = ()
+    cell_arguments: tuple[str, ...] = ()  # the variant's own cell arguments
+    gated_only_arguments: tuple[str, ...] = ()  # those keras_class has no equivalent of
 
     def __init__(
         self,
@@ -85,7 +85,7 @@ class GatedRNN(keras.layers.RNN):
             name=f"{self.cell_class.__name__}",
             **variant,
         )
-        cell._flat_path = True  # variables read `<layer>/<gate>/<part>`
+        cell.variables_under_layer = True
         super().__init__(
             cell,
             return_sequences=return_sequences,
@@ -103,12 +103,12 @@ class GatedRNN(keras.layers.RNN):
                 f"{{'auto', True, False}}, got {use_cudnn!r}."
             )
         self.use_cudnn = use_cudnn
-        if use_cudnn in ("auto", True) and self._cudnn_ok() and _gpu_available():
-            self.supports_jit = False  # cuDNN kernels are not XLA-compatible
+        if use_cudnn in ("auto", True) and self._cudnn_ok() and _internals.cudnn_blocks_jit():
+            self.supports_jit = False  # TensorFlow's cuDNN kernels are not XLA-compatible
 
     # ----------------------------------------------------------------------------- the loop
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        if tree.is_nested(mask):
+        if keras.tree.is_nested(mask):
             mask = mask[0]
         if self.use_cudnn in ("auto", True) and self._cudnn_ok() and not self.recurrent_dropout:
             try:
@@ -132,7 +132,7 @@ class GatedRNN(keras.layers.RNN):
         # inside the loop: TensorFlow runs the projections of later steps in parallel with the
         # recurrent chain on a spare core (see benchmarks/train_step.py and the README).
         sequences = ops.transpose(sequences, (1, 0, 2))
-        outside = _gpu_available()
+        outside = _internals.gpu_available()
         if outside:
             sequences = self.cell.project_inputs(sequences, weights, training)
         if mask is not None:
@@ -146,7 +146,7 @@ class GatedRNN(keras.layers.RNN):
                 output = ops.concatenate([*traced, output], axis=-1)
             return output, new_states
 
-        last_output, outputs, states = backend_rnn(
+        last_output, outputs, states = _internals.rnn_loop(
             step,
             sequences,
             initial_state,
@@ -212,6 +212,76 @@ class GatedRNN(keras.layers.RNN):
     def frozen_gates(self) -> tuple[str, ...]:
         return self.cell.frozen_gates
 
+    # ----------------------------------------------------------------------------- settings
+    # The cell's settings, read-only on the layer (as keras.layers.LSTM forwards them).
+    @property
+    def units(self) -> int:
+        return self.cell.units
+
+    @property
+    def activation(self) -> Callable:
+        return self.cell.activation
+
+    @property
+    def recurrent_activation(self) -> Callable:
+        return self.cell.recurrent_activation
+
+    @property
+    def use_bias(self) -> bool:
+        return self.cell.use_bias
+
+    @property
+    def kernel_initializer(self) -> Any:
+        return self.cell.kernel_initializer
+
+    @property
+    def recurrent_initializer(self) -> Any:
+        return self.cell.recurrent_initializer
+
+    @property
+    def bias_initializer(self) -> Any:
+        return self.cell.bias_initializer
+
+    @property
+    def kernel_regularizer(self) -> Any:
+        return self.cell.kernel_regularizer
+
+    @property
+    def recurrent_regularizer(self) -> Any:
+        return self.cell.recurrent_regularizer
+
+    @property
+    def bias_regularizer(self) -> Any:
+        return self.cell.bias_regularizer
+
+    @property
+    def kernel_constraint(self) -> Any:
+        return self.cell.kernel_constraint
+
+    @property
+    def recurrent_constraint(self) -> Any:
+        return self.cell.recurrent_constraint
+
+    @property
+    def bias_constraint(self) -> Any:
+        return self.cell.bias_constraint
+
+    @property
+    def dropout(self) -> float:
+        return self.cell.dropout
+
+    @property
+    def recurrent_dropout(self) -> float:
+        return self.cell.recurrent_dropout
+
+    @property
+    def seed(self) -> int | None:
+        return self.cell.seed
+
+    @property
+    def gate_initializers(self) -> dict:
+        return self.cell.gate_initializers
+
     def _require_built(self, what: str) -> None:
         if not self.built:
             raise ValueError(
@@ -247,8 +317,7 @@ class GatedRNN(keras.layers.RNN):
         if self.go_backwards:
             outputs = ops.flip(outputs, axis=1)
         names = self._trace_names() + ("hidden",)
-        blocks = np.split(ops.convert_to_numpy(ops.cast(outputs, "float32")), len(names), -1)
-        result = dict(zip(names, blocks))
+        result = gate_orders.split(ops.convert_to_numpy(ops.cast(outputs, "float32")), names)
         full = np.ones((batch, steps), bool)
         result["mask"] = full if mask is None else np.asarray(ops.convert_to_numpy(bool_mask))
         return result
@@ -258,7 +327,7 @@ class GatedRNN(keras.layers.RNN):
             if self.stateful and self.states is not None:
                 return [ops.convert_to_tensor(v.value) for v in self.states]
             return self.get_initial_state(batch)
-        states = list(initial_state) if tree.is_nested(initial_state) else [initial_state]
+        states = list(initial_state) if keras.tree.is_nested(initial_state) else [initial_state]
         return [ops.convert_to_tensor(s, dtype=self.compute_dtype) for s in states]
 
     # ----------------------------------------------------------------------------- keras bridge
@@ -266,41 +335,12 @@ class GatedRNN(keras.layers.RNN):
     def from_keras(cls, layer: keras.layers.Layer) -> GatedRNN:
         """An equivalent gated layer from a built ``keras.layers.LSTM``/``GRU``: same
         configuration, weights copied gate by gate (and the state, for stateful layers)."""
-        if not isinstance(layer, cls.keras_class):
-            raise TypeError(
-                f"{cls.__name__}.from_keras expects a keras.layers.{cls.keras_class.__name__}, "
-                f"got {type(layer).__name__}."
-            )
-        if not layer.built:
-            raise ValueError(f"Layer {layer.name!r} is not built yet: call it on data first.")
-        config = {k: v for k, v in layer.get_config().items() if k != "implementation"}
-        gated = cls.from_config(config)
-        input_dim = layer.cell.kernel.shape[0]
-        batch = layer.states[0].shape[0] if layer.stateful else None
-        gated.build((batch, None, input_dim))
-        gated.set_gate_weights(_split_keras_weights(layer, cls.keras_order))
-        if layer.stateful:
-            for mine, theirs in zip(gated.states, layer.states):
-                mine.assign(theirs.value)
-        return gated
+        return keras_bridge.from_keras(cls, layer)
 
     def to_keras(self) -> keras.layers.Layer:
         """The equivalent stock Keras layer, where the configuration allows it."""
         self._require_built("to_keras()")
-        blockers = [a for a in ("use_peepholes", "coupled_input_forget") if getattr(self, a, 0)]
-        if blockers:
-            raise ValueError(
-                f"keras.layers.{self.keras_class.__name__} has no equivalent of "
-                f"{', '.join(f'{b}=True' for b in blockers)}; keep the gated layer instead."
-            )
-        drop = {"frozen_gates", "gate_initializers", *self.cell_arguments} - {"unit_forget_bias"}
-        drop -= {"reset_after"}
-        config = {k: v for k, v in self.get_config().items() if k not in drop}
-        layer = self.keras_class.from_config(config)
-        batch = self.states[0].shape[0] if self.stateful else None
-        layer.build((batch, None, self.cell.input_dim))
-        _assign_keras_weights(layer, self.get_gate_weights(), self.keras_order)
-        return layer
+        return keras_bridge.to_keras(self)
 
     # ----------------------------------------------------------------------------- config
     def get_config(self):
@@ -314,67 +354,3 @@ class GatedRNN(keras.layers.RNN):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-_FORWARDED = {
-    "units",
-    "activation",
-    "recurrent_activation",
-    "use_bias",
-    "kernel_initializer",
-    "recurrent_initializer",
-    "bias_initializer",
-    "kernel_regularizer",
-    "recurrent_regularizer",
-    "bias_regularizer",
-    "kernel_constraint",
-    "recurrent_constraint",
-    "bias_constraint",
-    "dropout",
-    "recurrent_dropout",
-    "seed",
-    "gate_initializers",
-}
-
-for _name in _FORWARDED:  # the cell's settings, read-only on the layer (as keras.layers.LSTM)
-    setattr(GatedRNN, _name, property(lambda self, _n=_name: getattr(self.cell, _n)))
-
-
-def _gpu_available() -> bool:
-    from keras.src.backend.tensorflow.rnn import _is_gpu_available
-
-    return _is_gpu_available()
-
-
-def _keras_bias_rows(layer) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if not layer.use_bias:
-        return None, None
-    bias = ops.convert_to_numpy(layer.cell.bias)
-    return (bias[0], bias[1]) if bias.ndim == 2 else (bias, None)
-
-
-def _split_keras_weights(layer, gate_names) -> dict[str, dict[str, np.ndarray]]:
-    parts = {
-        "kernel": ops.convert_to_numpy(layer.cell.kernel),
-        "recurrent_kernel": ops.convert_to_numpy(layer.cell.recurrent_kernel),
-    }
-    bias, recurrent_bias = _keras_bias_rows(layer)
-    if bias is not None:
-        parts["bias"] = bias
-    if recurrent_bias is not None:
-        parts["recurrent_bias"] = recurrent_bias
-    per_part = {part: gate_orders.split(value, gate_names) for part, value in parts.items()}
-    return {gate: {part: per_part[part][gate] for part in per_part} for gate in gate_names}
-
-
-def _assign_keras_weights(layer, weights, gate_names) -> None:
-    def fused(part):
-        return gate_orders.fuse({g: weights[g][part] for g in gate_names}, gate_names)
-
-    layer.cell.kernel.assign(fused("kernel"))
-    layer.cell.recurrent_kernel.assign(fused("recurrent_kernel"))
-    if layer.use_bias:
-        bias = fused("bias")
-        if "recurrent_bias" in weights[gate_names[0]]:
-            bias = np.stack([bias, fused("recurrent_bias")])
-        layer.cell.bias.assign(bias)

@@ -9,6 +9,7 @@ import pytest
 
 from keras_gates.serving import SchedulerConfig, ServerConfig, create_app
 from keras_gates.serving.runtime import V2_TO_NUMPY
+from tests.reference import SERVING_ATOL
 from tests.serving_models import (
     ServerThread,
     make_dense_model,
@@ -17,7 +18,7 @@ from tests.serving_models import (
     run_direct,
 )
 
-ATOL = 1e-5  # float32 through JSON (shortest round-trip repr) and binary is exact; slack for ORT
+ATOL = SERVING_ATOL  # tests/reference.py says why
 MAX_BODY = 64 * 1024
 
 

@@ -59,6 +59,12 @@ def check_adding_problem(stdout: str) -> None:
     assert 0.12 < number_after(r"predict 1\.0\s+(\d\.\d+)", stdout) < 0.22
 
 
+def check_distributed(stdout: str) -> None:
+    # Training moved the weights, and the distributed run ended where one process ends.
+    assert number_after(r"moved the weights by up to (\S+)", stdout) > 1e-3
+    assert number_after(r"weight difference: (\S+)", stdout) <= 1e-5  # examples' TOLERANCE
+
+
 def check_from_keras(stdout: str) -> None:
     # Same float32 arithmetic on the CPU: the gated model reproduces the stock one.
     assert number_after(r"stock vs gated outputs: (\S+)", stdout) <= 1e-5
@@ -154,6 +160,18 @@ EXAMPLES = [
         ),
         outputs=("from_keras_gated.keras",),
         check=check_from_keras,
+    ),
+    Example(
+        "multi_worker.py",
+        expect=(r"worker 0 of 2: saved", r"2 workers x 8 samples", r"equal within 1e-05"),
+        outputs=("weights.npz", "model.keras"),
+        check=check_distributed,
+    ),
+    Example(
+        "jax_data_parallel.py",
+        expect=(r"DataParallel over 2 devices", r"NamedSharding", r"equal within 1e-05"),
+        outputs=("model.keras",),
+        check=check_distributed,
     ),
 ]
 

@@ -16,8 +16,9 @@ from tritonclient.grpc import model_config_pb2
 from keras_gates import GatedGRU, GatedLSTM
 from keras_gates.cli import main
 from keras_gates.export import Predictor, read_signature, to_onnx, write_triton_repo
+from tests.reference import EXPORT_ATOL
 
-ATOL = 1e-5
+ATOL = EXPORT_ATOL  # tests/reference.py says why
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,10 @@ from keras_gates.serving import (
     ServerConfig,
     create_app,
 )
+from tests.reference import SERVING_ATOL
 from tests.serving_models import ServerThread, make_dense_model, make_rnn_model, run_direct
 
-ATOL = 1e-5  # the bound for batched vs unbatched
+ATOL = SERVING_ATOL  # tests/reference.py says why
 
 
 def body(x: np.ndarray, lengths: np.ndarray | None = None) -> dict:

@@ -14,9 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.reference import SERVING_ATOL
 from tests.serving_models import make_rnn_model, serve_process
 
-ATOL = 1e-5
+ATOL = SERVING_ATOL  # tests/reference.py says why
 CONCURRENCY = 16
 BAD_BODIES = [  # (body, expected status)
     (b'{"inputs": [', 400),

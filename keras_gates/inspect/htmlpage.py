@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from html import escape
 
 from keras_gates.inspect.horizon_summary import lag_text
+from keras_gates.inspect.stats import STAT_KEYS, WEIGHT_KEYS
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -67,9 +68,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _saturation_table(layer: Mapping, low: float, high: float) -> str:
-    keys = ("left_saturated", "right_saturated", "mean", "std")
     rows = [
-        [gate, _range(entry.get("range")), *(_number(entry[key]) for key in keys)]
+        [gate, _range(entry.get("range")), *(_number(entry[key]) for key in STAT_KEYS)]
         for gate, entry in layer["saturation"].items()
     ]
     header = ["gate", "range", f"left-saturated (< {low:g})", f"right-saturated (> {high:g})"]
@@ -81,9 +81,8 @@ def _range(value_range) -> str:
 
 
 def _weights_table(layer: Mapping) -> str:
-    keys = ("kernel_norm", "recurrent_kernel_norm", "bias_norm", "spectral_radius")
     rows = [
-        [gate, *(_number(entry.get(key)) for key in keys)]
+        [gate, *(_number(entry.get(key)) for key in WEIGHT_KEYS)]
         for gate, entry in layer["weights"].items()
     ]
     header = ["gate", "input kernel norm", "recurrent kernel norm", "bias norm", "spectral radius"]

@@ -4,7 +4,9 @@ The model is run once on the input batch while each gated layer (and each ``Bidi
 wrapping one) records the inputs, mask and initial state it is called with; each layer is then
 traced on exactly those inputs with ``layer.trace``. This finds the mask the model itself gives the
 layer (from ``Masking``, ``Embedding(mask_zero=True)`` or any other mask-producing layer), works for
-functional, ``Sequential``, nested and subclassed models, and needs no private Keras state.
+functional, ``Sequential``, nested and subclassed models. Recording shadows each layer's ``call``
+for one model call, which relies on how ``Layer.__call__`` finds ``call``: that one reliance on
+Keras internals is :func:`keras_gates._internals.shadowed_calls`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from keras_gates import _internals
 from keras_gates.inspect.stats import activation_range
 
 BIDIRECTIONAL_DIRECTIONS = ("forward", "backward")
@@ -128,22 +131,10 @@ def input_mask_from_value(x: np.ndarray, mask_value: float) -> np.ndarray:
 
 @contextlib.contextmanager
 def _recording_calls(layers: Sequence[keras.layers.Layer]) -> Iterator[dict[int, dict]]:
-    """Make each layer record the arguments of its first ``call`` (keyed by ``id(layer)``).
-
-    The recorder is an instance attribute shadowing the class's ``call`` (set and removed with
-    ``object.__setattr__``/``__delattr__`` so Keras attribute tracking never sees it).
-    """
+    """Make each layer record the arguments of its first ``call`` (keyed by ``id(layer)``)."""
     records: dict[int, dict] = {}
-    unique = list({id(layer): layer for layer in layers}.values())
-    patched = []
-    try:
-        for layer in unique:
-            object.__setattr__(layer, "call", _recorder(layer, layer.call, records))
-            patched.append(layer)
+    with _internals.shadowed_calls(layers, lambda layer, call: _recorder(layer, call, records)):
         yield records
-    finally:
-        for layer in patched:
-            object.__delattr__(layer, "call")
 
 
 def _recorder(layer: keras.layers.Layer, call, records: dict[int, dict]):
@@ -184,22 +175,10 @@ def _to_numpy(value):
     return keras.ops.convert_to_numpy(value)
 
 
-def _all_layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """``layer`` and every layer inside it: nested models and wrappers (Bidirectional, ...)."""
-    yield layer
-    children = list(getattr(layer, "layers", None) or [])
-    for attribute in ("layer", "forward_layer", "backward_layer"):
-        child = getattr(layer, attribute, None)
-        if isinstance(child, keras.layers.Layer):
-            children.append(child)
-    for child in children:
-        yield from _all_layers(child)
-
-
 @contextlib.contextmanager
 def _states_preserved(model: keras.layers.Layer) -> Iterator[None]:
     """Restore the state variables of stateful RNN layers after a model call."""
-    layers = list(_all_layers(model))
+    layers = _internals.flatten_layers(model, include_self=True)
     saved = [
         (variable, variable.numpy())
         for layer in layers
