@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +31,9 @@ from .protocol import (
     json_response,
 )
 from .repository import ModelRepository
+
+if TYPE_CHECKING:
+    from .grpc_server import GrpcConfig
 
 _INFER_DOC = {
     "requestBody": {
@@ -67,12 +71,15 @@ class ServingApp(FastAPI):
 
 
 def create_app(
-    repository: ModelRepository | str | Path, config: ServerConfig | None = None
+    repository: ModelRepository | str | Path,
+    config: ServerConfig | None = None,
+    grpc: GrpcConfig | None = None,
 ) -> FastAPI:
     """The ASGI app serving every model of ``repository`` (a path is loaded first).
 
     Worker threads start here; the app's lifespan (run by uvicorn) evicts idle sessions and, on
-    shutdown, finishes queued requests and stops the threads.
+    shutdown, finishes queued requests and stops the threads. With ``grpc``, the lifespan also
+    serves the protocol's gRPC transport on the same event loop and models (:mod:`.grpc_server`).
     """
     config = config or ServerConfig()
     if not isinstance(repository, ModelRepository):
@@ -81,6 +88,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        grpc_server = await _start_grpc(served, grpc) if grpc is not None else None
         sweeper = asyncio.create_task(_sweep_forever(served))
         served.ready = True
         try:
@@ -88,6 +96,8 @@ def create_app(
         finally:
             served.ready = False
             sweeper.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop()
             await asyncio.to_thread(served.close)
 
     app = ServingApp(
@@ -103,6 +113,14 @@ def create_app(
     _add_model_routes(app, served)
     app.fast_path = InferFastPath(served)
     return app
+
+
+async def _start_grpc(served: Served, config: GrpcConfig):
+    from .grpc_server import GrpcServer  # grpcio is imported only when gRPC is served
+
+    server = GrpcServer(served, config)
+    await server.start()
+    return server
 
 
 async def _sweep_forever(served: Served) -> None:

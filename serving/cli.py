@@ -26,6 +26,10 @@ _WORKER_FLAGS = (
     "max_body_mb",
     "log_level",
     "no_request_log",
+    "host",
+    "grpc_port",
+    "graceful_timeout_s",
+    "workers",
 )
 
 
@@ -34,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="an .onnx file or a model repository REPO/NAME/VERSION/")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the protocol over gRPC on this port, on --host (off by default; "
+        "Triton's convention is 8001)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -97,6 +108,13 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(
             f"Received an invalid value for --port, expected 1-65535, got {args.port}."
         )
+    if args.grpc_port is not None and not (
+        0 < args.grpc_port < 65536 and args.grpc_port != args.port
+    ):
+        raise ValueError(
+            "Received an invalid value for --grpc-port, expected 1-65535 and not the HTTP "
+            f"--port {args.port}, got {args.grpc_port}."
+        )
     if args.max_body_mb <= 0:
         raise ValueError(f"Received an invalid value for --max-body-mb, got {args.max_body_mb}.")
 
@@ -128,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout_s,
     )
     if args.workers == 1:
-        uvicorn.run(create_app(repository, _server_config(args)), **options)
+        uvicorn.run(create_app(repository, _server_config(args), _grpc_config(args)), **options)
         return 0
     del repository  # each worker loads its own copy
     os.environ[WORKER_ENV] = json.dumps({flag: getattr(args, flag) for flag in _WORKER_FLAGS})
@@ -142,7 +160,7 @@ def worker_app():
 
     args = argparse.Namespace(**json.loads(os.environ[WORKER_ENV]))
     _configure_logging(args)
-    return create_app(_load(args), _server_config(args))
+    return create_app(_load(args), _server_config(args), _grpc_config(args))
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -166,6 +184,19 @@ def _server_config(args: argparse.Namespace):
             session_idle_timeout_s=args.session_idle_timeout_s,
         ),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+    )
+
+
+def _grpc_config(args: argparse.Namespace):
+    if args.grpc_port is None:
+        return None
+    from .grpc_server import GrpcConfig
+
+    return GrpcConfig(
+        port=args.grpc_port,
+        host=args.host,
+        grace_s=args.graceful_timeout_s,
+        reuse_port=args.workers > 1,  # every worker listens on the one port
     )
 
 
