@@ -1,7 +1,8 @@
 """Every Python block of the README runs, in order, in one folder (as a reader would run them).
 
 A block that talks to a server (``InferenceServerClient``) gets a real ``keras-gates serve`` of
-the ``model.onnx`` an earlier block exported, on a free port.
+the ``model.onnx`` an earlier block exported (``stream.onnx`` for a gRPC block, ``localhost:8001``),
+on free ports.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving_models import serve_process
+from tests.serving_models import free_port, serve_process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
@@ -33,6 +34,9 @@ def test_readme_block_runs(index, workdir, monkeypatch):
     if "InferenceServerClient" not in code:
         exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "readme"})
         return
-    with serve_process("model.onnx") as (url, _):
+    grpc_port = free_port()  # a gRPC block talks to the streaming export over gRPC
+    served = "stream.onnx" if "localhost:8001" in code else "model.onnx"
+    with serve_process(served, "--grpc-port", str(grpc_port)) as (url, _):
         code = code.replace("localhost:8000", url.removeprefix("http://"))
+        code = code.replace("localhost:8001", f"127.0.0.1:{grpc_port}")
         exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "readme"})
