@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     _check(args)
+    _check_grpc_port(args)
     _configure_logging(args)
     repository = _load(args)
     if args.workers > 1:
@@ -185,6 +186,24 @@ def _server_config(args: argparse.Namespace):
         ),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
     )
+
+
+def _check_grpc_port(args: argparse.Namespace) -> None:
+    """Refuse a --grpc-port that is taken now, before loading anything (the server binds it
+    later, inside the event loop, where a failure could only stop the whole server)."""
+    import socket
+
+    if args.grpc_port is None:
+        return
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((args.host, args.grpc_port))
+        except OSError as err:
+            raise ValueError(
+                f"Received --grpc-port {args.grpc_port}, but {args.host}:{args.grpc_port} cannot "
+                f"be bound ({err.strerror}); pick a free port."
+            ) from None
 
 
 def _grpc_config(args: argparse.Namespace):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -432,3 +435,18 @@ def test_graceful_shutdown_with_streams_open(tmp_path, repo):
         finally:
             for stream in streams:
                 stream.close()
+
+
+def test_grpc_port_in_use_is_refused(repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "keras_gates.cli", "serve", str(repo)]
+        command += ["--port", str(free_port()), "--grpc-port", str(port)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert (
+        f"error: Received --grpc-port {port}, but 127.0.0.1:{port} cannot be bound" in done.stderr
+    )
+    assert "pick a free port" in done.stderr
