@@ -450,3 +450,52 @@ def test_grpc_port_in_use_is_refused(repo):
         f"error: Received --grpc-port {port}, but 127.0.0.1:{port} cannot be bound" in done.stderr
     )
     assert "pick a free port" in done.stderr
+
+
+def test_http_and_grpc_requests_share_a_batch(repo):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from keras_gates.serving import ModelRepository, ModelRuntime, create_app
+    from keras_gates.serving.grpc_server import GrpcConfig
+    from tests.serving_models import ServerThread
+
+    runtime = ModelRuntime(repo / "dense" / "1" / "model.onnx", "dense")
+    batches, release = [], threading.Event()
+    run = runtime.run
+
+    def gated_run(feeds):  # the first batch waits, so that the others queue up behind it
+        batches.append(feeds["x"][:, 0].tolist())
+        release.wait(30)
+        return run(feeds)
+
+    runtime.run = gated_run
+    port = free_port()
+    app = create_app(ModelRepository({"dense": {"1": runtime}}), grpc=GrpcConfig(port))
+    scheduler = app.state.served.schedulers[("dense", "1")]
+
+    def over_http(value: float) -> int:
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [value] * 4}]}
+        return httpx.post(f"{server.url}/v2/models/dense/infer", json=body, timeout=60).status_code
+
+    with ServerThread(app) as server, ThreadPoolExecutor(4) as pool:
+        with tg.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            pending = [pool.submit(over_http, 0.0)]
+            while not batches:
+                time.sleep(0.01)
+            pending += [pool.submit(over_http, float(value)) for value in (1, 2, 3)]
+            answers: queue.Queue = queue.Queue()
+            for value in (4, 5, 6):
+                x = np.full((1, 4), value, np.float32)
+                client.async_infer(
+                    "dense", inputs(tg, x=x), lambda result, error: answers.put(error)
+                )
+            deadline = time.monotonic() + 30
+            while scheduler.queued < 6 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            assert [p.result(60) for p in pending] == [200] * 4
+            assert [answers.get(timeout=30) for _ in range(3)] == [None] * 3
+    assert len(batches) == 2 and batches[0] == [0.0]
+    assert sorted(batches[1]) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # one batch, both transports
