@@ -212,6 +212,7 @@ def drive(mode: str, spec: dict, concurrency: int, seconds: float, processes: in
     lat = np.array(latencies) * 1000
     return {
         "rps": len(lat) / seconds,
+        "seconds": seconds,
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
         "errors": errors,

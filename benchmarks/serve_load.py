@@ -19,6 +19,7 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``); this script installs nothing
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -177,12 +178,17 @@ def main(argv=None) -> int:
             try:
                 for kind in args.bodies.split(","):
                     for c in [int(c) for c in args.concurrency.split(",")]:
+                        before = server_cpu(proc.pid)
                         result = from_wrk(run_wrk(url, bodies[kind], c, args.duration))
+                        result["server_ms"] = per_request(proc.pid, before, result, workers)
                         rows.append((workers, max_batch, f"HTTP {kind} (wrk)", c, result))
                         print_row(*rows[-1], flush=True)
                 if n == 0:
-                    for row in client_cells(args, url, repo is not plain):
-                        rows.append((workers, max_batch, *row))
+                    for label, c, measure in client_cells(args, url, repo is not plain):
+                        before = server_cpu(proc.pid)
+                        result = measure()
+                        result["server_ms"] = per_request(proc.pid, before, result, workers)
+                        rows.append((workers, max_batch, label, c, result))
                         print_row(*rows[-1], flush=True)
             finally:
                 stop_server(proc)
@@ -221,13 +227,33 @@ def client_cells(args, url: str, streaming: bool):
         "http-stream": f"HTTP stream chunk (1/{args.chunks} seq)",
     }
     for mode, c in cells:
-        result = load_clients.drive(mode, spec, c, args.duration, args.client_processes)
-        yield labels[mode], c, result
+        yield (
+            labels[mode],
+            c,
+            functools.partial(
+                load_clients.drive, mode, spec, c, args.duration, args.client_processes
+            ),
+        )
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the server process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def per_request(pid: int, before: float, result: dict, workers: int) -> float | None:
+    """Server CPU milliseconds per request of a cell (one worker only: the others are children)."""
+    requests = result["rps"] * result.get("seconds", 0)
+    if workers != 1 or not requests:
+        return None
+    return (server_cpu(pid) - before) * 1000 / requests
 
 
 def from_wrk(r: dict) -> dict:
     return {
         "rps": r["rps"],
+        "seconds": r["duration_us"] / 1e6,
         "p50_ms": r["p50_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
         "errors": r["status_errors"] + r["socket_errors"],
@@ -238,9 +264,11 @@ def from_wrk(r: dict) -> dict:
 def print_row(workers, max_batch, kind, c, r, flush=False) -> None:
     batching = "on " if max_batch > 1 else "off"
     cores = "" if r["client_cores"] is None else f"  client CPU {r['client_cores']:.2f} cores"
+    server = "" if r.get("server_ms") is None else f"  server CPU {r['server_ms']:.2f} ms/req"
     print(
         f"workers {workers} batching {batching} {kind:<34} c={c:<3} {r['rps']:8.0f} req/s  "
-        f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}{cores}",
+        f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}{server}"
+        f"{cores}",
         flush=flush,
     )
 
@@ -248,15 +276,16 @@ def print_row(workers, max_batch, kind, c, r, flush=False) -> None:
 def print_table(rows) -> None:
     print(
         "\n| workers | batching | transport | concurrency | req/s | p50 ms | p99 ms | errors "
-        "| client CPU (cores) |"
+        "| server CPU ms/req | client CPU (cores) |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for workers, max_batch, kind, c, r in rows:
         batching = f"on (max {max_batch})" if max_batch > 1 else "off"
         cores = "wrk" if r["client_cores"] is None else f"{r['client_cores']:.2f}"
+        server = "-" if r.get("server_ms") is None else f"{r['server_ms']:.2f}"
         print(
             f"| {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cores} |"
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {server} | {cores} |"
         )
 
 

@@ -10,7 +10,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import tensorflow as tf  # noqa: E402
 
 # The serving tests' repository, server and client fixtures.
-pytest_plugins = ["tests.serving_fixtures"]
+pytest_plugins = ["tests.serving_fixtures", "tests.serving_grpc"]
 
 # Two logical CPU devices so that tf.distribute.MirroredStrategy can be tested on this machine.
 # This must happen before TensorFlow initialises its devices.
