@@ -1,12 +1,13 @@
-"""Load benchmark of ``keras-gates serve`` and of NVIDIA Triton with ``wrk`` on loopback.
+"""Load benchmark of ``keras-gates serve`` over HTTP and gRPC on loopback.
 
-Starts one server at a time: ``keras-gates serve`` (batching on, then off; with each ``--workers``
-count), then a real Triton (``tritonserver`` 2.51 from the ``nvidia-pytriton`` wheel, set up by
-``tests/triton_server.py``) serving the repository ``keras-gates export --triton-backend python``
-writes for the same model (onnxruntime inside Triton's Python backend, dynamic batching, one
-instance, one onnxruntime thread). Drives ``/infer`` with wrk (the same bodies: one sequence per
-request, JSON and binary) at concurrency 1, 8 and 32 for a bounded time per cell, and prints
-throughput, p50/p99 latency and errors next to in-process onnxruntime on the same model.
+Starts the server (batching on, then off; with each ``--workers`` count; gRPC on a second port),
+drives ``/infer`` with wrk (one sequence per request, JSON and binary bodies) at concurrency 1, 8
+and 32 for a bounded time per cell, then, on the first server, the cells wrk cannot drive with the
+multi-process clients of ``load_clients.py``: gRPC ``ModelInfer`` (raw tensors) at the same
+concurrencies, and a streamed sequence of ``--chunks`` chunks per client over one gRPC
+``ModelStreamInfer`` stream and over HTTP (one request per chunk), plus HTTP binary from the same
+clients as a cross-check against wrk. Prints throughput, p50/p99 latency, errors and the client
+processes' CPU use next to in-process onnxruntime on the same model.
 
 The model is the issue's reference: an LSTM of 128 units + Dense(1) on 100-step sequences of 32
 features, built with ``tests/serving_models.py`` (native ONNX LSTM with a lengths input), unless
@@ -18,6 +19,7 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``); this script installs nothing
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -33,12 +35,18 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "serve_load.lua"
 
 
-def build_model(directory: Path, units: int, features: int) -> Path:
+def build_model(directory: Path, units: int, features: int, streaming: bool = False) -> Path:
     sys.path.insert(0, str(ROOT))
     from tests.serving_models import make_rnn_model
 
+    name = "stream" if streaming else "model"
     return make_rnn_model(
-        directory / "model.onnx", units=units, features=features, outputs=1, per_step=False
+        directory / name / "1" / "model.onnx",
+        units=units,
+        features=features,
+        outputs=1,
+        per_step=False,
+        streaming=streaming,
     )
 
 
@@ -66,7 +74,7 @@ def start_server(model: Path, port: int, max_batch: int, delay_ms: float, thread
     command = [sys.executable, "-m", "keras_gates.cli", "serve", str(model), "--port", str(port)]
     command += ["--max-batch-size", str(max_batch), "--max-queue-delay-ms", str(delay_ms)]
     command += ["--threads", str(threads), "--no-request-log", "--log-level", "warning"]
-    command += ["--workers", str(workers)]
+    command += ["--workers", str(workers), "--grpc-port", str(port + 1)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     import urllib.request
@@ -83,27 +91,6 @@ def start_server(model: Path, port: int, max_batch: int, delay_ms: float, thread
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not become ready in 120 s")
-
-
-def start_triton(model: Path, work: Path, port: int, threads: int):
-    """Triton serving ``model`` as ``model`` (Python-backend flavour); returns (server, url)."""
-    sys.path.insert(0, str(ROOT))
-    from keras_gates.export.triton import write_triton_repo
-    from tests import triton_server
-    from tests.serving_models import free_port
-
-    reason = triton_server.unsupported()
-    if reason:
-        raise RuntimeError(f"no Triton on this machine: {reason}")
-    env = triton_server.ensure()["env"]
-    repo = work / "triton_repo"
-    repo.mkdir(exist_ok=True)
-    folder = write_triton_repo(model, repo, "model", backend="python", execution_env=str(env))
-    config = folder / "config.pbtxt"
-    param = f'parameters {{ key: "intra_op_threads" value {{ string_value: "{threads}" }} }}\n'
-    config.write_text(config.read_text() + param)
-    server = triton_server.TritonServer(repo, port, free_port(), work / "triton.log")
-    return server.__enter__(), server.url
 
 
 def stop_server(proc) -> None:
@@ -155,55 +142,56 @@ def main(argv=None) -> int:
     parser.add_argument("--delay-ms", type=float, default=2.0, help="server --max-queue-delay-ms")
     parser.add_argument("--threads", type=int, default=1, help="server onnxruntime threads")
     parser.add_argument("--workers", default="1", help="server --workers values, e.g. 1,2")
-    parser.add_argument(
-        "--servers", default="keras-gates,triton", help="keras-gates, triton or both (default)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="turns per server; the table shows medians"
-    )
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765, help="HTTP port; gRPC on the next one")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--units", type=int, default=128)
+    parser.add_argument(
+        "--grpc", default="unary,stream", help="gRPC cells on the first server: unary, stream"
+    )
+    parser.add_argument("--stream-concurrency", default="1,32", help="sequences streamed at once")
+    parser.add_argument("--chunks", type=int, default=10, help="chunks per streamed sequence")
+    parser.add_argument("--client-processes", type=int, default=4, help="load generator processes")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("serve_load: wrk is missing; install it (Debian: apt-get install -y wrk).")
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = args.model or build_model(work, args.units, args.features)
+        model = args.model or build_model(work / "repo", args.units, args.features)
+        plain = work / "plain"
+        (plain / "model" / "1").mkdir(parents=True)
+        (plain / "model" / "1" / "model.onnx").symlink_to(model.resolve())
+        streaming = args.model is None and "stream" in args.grpc
+        if streaming:  # the streaming export next to the plain one (one worker only)
+            build_model(work / "repo", args.units, args.features, streaming=True)
         bodies = write_bodies(work, args.steps, args.features)
-        servers = []
-        if "keras-gates" in args.servers.split(","):
-            servers += [
-                ("keras-gates", int(w), int(b))
-                for w in args.workers.split(",")
-                for b in args.batch_sizes.split(",")
-            ]
-        if "triton" in args.servers.split(","):
-            servers.append(("triton", 1, 64))
-        results: dict[tuple, list[dict]] = {}
-        for _ in range(args.rounds):  # servers take turns, one at a time
-            for server, workers, max_batch in servers:
-                if server == "triton":
-                    proc, url = start_triton(model, work, args.port, args.threads)
-                else:
-                    proc, url = start_server(
-                        model, args.port, max_batch, args.delay_ms, args.threads, workers
-                    )
-                try:
-                    for kind in args.bodies.split(","):
-                        for c in [int(c) for c in args.concurrency.split(",")]:
-                            result = run_wrk(url, bodies[kind], c, args.duration)
-                            cell = (server, workers, max_batch, kind, c)
-                            results.setdefault(cell, []).append(result)
-                            print_row(*cell, result, flush=True)
-                finally:
-                    if server == "triton":
-                        proc.stop()
-                    else:
-                        stop_server(proc)
-        rows = [(*cell, median(runs)) for cell, runs in results.items()]
+        rows = []
+        servers = [
+            (int(w), int(b)) for w in args.workers.split(",") for b in args.batch_sizes.split(",")
+        ]
+        for n, (workers, max_batch) in enumerate(servers):
+            repo = work / "repo" if streaming and workers == 1 else plain
+            proc, url = start_server(
+                repo, args.port, max_batch, args.delay_ms, args.threads, workers
+            )
+            try:
+                for kind in args.bodies.split(","):
+                    for c in [int(c) for c in args.concurrency.split(",")]:
+                        before = server_cpu(proc.pid)
+                        result = from_wrk(run_wrk(url, bodies[kind], c, args.duration))
+                        result["server_ms"] = per_request(proc.pid, before, result, workers)
+                        rows.append((workers, max_batch, f"HTTP {kind} (wrk)", c, result))
+                        print_row(*rows[-1], flush=True)
+                if n == 0:
+                    for label, c, measure in client_cells(args, url, repo is not plain):
+                        before = server_cpu(proc.pid)
+                        result = measure()
+                        result["server_ms"] = per_request(proc.pid, before, result, workers)
+                        rows.append((workers, max_batch, label, c, result))
+                        print_row(*rows[-1], flush=True)
+            finally:
+                stop_server(proc)
         print_table(rows)
         for batch in (1, 32):
             rate, ms = in_process(model, args.steps, args.features, args.threads, batch)
@@ -211,36 +199,93 @@ def main(argv=None) -> int:
     return 0
 
 
-def median(runs: list[dict]) -> dict:
-    """The median of each figure over rounds (errors: the total)."""
-    merged = {key: float(np.median([r[key] for r in runs])) for key in ("rps", "p50_us", "p99_us")}
-    for key in ("status_errors", "socket_errors"):
-        merged[key] = sum(r[key] for r in runs)
-    return merged
+def client_cells(args, url: str, streaming: bool):
+    """``(label, concurrency, result)`` of the cells driven by ``load_clients``."""
+    import load_clients
+
+    port = int(url.rsplit(":", 1)[1])
+    spec = {
+        "http": f"127.0.0.1:{port}",
+        "grpc": f"127.0.0.1:{port + 1}",
+        "model": "model",
+        "stream_model": "stream",
+        "steps": args.steps,
+        "features": args.features,
+        "chunks": args.chunks,
+    }
+    cells = []
+    if "unary" in args.grpc:
+        cells += [("grpc-unary", int(c)) for c in args.concurrency.split(",")]
+        cells.append(("http-unary", max(int(c) for c in args.concurrency.split(","))))
+    if streaming:
+        for c in [int(c) for c in args.stream_concurrency.split(",")]:
+            cells += [("grpc-stream", c), ("http-stream", c)]
+    labels = {
+        "grpc-unary": "gRPC raw",
+        "http-unary": "HTTP binary (clients)",
+        "grpc-stream": f"gRPC stream chunk (1/{args.chunks} seq)",
+        "http-stream": f"HTTP stream chunk (1/{args.chunks} seq)",
+    }
+    for mode, c in cells:
+        yield (
+            labels[mode],
+            c,
+            functools.partial(
+                load_clients.drive, mode, spec, c, args.duration, args.client_processes
+            ),
+        )
 
 
-def print_row(server, workers, max_batch, kind, c, r, flush=False) -> None:
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the server process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def per_request(pid: int, before: float, result: dict, workers: int) -> float | None:
+    """Server CPU milliseconds per request of a cell (one worker only: the others are children)."""
+    requests = result["rps"] * result.get("seconds", 0)
+    if workers != 1 or not requests:
+        return None
+    return (server_cpu(pid) - before) * 1000 / requests
+
+
+def from_wrk(r: dict) -> dict:
+    return {
+        "rps": r["rps"],
+        "seconds": r["duration_us"] / 1e6,
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "errors": r["status_errors"] + r["socket_errors"],
+        "client_cores": None,
+    }
+
+
+def print_row(workers, max_batch, kind, c, r, flush=False) -> None:
     batching = "on " if max_batch > 1 else "off"
-    errors = r["status_errors"] + r["socket_errors"]
+    cores = "" if r["client_cores"] is None else f"  client CPU {r['client_cores']:.2f} cores"
+    server = "" if r.get("server_ms") is None else f"  server CPU {r['server_ms']:.2f} ms/req"
     print(
-        f"{server:<11} workers {workers} batching {batching} {kind:<6} c={c:<3} "
-        f"{r['rps']:8.0f} req/s  "
-        f"p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  errors {errors}",
+        f"workers {workers} batching {batching} {kind:<34} c={c:<3} {r['rps']:8.0f} req/s  "
+        f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}{server}"
+        f"{cores}",
         flush=flush,
     )
 
 
 def print_table(rows) -> None:
     print(
-        "\n| server | workers | batching | body | concurrency | req/s | p50 ms | p99 ms | errors |"
+        "\n| workers | batching | transport | concurrency | req/s | p50 ms | p99 ms | errors "
+        "| server CPU ms/req | client CPU (cores) |"
     )
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
-    for server, workers, max_batch, kind, c, r in rows:
-        errors = r["status_errors"] + r["socket_errors"]
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workers, max_batch, kind, c, r in rows:
         batching = f"on (max {max_batch})" if max_batch > 1 else "off"
+        cores = "wrk" if r["client_cores"] is None else f"{r['client_cores']:.2f}"
+        server = "-" if r.get("server_ms") is None else f"{r['server_ms']:.2f}"
         print(
-            f"| {server} | {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
-            f"{r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {errors} |"
+            f"| {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {server} | {cores} |"
         )
 
 

@@ -1,8 +1,9 @@
-"""keras-gates inference service: the Open Inference Protocol (KServe v2) over HTTP.
+"""keras-gates inference service: the Open Inference Protocol (KServe v2) over HTTP and gRPC.
 
 Layers, each knowing only the next one's public surface: protocol (:mod:`.app`, :mod:`.protocol`,
 :mod:`.codec`) -> scheduler (:mod:`.scheduler`, :mod:`.batcher`, :mod:`.sessions`) -> runtime
-(:mod:`.runtime`). Importing this package never imports TensorFlow or Keras.
+(:mod:`.runtime`); the gRPC transport (:mod:`.grpc_server`, :mod:`.grpc_codec`) is a second protocol
+layer on the same schedulers. Importing this package never imports TensorFlow, Keras or grpcio.
 
 Example::
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +32,9 @@ from .protocol import (
     json_response,
 )
 from .repository import ModelRepository
+
+if TYPE_CHECKING:
+    from .grpc_server import GrpcConfig
 
 _INFER_DOC = {
     "requestBody": {
@@ -68,12 +72,15 @@ class ServingApp(FastAPI):
 
 
 def create_app(
-    repository: ModelRepository | str | Path, config: ServerConfig | None = None
+    repository: ModelRepository | str | Path,
+    config: ServerConfig | None = None,
+    grpc: GrpcConfig | None = None,
 ) -> FastAPI:
     """The ASGI app serving every model of ``repository`` (a path is loaded first).
 
     Worker threads start here; the app's lifespan (run by uvicorn) evicts idle sessions and, on
-    shutdown, finishes queued requests and stops the threads.
+    shutdown, finishes queued requests and stops the threads. With ``grpc``, the lifespan also
+    serves the protocol's gRPC transport on the same event loop and models (:mod:`.grpc_server`).
     """
     config = config or ServerConfig()
     if not isinstance(repository, ModelRepository):
@@ -82,6 +89,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        grpc_server = await _start_grpc(served, grpc) if grpc is not None else None
         tasks = [asyncio.create_task(_sweep_forever(served))]
         if served.config.model_control_mode == "poll":
             tasks.append(asyncio.create_task(control.poll_forever(served)))
@@ -92,6 +100,8 @@ def create_app(
             served.ready = False
             for task in tasks:
                 task.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop()
             await asyncio.to_thread(served.close)
 
     app = ServingApp(
@@ -108,6 +118,14 @@ def create_app(
     control.add_routes(app, served)
     app.fast_path = InferFastPath(served)
     return app
+
+
+async def _start_grpc(served: Served, config: GrpcConfig):
+    from .grpc_server import GrpcServer  # grpcio is imported only when gRPC is served
+
+    server = GrpcServer(served, config)
+    await server.start()
+    return server
 
 
 async def _sweep_forever(served: Served) -> None:

@@ -28,6 +28,10 @@ _WORKER_FLAGS = (
     "no_request_log",
     "model_control_mode",
     "repository_poll_secs",
+    "host",
+    "grpc_port",
+    "graceful_timeout_s",
+    "workers",
 )
 
 
@@ -36,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="an .onnx file or a model repository REPO/NAME/VERSION/")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the protocol over gRPC on this port, on --host (off by default; "
+        "Triton's convention is 8001)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -118,6 +129,13 @@ def _check(args: argparse.Namespace) -> None:
             "Received an invalid value for --repository-poll-secs, expected a number > 0, got "
             f"{args.repository_poll_secs}."
         )
+    if args.grpc_port is not None and not (
+        0 < args.grpc_port < 65536 and args.grpc_port != args.port
+    ):
+        raise ValueError(
+            "Received an invalid value for --grpc-port, expected 1-65535 and not the HTTP "
+            f"--port {args.port}, got {args.grpc_port}."
+        )
     if args.max_body_mb <= 0:
         raise ValueError(f"Received an invalid value for --max-body-mb, got {args.max_body_mb}.")
 
@@ -131,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     _check(args)
+    _check_grpc_port(args)
     _configure_logging(args)
     repository = _load(args)
     if args.workers > 1:
@@ -149,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout_s,
     )
     if args.workers == 1:
-        uvicorn.run(create_app(repository, _server_config(args)), **options)
+        uvicorn.run(create_app(repository, _server_config(args), _grpc_config(args)), **options)
         return 0
     del repository  # each worker loads its own copy
     os.environ[WORKER_ENV] = json.dumps({flag: getattr(args, flag) for flag in _WORKER_FLAGS})
@@ -163,7 +182,7 @@ def worker_app():
 
     args = argparse.Namespace(**json.loads(os.environ[WORKER_ENV]))
     _configure_logging(args)
-    return create_app(_load(args), _server_config(args))
+    return create_app(_load(args), _server_config(args), _grpc_config(args))
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -189,6 +208,37 @@ def _server_config(args: argparse.Namespace):
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         model_control_mode=args.model_control_mode,
         repository_poll_s=args.repository_poll_secs,
+    )
+
+
+def _check_grpc_port(args: argparse.Namespace) -> None:
+    """Refuse a --grpc-port that is taken now, before loading anything (the server binds it
+    later, inside the event loop, where a failure could only stop the whole server)."""
+    import socket
+
+    if args.grpc_port is None:
+        return
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((args.host, args.grpc_port))
+        except OSError as err:
+            raise ValueError(
+                f"Received --grpc-port {args.grpc_port}, but {args.host}:{args.grpc_port} cannot "
+                f"be bound ({err.strerror}); pick a free port."
+            ) from None
+
+
+def _grpc_config(args: argparse.Namespace):
+    if args.grpc_port is None:
+        return None
+    from .grpc_server import GrpcConfig
+
+    return GrpcConfig(
+        port=args.grpc_port,
+        host=args.host,
+        grace_s=args.graceful_timeout_s,
+        reuse_port=args.workers > 1,  # every worker listens on the one port
     )
 
 

@@ -45,3 +45,19 @@ class Unavailable(ServingError):
     """Overloaded (queue or session cap reached) or not ready (HTTP 503)."""
 
     status = 503
+
+
+# The gRPC status code answering each HTTP status (the gRPC transport's only error mapping).
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+def grpc_code(status: int) -> str:
+    """The name of the ``grpc.StatusCode`` for an HTTP ``status`` (``UNKNOWN`` when unmapped)."""
+    return GRPC_CODES.get(status, "UNKNOWN")

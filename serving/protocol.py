@@ -272,6 +272,15 @@ async def infer(served: Served, name: str, version: str | None, headers, receive
         log.exception("Unhandled error while serving %s", scope["path"])
         status, payload, extra = 500, encode_error(INTERNAL_ERROR), _JSON
     seconds = time.perf_counter() - start
+    client = scope.get("client")
+    account(served, metrics, status, seconds, scope["path"], client and client[0], request_id, seq)
+    return status, payload, extra
+
+
+def account(
+    served: Served, metrics, status: int, seconds: float, path: str, client, request_id, seq
+):
+    """Count one inference request (either transport) in the metrics and write its log line."""
     if metrics is None:
         served.metrics.failure_unknown(status)
     elif status == 200:
@@ -279,18 +288,16 @@ async def infer(served: Served, name: str, version: str | None, headers, receive
     else:
         metrics.request_failed(status, seconds)
     if request_log.isEnabledFor(logging.INFO):
-        _log_request(scope, status, seconds, request_id, seq)
-    return status, payload, extra
+        _log_request(path, client, status, seconds, request_id, seq)
 
 
-def _log_request(scope, status: int, seconds: float, request_id, seq) -> None:
-    client = scope.get("client")
+def _log_request(path: str, client, status: int, seconds: float, request_id, seq) -> None:
     record = {
         "event": "infer",
-        "path": scope["path"],
+        "path": path,
         "status": status,
         "ms": round(seconds * 1000, 3),
-        "client": client[0] if client else None,
+        "client": client,
     }
     if request_id is not None:
         record["id"] = request_id

@@ -17,7 +17,7 @@ if os.environ.get("KERAS_GATES_NO_TENSORFLOW") == "1":
     sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
 
 # The serving tests' repository, server and client fixtures.
-pytest_plugins = ["tests.serving_fixtures"]
+pytest_plugins = ["tests.serving_fixtures", "tests.serving_grpc"]
 
 if os.environ["KERAS_BACKEND"] == "tensorflow":
     import tensorflow as tf

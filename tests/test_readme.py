@@ -43,6 +43,7 @@ PRINTS = {
     "-o sunspots.onnx --triton-repo": "wrote Triton model repo/sunspots",
     "curl -s": '"outputs"',
     "--triton-backend python": "wrote Triton model repo/sunspots_py (version 1, python)",
+    "grpcclient.InferenceServerClient": "True",
 }
 SERVE = re.compile(r"^keras-gates serve (?P<args>.*?)(\s+#.*)?$", re.M)
 

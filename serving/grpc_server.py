@@ -1,0 +1,285 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` on grpcio's asyncio
+server, in the HTTP server's process and event loop.
+
+Both transports hand requests to the same :class:`~keras_gates.serving.protocol.Served` models,
+so one scheduler batches HTTP and gRPC requests together and a sequence started on one transport
+goes on over the other. ``ModelStreamInfer`` serves every message of a stream as it arrives
+(messages of different sequences batch together; those of one sequence run in order, behind its
+session's lock) and answers each with a ``ModelStreamInferResponse``: the result, or
+``error_message`` for a bad message, after which the stream goes on.
+
+Errors are the HTTP transport's :class:`~keras_gates.serving.errors.ServingError` s with the same
+messages, their status mapped by :func:`~keras_gates.serving.errors.grpc_code`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from keras_gates.version import __version__
+
+from . import documents, grpc_codec
+from .errors import ServingError, Unavailable, grpc_code
+from .protocol import INTERNAL_ERROR, Served, _sequence, account, request_log
+
+log = logging.getLogger("keras_gates.serving")
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+MAX_PENDING = 1024  # messages of one stream in flight before the server stops reading it
+SHUTDOWN_MESSAGE = (
+    "The server is shutting down: the requests this stream had sent were answered; open a new "
+    "stream on another instance for the rest."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcConfig:
+    """Where and how the gRPC transport listens.
+
+    Args:
+        port: TCP port (Triton's convention is 8001).
+        host: bind address (default: loopback).
+        grace_s: on shutdown, how long in-flight calls may take to finish.
+        reuse_port: share the port with other processes (``--workers``).
+    """
+
+    port: int
+    host: str = "127.0.0.1"
+    grace_s: float = 30.0
+    reuse_port: bool = False
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _status(err: ServingError) -> grpc.StatusCode:
+    return grpc.StatusCode[grpc_code(err.status)]
+
+
+def _rpc(method):
+    """The error boundary of one RPC: ServingErrors abort with their code and message, anything
+    else is logged with its traceback and aborts INTERNAL without details."""
+
+    @functools.wraps(method)
+    async def guarded(self, request, context):
+        try:
+            return await method(self, request, context)
+        except ServingError as err:
+            code, message = _status(err), err.message
+        except Exception:
+            log.exception("Unhandled error in gRPC %s", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, INTERNAL_ERROR
+        await context.abort(code, message)
+
+    return guarded
+
+
+class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The protocol's RPCs answered from the models of ``served``."""
+
+    def __init__(self, served: Served):
+        self.served = served
+        self.streams: set[_Stream] = set()
+        self.closing = False
+
+    # ---- health and metadata -------------------------------------------------------------
+    async def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=self.served.ready)
+
+    @_rpc
+    async def ModelReady(self, request, context):
+        self.served.get(request.name, request.version or None)
+        return service_pb2.ModelReadyResponse(ready=self.served.ready)
+
+    async def ServerMetadata(self, request, context):
+        return service_pb2.ServerMetadataResponse(
+            name="keras-gates", version=__version__, extensions=documents.EXTENSIONS
+        )
+
+    @_rpc
+    async def ModelMetadata(self, request, context):
+        scheduler, _ = self.served.get(request.name, request.version or None)
+        versions = [request.version] if request.version else self.versions(request.name)
+        return grpc_codec.model_metadata(documents.model_metadata(scheduler, versions))
+
+    @_rpc
+    async def ModelConfig(self, request, context):
+        scheduler, _ = self.served.get(request.name, request.version or None)
+        doc = documents.model_config(scheduler, len(self.versions(request.name)))
+        return grpc_codec.model_config(doc)
+
+    @_rpc
+    async def ModelStatistics(self, request, context):
+        served = self.served
+        if not request.name:  # every model, as Triton does
+            keys = list(served.schedulers)
+        elif request.version:
+            keys = [(request.name, request.version)]
+        else:
+            keys = [(request.name, v) for v in self.versions(request.name)]
+        entries = [documents.model_stats(*served.get(*key)) for key in keys]
+        return grpc_codec.model_statistics(entries)
+
+    @_rpc
+    async def RepositoryIndex(self, request, context):
+        state = "READY" if self.served.ready else "UNAVAILABLE"
+        if request.ready and state != "READY":
+            return service_pb2.RepositoryIndexResponse()
+        response = service_pb2.RepositoryIndexResponse()
+        for name, version in self.served.schedulers:
+            response.models.add(name=name, version=version, state=state)
+        return response
+
+    def versions(self, name: str) -> list[str]:
+        return self.served.repository.versions(name)
+
+    # ---- inference -----------------------------------------------------------------------
+    async def ModelInfer(self, request, context):
+        try:
+            return await self.infer(request, context, INFER_PATH)
+        except ServingError as err:
+            await context.abort(_status(err), err.message)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        stream = _Stream(self, request_iterator, context)
+        self.streams.add(stream)
+        try:
+            if self.closing:
+                stream.shutdown()
+            while (response := await stream.queue.get()) is not None:
+                yield response
+        finally:
+            self.streams.discard(stream)
+            stream.reader.cancel()
+        if stream.shut_down:
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details(SHUTDOWN_MESSAGE)
+
+    async def infer(self, request, context, path: str) -> service_pb2.ModelInferResponse:
+        """One inference request; raises a ServingError (an unexpected error becomes a logged
+        INTERNAL one). Counted in the metrics and the request log like an HTTP request."""
+        start = time.perf_counter()
+        served = self.served
+        status, metrics, request_id, seq = 200, None, None, None
+        try:
+            scheduler, metrics = served.get(request.model_name, request.model_version or None)
+            if not served.ready:
+                raise Unavailable("The server is shutting down; retry on another instance.")
+            with scheduler.active():
+                decoded = grpc_codec.decode_infer_request(request)
+                request_id = decoded.id
+                seq = _sequence(decoded.parameters)
+                outputs = await scheduler.infer(decoded.inputs, decoded.outputs, seq)
+            return grpc_codec.encode_infer_response(
+                scheduler.name, scheduler.version, request_id, outputs
+            )
+        except ServingError as err:
+            status = err.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        except Exception:
+            log.exception("Unhandled error while serving gRPC %s", path)
+            status = 500
+            raise ServingError(INTERNAL_ERROR, 500) from None
+        finally:
+            peer = context.peer() if request_log.isEnabledFor(logging.INFO) else None
+            seconds = time.perf_counter() - start
+            account(served, metrics, status, seconds, path, peer, request_id, seq)
+
+
+class _Stream:
+    """One ``ModelStreamInfer`` call: a reader task starts a task per message; each puts its
+    response on ``queue``, which the call's generator writes out (``None`` ends it)."""
+
+    def __init__(self, service: GrpcService, requests, context):
+        self.service = service
+        self.context = context
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pending: set[asyncio.Task] = set()
+        self.shut_down = False
+        self.reader = asyncio.create_task(self._read(requests))
+
+    def shutdown(self) -> None:
+        """Stop reading; the messages already read are answered, then the stream ends."""
+        self.shut_down = True
+        self.reader.cancel()
+
+    async def _read(self, requests) -> None:
+        try:
+            async for request in requests:
+                if len(self.pending) >= MAX_PENDING:
+                    await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.create_task(self._answer(request))
+                self.pending.add(task)
+                task.add_done_callback(self.pending.discard)
+        except asyncio.CancelledError:
+            pass  # shutdown, or the call ended
+        except Exception as err:  # noqa: BLE001 - the client reset the stream
+            log.debug("gRPC stream read ended: %r", err)
+        finally:
+            while self.pending:
+                await asyncio.wait(set(self.pending))
+            self.queue.put_nowait(None)
+
+    async def _answer(self, request) -> None:
+        try:
+            result = await self.service.infer(request, self.context, STREAM_PATH)
+            response = service_pb2.ModelStreamInferResponse(infer_response=result)
+        except ServingError as err:
+            echo = service_pb2.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
+            response = service_pb2.ModelStreamInferResponse(
+                error_message=err.message, infer_response=echo
+            )
+        self.queue.put_nowait(response)
+
+
+class GrpcServer:
+    """The gRPC transport of one app: started and stopped by the app's lifespan."""
+
+    def __init__(self, served: Served, config: GrpcConfig):
+        self.config = config
+        self.service = GrpcService(served)
+        options = [
+            ("grpc.max_receive_message_length", served.config.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", int(config.reuse_port)),
+        ]
+        self.server = grpc.aio.server(options=options)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
+
+    async def start(self) -> None:
+        address = self.config.address
+        try:
+            self.server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"Cannot listen for gRPC on {address} ({err}); the port may be in use: pick "
+                "another --grpc-port."
+            ) from None
+        await self.server.start()
+        log.info("gRPC listening on %s", address)
+
+    async def stop(self) -> None:
+        """Refuse new calls, answer what open streams had sent and end them (UNAVAILABLE), let
+        in-flight unary calls finish within ``grace_s``."""
+        self.service.closing = True
+        stopping = asyncio.create_task(self.server.stop(self.config.grace_s))
+        for stream in list(self.service.streams):
+            stream.shutdown()
+        await stopping
