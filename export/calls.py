@@ -6,12 +6,14 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_gates import _internals
+
 
 def inference_call(op: Any):
     """Call ``op`` the way ``Functional`` does, with ``training=False``."""
 
     def call(*args, **kwargs):
-        if "training" in getattr(op, "_call_context_args", ()):
+        if "training" in _internals.call_context_args(op):
             kwargs["training"] = False
         return op(*args, **kwargs)
 
@@ -31,19 +33,17 @@ def time_distributed_call(op: Any):
     ``Loop`` (and, measured, gets the time axis wrong). Folding time into the batch is exact for
     layers that treat rows independently, which is what ``TimeDistributed`` requires anyway.
     """
-    from keras.src import backend
-
     def call(x, *args, **kwargs):
         kwargs.pop("mask", None)
-        if "training" in getattr(op.layer, "_call_context_args", ()):
+        if "training" in _internals.call_context_args(op.layer):
             kwargs["training"] = False
         shape = tf.shape(x)
         flat = tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
         y = op.layer(flat, *args, **kwargs)
         y = tf.reshape(y, tf.concat([shape[:2], tf.shape(y)[1:]], axis=0))
-        mask = backend.get_keras_mask(x)
+        mask = _internals.get_keras_mask(x)
         if mask is not None:
-            backend.set_keras_mask(y, mask)
+            _internals.set_keras_mask(y, mask)
         return y
 
     return call

@@ -13,6 +13,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_gates import _internals
+
 from .errors import ExportError
 from .handlers import GRUHandler, LSTMHandler, _merge, check_exportable
 from .lengths import seq_lens as lengths_of_cut
@@ -45,12 +47,11 @@ def is_cell_rnn(layer: Any) -> bool:
 def call(run: Any, op: Any, args: tuple, kwargs: dict) -> Any:
     """Run ``op`` (see :func:`is_cell_rnn`) as chains of cut nodes; returns Keras' outputs."""
     import keras
-    from keras.src import backend
 
     x = args[0]
     mask = kwargs.get("mask")
     if mask is None:
-        mask = backend.get_keras_mask(x)
+        mask = _internals.get_keras_mask(x)
     found = run.tracker.get(x)
     xf = tf.cast(x, tf.float32)
     lens = lengths_of_cut(run.tracker, xf, found, mask)

@@ -164,9 +164,11 @@ def _check_opset(opset: int | None) -> int:
 
 
 def _resolve_streaming(model: Any, streaming: bool | None) -> bool:
+    from keras_gates import _internals
+
     stateful = [
         layer.name
-        for layer in model._flatten_layers(include_self=False)
+        for layer in _internals.flatten_layers(model)
         if getattr(layer, "stateful", False)
     ]
     if streaming is None:
@@ -212,7 +214,9 @@ def _layer_of(node_name: str, model: Any) -> Any | None:
     """The layer whose name scope produced ``node_name`` (Keras may suffix scopes ``_1``)."""
     import re
 
-    layers = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+    from keras_gates import _internals
+
+    layers = {layer.name: layer for layer in _internals.flatten_layers(model)}
     parts = list(reversed(node_name.split("/")))
     for candidate in parts + [re.sub(r"_\d+$", "", p) for p in parts]:
         if candidate in layers:

@@ -1,6 +1,6 @@
 """Trace a Keras model with its gated layers cut out, and convert the rest with tf2onnx.
 
-The model graph is run (``Functional._run_through_graph``) inside one ``tf.function`` whose
+The model graph is run (``_internals.run_through_graph``) inside one ``tf.function`` whose
 inputs are the model inputs, one lengths input per sequence input that feeds a gated layer, the
 streaming states and one placeholder per ONNX RNN output of every cut, and whose outputs are the
 model outputs, the streaming state outputs and, per cut, the time-major RNN input, its
@@ -16,8 +16,11 @@ import logging
 import warnings
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_gates import _internals
 
 from . import cells
 from .calls import inference_call, is_time_distributed, time_distributed_call
@@ -49,25 +52,16 @@ class ModelIO:
         return [entry for entry in self.inputs if entry[2] == "lengths"]
 
 
-def functional_of(model: Any) -> Any | None:
-    """The ``Functional`` graph of a Functional or built Sequential model, else ``None``."""
-    import keras
-
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
-        return model
-    return None
+functional_of = _internals.functional_of
 
 
 def contains_gated(layer: Any) -> bool:
     """Whether ``layer`` is, or holds anywhere inside it, a layer the handlers convert."""
     if find_handler(layer) is not None:
         return True
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is None:
+    if not isinstance(layer, keras.layers.Layer):
         return False
-    return any(find_handler(sub) is not None for sub in flatten(include_self=False))
+    return any(find_handler(sub) is not None for sub in _internals.flatten_layers(layer))
 
 
 def unique_names(names: list[str]) -> list[str]:
@@ -83,7 +77,7 @@ def unique_names(names: list[str]) -> list[str]:
 
 def output_names(model: Any) -> list[str]:
     functional = functional_of(model)
-    return unique_names([t._keras_history[0].name for t in functional.outputs])
+    return unique_names([_internals.producing_layer(t).name for t in functional.outputs])
 
 
 def input_role(spec: Any) -> str:
@@ -176,7 +170,7 @@ class _Run:
         return outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
     def run_functional(self, functional: Any, inputs: Any) -> Any:
-        outputs = functional._run_through_graph(inputs, operation_fn=self.operation_fn)
+        outputs = _internals.run_through_graph(functional, inputs, self.operation_fn)
         return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
 
     def operation_fn(self, op: Any):
@@ -210,13 +204,11 @@ class _Run:
         return cut
 
     def cut(self, op: Any, handler: Any, args: tuple, kwargs: dict) -> Any:
-        from keras.src import backend
-
         cut = self.next_cut(op, lambda index: handler.plan(op, index, self.streaming))
         x = tf.cast(args[0], tf.float32)
         mask = kwargs.get("mask")
         if mask is None:
-            mask = backend.get_keras_mask(args[0])
+            mask = _internals.get_keras_mask(args[0])
         found = self.tracker.get(args[0])
         seq_lens = lengths_of_cut(self.tracker, x, found, mask)
         initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
@@ -241,15 +233,13 @@ class _Run:
         return self._placeholders(cut, x)
 
     def set_masks(self, op: Any, x: Any, mask: Any, outputs: list) -> None:
-        from keras.src import backend
-
         if mask is None:
             return
         masks = op.compute_mask(x, mask)
         masks = masks if isinstance(masks, (list, tuple)) else [masks]
         for tensor, m in zip(outputs, masks):
             if m is not None:
-                backend.set_keras_mask(tensor, m)
+                _internals.set_keras_mask(tensor, m)
 
     def _state(self, cut: Cut, s: str, x: tf.Tensor) -> tf.Tensor:
         """The streaming state input ``s`` of ``cut`` (zeros during discovery)."""
@@ -380,13 +370,12 @@ def _aligned(lengths: Lengths | None) -> str | None:
 def _tf2onnx(function: Any, specs: list[tf.TensorSpec], opset: int) -> Any:
     """``tf2onnx.convert.from_function`` on CPU, quiet, with Keras' numpy-2 patch."""
     import tf2onnx
-    from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
     tf2onnx.logging.set_level(logging.ERROR)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        patch_tf2onnx()
+        _internals.patch_tf2onnx()
         with tf.device("/cpu:0"):
             model_proto, _ = tf2onnx.convert.from_function(function, specs, opset=opset)
     return model_proto

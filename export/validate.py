@@ -150,7 +150,9 @@ def keras_outputs(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _all_layers(model: Any) -> list[Any]:
-    return list(model._flatten_layers(include_self=False))
+    from keras_gates import _internals
+
+    return _internals.flatten_layers(model)
 
 
 def validate(

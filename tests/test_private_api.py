@@ -19,18 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("keras_gates", "export", "serving")
 INTERNALS = Path("keras_gates/_internals.py")
 
-# Modules that still reach into Keras directly, each to be switched to the `_internals` entry
-# point named beside it; then delete the entry. The test fails if a listed file is already clean
-# (so the list only shrinks) or if any other file uses private API.
-PENDING = {
-    # _run_through_graph, _nodes_by_depth, _functional -> functional_of/run_through_graph;
-    # _keras_history -> producing_layer; _flatten_layers -> flatten_layers; keras.src.backend
-    # masks -> get/set_keras_mask; _call_context_args -> call_context_args;
-    # keras.src.export.tf2onnx_lib -> patch_tf2onnx
-    Path("export/trace.py"),
-    Path("export/exporter.py"),  # _flatten_layers -> flatten_layers
-    Path("export/validate.py"),  # _flatten_layers -> flatten_layers
-}
+# Modules that still reach into Keras directly, each to be switched to an `_internals` entry
+# point: none left. The test fails if a listed file is already clean (so the list only shrinks)
+# or if any other file uses private API.
+PENDING: set[Path] = set()
 
 _MODULE_PATTERNS = [
     (re.compile(r"\bkeras\.src\b"), "keras.src"),

@@ -22,16 +22,17 @@ norm falls below ``fraction`` (default 1e-3) of its value at lag 0 ("≥ T", cen
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
+from keras_gates import _internals
 from keras_gates.inspect.horizon import lag_below
 from keras_gates.inspect.trace import (
     BIDIRECTIONAL_DIRECTIONS,
     GatedLayerRef,
-    _all_layers,
     _combine_masks,
     _states_preserved,
     capture_layer_calls,
@@ -42,17 +43,15 @@ from keras_gates.inspect.trace import (
 DEFAULT_FRACTION = 1e-3
 MAX_COPIES_BATCH = 4096  # rows per backward pass (batch × output components)
 
-_CACHE_ATTRIBUTE = "_keras_gates_gradient_functions"
+# owner (model or layer) -> {key: compiled function}; an entry goes when its owner goes.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cached(owner, key: tuple, build: Callable) -> Callable:
-    """A compiled gradient function kept on the model/layer itself (per shape), so repeated
-    analyses (GateMonitor, every epoch) do not build the TensorFlow graph again. Set with
-    ``object.__setattr__`` so Keras never tracks or saves it; it goes when the owner goes."""
-    functions = owner.__dict__.get(_CACHE_ATTRIBUTE)
-    if functions is None:
-        functions = {}
-        object.__setattr__(owner, _CACHE_ATTRIBUTE, functions)
+    """A compiled gradient function kept per model/layer (and shape), so repeated analyses
+    (GateMonitor, every epoch) do not build the TensorFlow graph again. Held outside the owner,
+    so Keras never tracks or saves it."""
+    functions = _COMPILED.setdefault(owner, {})
     if key not in functions:
         functions[key] = build()
     return functions[key]
@@ -182,7 +181,8 @@ def _batched_vjp_norms(model, x: np.ndarray, mask: np.ndarray, copies: int, chun
 
 
 def _stateful(model) -> bool:
-    return any(getattr(layer, "stateful", False) for layer in _all_layers(model))
+    layers = _internals.flatten_layers(model, include_self=True)
+    return any(getattr(layer, "stateful", False) for layer in layers)
 
 
 def _output_at_last_step(y, mask_tf, steps: int):
