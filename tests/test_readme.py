@@ -61,9 +61,11 @@ class Reader:
             text = re.sub(rf"\blocalhost:{port}\b", f"127.0.0.1:{actual}", text)
         return text
 
-    def python(self, code: str) -> str:
+    def run(self, *command: str) -> str:
+        """``command`` in the reader's folder, its README ports localized; its stdout."""
+        *program, code = command
         done = subprocess.run(
-            [sys.executable, "-c", self.localize(code)],
+            [*program, self.localize(code)],
             cwd=self.folder,
             env=ENV,
             capture_output=True,
@@ -72,6 +74,9 @@ class Reader:
         )
         assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
+
+    def python(self, code: str) -> str:
+        return self.run(sys.executable, "-c", code)
 
     def bash(self, code: str) -> str:
         for match in SERVE.finditer(code):
@@ -84,16 +89,7 @@ class Reader:
             flags=re.M,
         )
         code = re.sub(r"^make test\b.*$", "", code, flags=re.M)  # the command running this
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", self.localize(code)],
-            cwd=self.folder,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
+        return self.run("bash", "-euo", "pipefail", "-c", code)
 
     def serve(self, args: list[str]) -> None:
         path, rest = args[0], args[1:]
