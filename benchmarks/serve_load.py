@@ -1,19 +1,26 @@
-"""Load benchmark of ``keras-gates serve`` over HTTP and gRPC on loopback.
+"""Load benchmark of ``keras-gates serve`` over HTTP and gRPC on loopback, next to NVIDIA Triton.
 
-Starts the server (batching on, then off; with each ``--workers`` count; gRPC on a second port),
-drives ``/infer`` with wrk (one sequence per request, JSON and binary bodies) at concurrency 1, 8
-and 32 for a bounded time per cell, then, on the first server, the cells wrk cannot drive with the
-multi-process clients of ``load_clients.py``: gRPC ``ModelInfer`` (raw tensors) at the same
-concurrencies, and a streamed sequence of ``--chunks`` chunks per client over one gRPC
-``ModelStreamInfer`` stream and over HTTP (one request per chunk), plus HTTP binary from the same
-clients as a cross-check against wrk. Prints throughput, p50/p99 latency, errors and the client
-processes' CPU use next to in-process onnxruntime on the same model.
+Starts one server at a time: ``keras-gates serve`` (batching on, then off; with each ``--workers``
+count; gRPC on a second port), then, with ``--servers keras-gates,triton``, a real Triton
+(``tritonserver`` 2.51 from the ``nvidia-pytriton`` wheel, set up by ``tests/triton_server.py``)
+serving the repository ``keras-gates export --triton-backend python`` writes for the same model
+(onnxruntime inside Triton's Python backend, dynamic batching, one instance, one onnxruntime
+thread). Every server gets ``/infer`` driven by wrk (one sequence per request, JSON and binary
+bodies) at concurrency 1, 8 and 32 for a bounded time per cell. On the first keras-gates server
+the cells wrk cannot drive follow, from the multi-process clients of ``load_clients.py``: gRPC
+``ModelInfer`` (raw tensors) at the same concurrencies, and a streamed sequence of ``--chunks``
+chunks per client over one gRPC ``ModelStreamInfer`` stream and over HTTP (one request per
+chunk), plus HTTP binary from the same clients as a cross-check against wrk. With ``--rounds N``
+the servers take N turns and the table shows each cell's medians. Prints throughput, p50/p99
+latency, errors, the server's and the client processes' CPU use, next to in-process onnxruntime
+on the same model.
 
 The model is the issue's reference: an LSTM of 128 units + Dense(1) on 100-step sequences of 32
 features, built with ``tests/serving_models.py`` (native ONNX LSTM with a lengths input), unless
 ``--model`` names another .onnx file with a ``x``/``lengths`` signature.
 
-Needs ``wrk`` (Debian: ``apt-get install -y wrk``); this script installs nothing.
+Needs ``wrk`` (Debian: ``apt-get install -y wrk``); this script installs nothing itself (Triton's
+files are set up once by ``python -m tests.triton_server``, which ``--servers ...,triton`` runs).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "serve_load.lua"
+SERVERS = ("keras-gates", "triton")
+GRPC_CELLS = ("unary", "stream", "none")
 
 
 def build_model(directory: Path, units: int, features: int, streaming: bool = False) -> Path:
@@ -93,6 +102,28 @@ def start_server(model: Path, port: int, max_batch: int, delay_ms: float, thread
     raise RuntimeError("server did not become ready in 120 s")
 
 
+def start_triton(model: Path, work: Path, port: int, threads: int):
+    """Triton serving ``model`` as ``model`` (Python-backend flavour); returns (server, url)."""
+    sys.path.insert(0, str(ROOT))
+    from keras_gates.export.triton import write_triton_repo
+    from tests import triton_server
+    from tests.serving_models import free_port
+
+    reason = triton_server.unsupported()
+    if reason:
+        raise RuntimeError(f"no Triton on this machine: {reason}")
+    env = triton_server.ensure()["env"]
+    repo = work / "triton_repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir()
+    folder = write_triton_repo(model, repo, "model", backend="python", execution_env=str(env))
+    config = folder / "config.pbtxt"
+    param = f'parameters {{ key: "intra_op_threads" value {{ string_value: "{threads}" }} }}\n'
+    config.write_text(config.read_text() + param)
+    server = triton_server.TritonServer(repo, port, free_port(), work / "triton.log")
+    return server.__enter__(), server.url
+
+
 def stop_server(proc) -> None:
     proc.terminate()
     try:
@@ -108,9 +139,15 @@ def run_wrk(url: str, body: tuple[Path, str], connections: int, seconds: float) 
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=seconds + 60)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT ") :])
-            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-            return result
+            r = json.loads(line[len("RESULT ") :])
+            return {
+                "rps": r["requests"] / (r["duration_us"] / 1e6),
+                "seconds": r["duration_us"] / 1e6,
+                "p50_ms": r["p50_us"] / 1000,
+                "p99_ms": r["p99_us"] / 1000,
+                "errors": r["status_errors"] + r["socket_errors"],
+                "client_cores": None,
+            }
     raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
 
 
@@ -132,7 +169,7 @@ def in_process(model: Path, steps: int, features: int, threads: int, batch: int,
     return calls * batch / elapsed, elapsed / calls * 1000
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an .onnx model (default: build the reference)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per cell (default 4)")
@@ -142,17 +179,43 @@ def main(argv=None) -> int:
     parser.add_argument("--delay-ms", type=float, default=2.0, help="server --max-queue-delay-ms")
     parser.add_argument("--threads", type=int, default=1, help="server onnxruntime threads")
     parser.add_argument("--workers", default="1", help="server --workers values, e.g. 1,2")
+    parser.add_argument(
+        "--servers", default="keras-gates", help="keras-gates, triton or keras-gates,triton"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="turns per server; table: medians")
     parser.add_argument("--port", type=int, default=8765, help="HTTP port; gRPC on the next one")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--units", type=int, default=128)
     parser.add_argument(
-        "--grpc", default="unary,stream", help="gRPC cells on the first server: unary, stream"
+        "--grpc",
+        default="unary,stream",
+        help="cells on the first keras-gates server: unary, stream, both, or none",
     )
     parser.add_argument("--stream-concurrency", default="1,32", help="sequences streamed at once")
     parser.add_argument("--chunks", type=int, default=10, help="chunks per streamed sequence")
     parser.add_argument("--client-processes", type=int, default=4, help="load generator processes")
     args = parser.parse_args(argv)
+    checks = {
+        "servers": (args.servers, SERVERS),
+        "grpc": (args.grpc, GRPC_CELLS),
+        "bodies": (args.bodies, ("json", "binary")),
+    }
+    for name, (value, allowed) in checks.items():
+        if not value or any(item not in allowed for item in value.split(",")):
+            parser.error(
+                f"Received an invalid value for argument `--{name}`, expected a comma-separated "
+                f"list of {', '.join(allowed)}, got {value!r}"
+            )
+    if args.rounds < 1:
+        parser.error(
+            f"Received an invalid value for argument `--rounds`, expected >= 1, got {args.rounds}"
+        )
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if shutil.which("wrk") is None:
         print("serve_load: wrk is missing; install it (Debian: apt-get install -y wrk).")
         return 2
@@ -166,41 +229,60 @@ def main(argv=None) -> int:
         if streaming:  # the streaming export next to the plain one (one worker only)
             build_model(work / "repo", args.units, args.features, streaming=True)
         bodies = write_bodies(work, args.steps, args.features)
-        rows = []
-        servers = [
-            (int(w), int(b)) for w in args.workers.split(",") for b in args.batch_sizes.split(",")
-        ]
-        for n, (workers, max_batch) in enumerate(servers):
-            repo = work / "repo" if streaming and workers == 1 else plain
-            proc, url = start_server(
-                repo, args.port, max_batch, args.delay_ms, args.threads, workers
-            )
-            try:
-                for kind in args.bodies.split(","):
-                    for c in [int(c) for c in args.concurrency.split(",")]:
-                        before = server_cpu(proc.pid)
-                        result = from_wrk(run_wrk(url, bodies[kind], c, args.duration))
-                        result["server_ms"] = per_request(proc.pid, before, result, workers)
-                        rows.append((workers, max_batch, f"HTTP {kind} (wrk)", c, result))
-                        print_row(*rows[-1], flush=True)
-                if n == 0:
-                    for label, c, measure in client_cells(args, url, repo is not plain):
-                        before = server_cpu(proc.pid)
+        servers = []
+        if "keras-gates" in args.servers.split(","):
+            servers += [
+                ("keras-gates", int(w), int(b))
+                for w in args.workers.split(",")
+                for b in args.batch_sizes.split(",")
+            ]
+        if "triton" in args.servers.split(","):
+            servers.append(("triton", 1, 64))
+        results: dict[tuple, list[dict]] = {}
+        for _ in range(args.rounds):  # servers take turns, one at a time
+            for n, (server, workers, max_batch) in enumerate(servers):
+                if server == "triton":
+                    proc, url = start_triton(model, work, args.port, args.threads)
+                    pid = None  # the Python backend runs in a stub process of its own
+                else:
+                    repo = work / "repo" if streaming and workers == 1 else plain
+                    proc, url = start_server(
+                        repo, args.port, max_batch, args.delay_ms, args.threads, workers
+                    )
+                    pid = proc.pid if workers == 1 else None  # other workers are children
+                cells = [
+                    (
+                        f"HTTP {kind} (wrk)",
+                        c,
+                        functools.partial(run_wrk, url, bodies[kind], c, args.duration),
+                    )
+                    for kind in args.bodies.split(",")
+                    for c in [int(c) for c in args.concurrency.split(",")]
+                ]
+                if n == 0 and server == "keras-gates":
+                    cells += client_cells(args, url, repo is not plain)
+                try:
+                    for label, c, measure in cells:
+                        before = server_cpu(pid)
                         result = measure()
-                        result["server_ms"] = per_request(proc.pid, before, result, workers)
-                        rows.append((workers, max_batch, label, c, result))
-                        print_row(*rows[-1], flush=True)
-            finally:
-                stop_server(proc)
-        print_table(rows)
+                        result["server_ms"] = per_request(pid, before, result)
+                        cell = (server, workers, max_batch, label, c)
+                        results.setdefault(cell, []).append(result)
+                        print_row(*cell, result, flush=True)
+                finally:
+                    if server == "triton":
+                        proc.stop()
+                    else:
+                        stop_server(proc)
+        print_table([(*cell, median(runs)) for cell, runs in results.items()], args.rounds)
         for batch in (1, 32):
             rate, ms = in_process(model, args.steps, args.features, args.threads, batch)
             print(f"in-process onnxruntime batch {batch:>2}: {rate:8.0f} seq/s ({ms:.2f} ms/call)")
     return 0
 
 
-def client_cells(args, url: str, streaming: bool):
-    """``(label, concurrency, result)`` of the cells driven by ``load_clients``."""
+def client_cells(args, url: str, streaming: bool) -> list:
+    """``(label, concurrency, measure)`` of the cells driven by ``load_clients``."""
     import load_clients
 
     port = int(url.rsplit(":", 1)[1])
@@ -226,66 +308,69 @@ def client_cells(args, url: str, streaming: bool):
         "grpc-stream": f"gRPC stream chunk (1/{args.chunks} seq)",
         "http-stream": f"HTTP stream chunk (1/{args.chunks} seq)",
     }
-    for mode, c in cells:
-        yield (
+    drive = load_clients.drive
+    return [
+        (
             labels[mode],
             c,
-            functools.partial(
-                load_clients.drive, mode, spec, c, args.duration, args.client_processes
-            ),
+            functools.partial(drive, mode, spec, c, args.duration, args.client_processes),
         )
+        for mode, c in cells
+    ]
 
 
-def server_cpu(pid: int) -> float:
+def server_cpu(pid: int | None) -> float:
     """CPU seconds (user + system, every thread) the server process has used."""
+    if pid is None:
+        return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def per_request(pid: int, before: float, result: dict, workers: int) -> float | None:
-    """Server CPU milliseconds per request of a cell (one worker only: the others are children)."""
+def per_request(pid: int | None, before: float, result: dict) -> float | None:
+    """Server CPU milliseconds per request of a cell (``None`` where one pid is not the server)."""
     requests = result["rps"] * result.get("seconds", 0)
-    if workers != 1 or not requests:
+    if pid is None or not requests:
         return None
     return (server_cpu(pid) - before) * 1000 / requests
 
 
-def from_wrk(r: dict) -> dict:
-    return {
-        "rps": r["rps"],
-        "seconds": r["duration_us"] / 1e6,
-        "p50_ms": r["p50_us"] / 1000,
-        "p99_ms": r["p99_us"] / 1000,
-        "errors": r["status_errors"] + r["socket_errors"],
-        "client_cores": None,
-    }
+def median(runs: list[dict]) -> dict:
+    """The median of each figure over rounds (errors: the total)."""
+    merged = {"errors": sum(r["errors"] for r in runs)}
+    for key in ("rps", "p50_ms", "p99_ms", "server_ms", "client_cores"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        merged[key] = float(np.median(values)) if values else None
+    return merged
 
 
-def print_row(workers, max_batch, kind, c, r, flush=False) -> None:
+def print_row(server, workers, max_batch, kind, c, r, flush=False) -> None:
     batching = "on " if max_batch > 1 else "off"
     cores = "" if r["client_cores"] is None else f"  client CPU {r['client_cores']:.2f} cores"
-    server = "" if r.get("server_ms") is None else f"  server CPU {r['server_ms']:.2f} ms/req"
+    cpu = "" if r.get("server_ms") is None else f"  server CPU {r['server_ms']:.2f} ms/req"
     print(
-        f"workers {workers} batching {batching} {kind:<34} c={c:<3} {r['rps']:8.0f} req/s  "
-        f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}{server}"
-        f"{cores}",
+        f"{server:<11} workers {workers} batching {batching} {kind:<34} c={c:<3} "
+        f"{r['rps']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+        f"errors {r['errors']}{cpu}{cores}",
         flush=flush,
     )
 
 
-def print_table(rows) -> None:
+def print_table(rows, rounds: int) -> None:
+    if rounds > 1:
+        print(f"\nmedians of {rounds} rounds (errors: total)")
     print(
-        "\n| workers | batching | transport | concurrency | req/s | p50 ms | p99 ms | errors "
-        "| server CPU ms/req | client CPU (cores) |"
+        "\n| server | workers | batching | transport | concurrency | req/s | p50 ms | p99 ms "
+        "| errors | server CPU ms/req | client CPU (cores) |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for workers, max_batch, kind, c, r in rows:
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for server, workers, max_batch, kind, c, r in rows:
         batching = f"on (max {max_batch})" if max_batch > 1 else "off"
         cores = "wrk" if r["client_cores"] is None else f"{r['client_cores']:.2f}"
-        server = "-" if r.get("server_ms") is None else f"{r['server_ms']:.2f}"
+        cpu = "-" if r.get("server_ms") is None else f"{r['server_ms']:.2f}"
         print(
-            f"| {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {server} | {cores} |"
+            f"| {server} | {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu} | {cores} |"
         )
 
 
