@@ -33,6 +33,7 @@ def time_distributed_call(op: Any):
     ``Loop`` (and, measured, gets the time axis wrong). Folding time into the batch is exact for
     layers that treat rows independently, which is what ``TimeDistributed`` requires anyway.
     """
+
     def call(x, *args, **kwargs):
         kwargs.pop("mask", None)
         if "training" in _internals.call_context_args(op.layer):
