@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras_gates import _internals
 
 from .errors import ExportError
-from .handlers import GRUHandler, LSTMHandler, _merge, check_exportable
+from .handlers import Handler, _merge, check_exportable, find_handler
 from .lengths import seq_lens as lengths_of_cut
 
 
@@ -24,13 +24,11 @@ def gated_cells(layer: Any) -> list[Any] | None:
     """The gated cells of a plain ``keras.layers.RNN`` made only of them, else ``None``."""
     import keras
 
-    from keras_gates import GatedGRU, GatedGRUCell, GatedLSTM, GatedLSTMCell
-
-    if not isinstance(layer, keras.layers.RNN) or isinstance(layer, (GatedLSTM, GatedGRU)):
-        return None
+    if not isinstance(layer, keras.layers.RNN) or find_handler(layer) is not None:
+        return None  # a gated layer converts by its own handler
     cell = layer.cell
     cells = list(cell.cells) if isinstance(cell, keras.layers.StackedRNNCells) else [cell]
-    if cells and all(isinstance(c, (GatedLSTMCell, GatedGRUCell)) for c in cells):
+    if cells and all(find_handler(c) is not None for c in cells):
         return cells
     return None
 
@@ -89,10 +87,11 @@ def call(run: Any, op: Any, args: tuple, kwargs: dict) -> Any:
     return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _handler(cell: Any) -> Any:
-    from keras_gates import GatedLSTMCell
-
-    return LSTMHandler() if isinstance(cell, GatedLSTMCell) else GRUHandler()
+def _handler(cell: Any) -> Handler:
+    handler = find_handler(cell)
+    if handler is None:  # gated_cells() admits registered cells only
+        raise ExportError(f"Cell {cell.name!r} ({type(cell).__name__}) has no export handler.")
+    return handler
 
 
 def _chain(run, op, rnn, cells, direction, prefix, x, lens, initial) -> tuple[Any, list]:

@@ -1,5 +1,11 @@
 """One handler per layer type that becomes a native ONNX ``LSTM``/``GRU`` node.
 
+A handler owns everything the export knows about its layer type: the ONNX operator, its state
+tensors, its gate order, its optional inputs, its weights and attributes. Handlers register by
+the keras_gates classes they convert (``@handles("GatedLSTM", "GatedLSTMCell")``); a
+``Bidirectional`` around a registered layer derives its handler from the inner one. Adding a
+layer type means adding one handler here.
+
 While the model is traced for tf2onnx, each handled layer call is *cut*: its input leaves the
 traced function as an extra output (time-major, with its ``sequence_lens``), and its result
 enters as extra placeholder inputs shaped like the ONNX operator's outputs (``Y``
@@ -15,8 +21,23 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_gates import gates
+
 from .errors import ExportError
 from .rnn_weights import DirectionWeights, gru_direction, lstm_direction
+
+_REGISTRY: dict[str, type[Handler]] = {}  # keras_gates class name -> handler class
+
+
+def handles(*class_names: str):
+    """Class decorator: the handler converts the keras_gates layers/cells of these names."""
+
+    def register(handler: type[Handler]) -> type[Handler]:
+        for name in class_names:
+            _REGISTRY[name] = handler
+        return handler
+
+    return register
 
 
 @dataclasses.dataclass
@@ -63,10 +84,17 @@ class Handler:
     """Base handler for a single-direction gated layer (``GatedLSTM``/``GatedGRU``)."""
 
     op_type = ""
-    state_names: tuple[str, ...] = ("h",)
+    state_names: tuple[str, ...] = ("h",)  # ONNX outputs Y_<s>, initial-state inputs <s>0
+    gate_order: tuple[str, ...] = ()  # the operator's gate order in W/R/B (keras_gates.gates)
 
-    def matches(self, layer: Any) -> bool:
-        raise NotImplementedError
+    @property
+    def onnx_outputs(self) -> tuple[str, ...]:
+        """The operator's outputs, in order."""
+        return ("Y", *(f"Y_{s}" for s in self.state_names))
+
+    def optional_inputs(self, initializers: dict[str, str]) -> list[str]:
+        """Inputs after the initial states (``""`` for an absent one)."""
+        return []
 
     def inner(self, layer: Any) -> list[Any]:
         """The gated layer(s) in ONNX direction order."""
@@ -120,14 +148,14 @@ class Handler:
         return [y, *states]
 
 
+@handles("GatedLSTM", "GatedLSTMCell")
 class LSTMHandler(Handler):
     op_type = "LSTM"
     state_names = ("h", "c")
+    gate_order = gates.ONNX_LSTM
 
-    def matches(self, layer: Any) -> bool:
-        from keras_gates import GatedLSTM
-
-        return isinstance(layer, GatedLSTM)
+    def optional_inputs(self, initializers: dict[str, str]) -> list[str]:
+        return [initializers.get("P", "")]  # peepholes
 
     def direction_weights(self, layer: Any) -> DirectionWeights:
         return lstm_direction(layer)
@@ -136,13 +164,10 @@ class LSTMHandler(Handler):
         return {"input_forget": 1} if layer.coupled_input_forget else {}
 
 
+@handles("GatedGRU", "GatedGRUCell")
 class GRUHandler(Handler):
     op_type = "GRU"
-
-    def matches(self, layer: Any) -> bool:
-        from keras_gates import GatedGRU
-
-        return isinstance(layer, GatedGRU)
+    gate_order = gates.ONNX_GRU
 
     def direction_weights(self, layer: Any) -> DirectionWeights:
         return gru_direction(layer)
@@ -158,13 +183,10 @@ class BidirectionalHandler(Handler):
         self.base = base
         self.op_type = base.op_type
         self.state_names = base.state_names
+        self.gate_order = base.gate_order
 
-    def matches(self, layer: Any) -> bool:
-        import keras
-
-        return isinstance(layer, keras.layers.Bidirectional) and self.base.matches(
-            layer.forward_layer
-        )
+    def optional_inputs(self, initializers: dict[str, str]) -> list[str]:
+        return self.base.optional_inputs(initializers)
 
     def inner(self, layer: Any) -> list[Any]:
         return [layer.forward_layer, layer.backward_layer]
@@ -248,14 +270,18 @@ def check_exportable(layer: Any) -> None:
             )
 
 
-HANDLERS: list[Handler] = [
-    BidirectionalHandler(LSTMHandler()),
-    BidirectionalHandler(GRUHandler()),
-    LSTMHandler(),
-    GRUHandler(),
-]
-
-
 def find_handler(layer: Any) -> Handler | None:
-    """The handler converting ``layer`` to a native RNN node, or ``None``."""
-    return next((h for h in HANDLERS if h.matches(layer)), None)
+    """The handler converting ``layer`` (a gated layer or cell, or a ``Bidirectional`` around a
+    gated layer) to a native RNN node, or ``None``."""
+    import keras
+
+    import keras_gates
+
+    if isinstance(layer, keras.layers.Bidirectional):
+        base = find_handler(layer.forward_layer)
+        return BidirectionalHandler(base) if base is not None else None
+    for cls in type(layer).__mro__:  # subclasses of a registered class convert like it
+        handler = _REGISTRY.get(cls.__name__)
+        if handler is not None and getattr(keras_gates, cls.__name__, None) is cls:
+            return handler()
+    return None

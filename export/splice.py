@@ -31,15 +31,13 @@ def rnn_node(
     arrays = stack_directions(directions)
     inits = [numpy_helper.from_array(a, f"{prefix}.{key}") for key, a in arrays.items()]
     names = {key: f"{prefix}.{key}" for key in arrays}
+    handler = cut.handler
     inputs = [cut.tensor("X"), names["W"], names["R"], names["B"], cut.tensor("seq_lens")]
-    initial = ["h", "c"] if cut.op_type == "LSTM" else ["h"]
-    inputs += [cut.tensor(f"{s}0") if cut.has_initial else "" for s in initial]
-    if cut.op_type == "LSTM":
-        inputs.append(names.get("P", ""))
+    inputs += [cut.tensor(f"{s}0") if cut.has_initial else "" for s in handler.state_names]
+    inputs += handler.optional_inputs(names)
     while inputs and inputs[-1] == "":
         inputs.pop()
-    parts = ("Y", "Y_h", "Y_c") if cut.op_type == "LSTM" else ("Y", "Y_h")
-    outputs = [cut.tensor(p) if p in cut.outputs else "" for p in parts]
+    outputs = [cut.tensor(p) if p in cut.outputs else "" for p in handler.onnx_outputs]
     while outputs and outputs[-1] == "":
         outputs.pop()
     attrs = {
@@ -48,22 +46,16 @@ def rnn_node(
         **activation_attributes([d.activations for d in directions]),
         **cut.handler.node_attributes(cut.cells[0] if cut.cells else cut.layer),
     }
-    node = helper.make_node(cut.op_type, inputs, outputs, name=prefix, **attrs)
+    node = helper.make_node(handler.op_type, inputs, outputs, name=prefix, **attrs)
     layout = {
-        "op_type": cut.op_type,
+        "op_type": handler.op_type,
         "direction": cut.direction,
         "hidden_size": cut.units,
-        "gate_order": _gate_order(cut.op_type),
+        "gate_order": list(handler.gate_order),
         "initializers": names,
         "attributes": {k: v for k, v in attrs.items() if k != "hidden_size"},
     }
     return node, inits, layout
-
-
-def _gate_order(op_type: str) -> list[str]:
-    from keras_gates import gates
-
-    return list(gates.ONNX_LSTM if op_type == "LSTM" else gates.ONNX_GRU)
 
 
 def splice(model: onnx.ModelProto, cuts: list[Cut]) -> dict[str, Any]:
