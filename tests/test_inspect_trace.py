@@ -191,3 +191,21 @@ def test_subclassed_model_and_layer_variants():
     assert result["summary"]["layers"]["gru"]["weights"]["reset"]["bias_norm"] is None
     want = model.gru.trace(model.lstm(x), mask=valid)
     np.testing.assert_allclose(result["traces"]["gru"]["update"], want["update"], atol=FLOAT32)
+
+
+def test_memory_horizon_on_every_backend():
+    """Retention is numpy (every backend); gradient flow needs TensorFlow and says so elsewhere."""
+    import keras
+
+    from keras_gates.inspect import inspect_model
+
+    model = keras.Sequential([keras.Input((10, 2)), GatedLSTM(4), keras.layers.Dense(1)])
+    x = np.random.default_rng(0).random((4, 10, 2), dtype=np.float32)
+    summary = inspect_model(model, x)["summary"]
+    (layer,) = summary["layers"].values()
+    assert len(layer["horizon"]["half_life"]["per_unit"]) == 4
+    flow = summary["gradient_flow"]
+    if keras.config.backend() == "tensorflow":
+        assert flow["note"] is None and flow["input"]["reach"] is not None
+    else:
+        assert "GradientTape" in flow["note"] and flow["input"] is None and not flow["layers"]

@@ -62,6 +62,7 @@ from keras_gates.inspect.gradients import (
 )
 from keras_gates.inspect.horizon import memory_retention
 from keras_gates.inspect.horizon_summary import (
+    backend_note,
     flow_summary,
     format_horizon_table,
     gradient_note,
@@ -165,10 +166,11 @@ def inspect_model(
     weights = {ref.key: weight_summary(ref.layer.get_gate_weights()) for ref in refs}
     retention, flow, state_flow, note = {}, None, {}, None
     if horizon:
-        retention = memory_retention(model, x, traces=traces)
+        retention = memory_retention(model, x, traces=traces)  # numpy: every backend
         head = first_samples(x, horizon_samples)
-        state_flow = state_gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
-        note = gradient_note(x)
+        note = backend_note() or gradient_note(x)
+        if backend_note() is None:  # the gradients use TensorFlow's GradientTape
+            state_flow = state_gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
         if note is None:
             flow = gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
     summary = build_summary(
