@@ -7,6 +7,7 @@ failure names the layer at fault and the session table runs on an injected clock
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -16,8 +17,49 @@ import pytest
 
 from keras_gates.serving.batcher import Batcher, BatchLayout
 from keras_gates.serving.codec import decode_request, encode_error, encode_response
-from keras_gates.serving.errors import BadRequest, Unavailable
+from keras_gates.serving.errors import (
+    INTERNAL_ERROR,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+    Unavailable,
+    error_payload,
+    grpc_code,
+)
 from keras_gates.serving.sessions import SessionManager
+
+# ---- the one error mapping ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "err, status, code",
+    [
+        (BadRequest("bad x"), 400, "INVALID_ARGUMENT"),
+        (NotFound("no model"), 404, "NOT_FOUND"),
+        (PayloadTooLarge("too big"), 413, "RESOURCE_EXHAUSTED"),
+        (Unavailable("busy"), 503, "UNAVAILABLE"),
+        (ServingError("gone", 499), 499, "CANCELLED"),
+        (ServingError("odd", 418), 418, "UNKNOWN"),
+    ],
+)
+def test_error_payload_answers_serving_errors_with_their_status_and_message(err, status, code):
+    assert error_payload(err, "/where") == (status, err.message)
+    assert grpc_code(status) == code  # what the gRPC transport aborts with
+
+
+def test_error_payload_logs_unexpected_errors_and_leaks_nothing(caplog):
+    try:
+        raise KeyError("secret internal detail")
+    except KeyError as err:
+        with caplog.at_level(logging.ERROR, "keras_gates.serving"):
+            answer = error_payload(err, "/v2/models/m/infer")
+    assert answer == (500, INTERNAL_ERROR) and "secret" not in INTERNAL_ERROR
+    (record,) = caplog.records
+    assert record.getMessage() == "Unhandled error in /v2/models/m/infer"
+    assert "secret internal detail" in record.exc_text and "Traceback" in record.exc_text
+    assert grpc_code(500) == "INTERNAL"
+
 
 # ---- codec ---------------------------------------------------------------------------------
 
