@@ -118,7 +118,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):
         scheduler, _ = self.served.get(request.name, request.version or None)
         doc = documents.model_config(scheduler, len(self.versions(request.name)))
-        return grpc_codec.model_config(doc)
+        return grpc_codec.model_config(doc, scheduler.config.max_queue_delay_ms)
 
     @_rpc
     async def ModelStatistics(self, request, context):
