@@ -18,8 +18,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from .codec import InferRequest, _from_json, _requested_outputs, _tensor_header
+from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
-from .runtime import NUMPY_TO_V2
 
 # The typed ``contents`` field each datatype's values travel in (FP16 has none: raw only).
 CONTENTS_FIELD = {
