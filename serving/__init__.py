@@ -2,8 +2,9 @@
 
 Layers, each knowing only the next one's public surface: protocol (:mod:`.app`, :mod:`.protocol`,
 :mod:`.codec`) -> scheduler (:mod:`.scheduler`, :mod:`.batcher`, :mod:`.sessions`) -> runtime
-(:mod:`.runtime`); the gRPC transport (:mod:`.grpc_server`, :mod:`.grpc_codec`) is a second protocol
-layer on the same schedulers. Importing this package never imports TensorFlow, Keras or grpcio.
+(:mod:`.runtime`), the datatype tables of all three in :mod:`.datatypes`; the gRPC transport
+(:mod:`.grpc_server`, :mod:`.grpc_codec`) is a second protocol layer on the same schedulers.
+Importing this package never imports TensorFlow, Keras or grpcio.
 
 Example::
 

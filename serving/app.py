@@ -22,12 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from keras_gates.version import __version__
 
 from . import control, documents
+from .errors import BadRequest, ServingError
 from .protocol import (
     InferFastPath,
     Served,
     ServerConfig,
+    answer_error,
     boundary,
-    error_response,
     infer,
     json_response,
 )
@@ -143,11 +144,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
         if exc.status_code == 404:
             message = f"No route {request.method} {request.url.path}; see /docs for the API."
-        return error_response(message, exc.status_code)
+        return answer_error(ServingError(message, exc.status_code), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(f"Invalid request: {exc.errors()}", 400)
+        return answer_error(BadRequest(f"Invalid request: {exc.errors()}"), request.url.path)
 
 
 def _add_server_routes(app: FastAPI, served: Served) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class Batcher:
         self._queue: collections.deque[Work] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
-        self.active = 0  # requests of this model between arrival and response (set on the loop)
+        self._active = 0  # requests between arrival and response; under _cond (see tracking)
         self._idle = False  # the worker waits for a first request
         self._forming = 0  # requests in the batch the worker is waiting to fill (0: not waiting)
         self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
@@ -109,6 +110,28 @@ class Batcher:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def active(self) -> int:
+        """Requests of this model between arrival and response (see :meth:`tracking`)."""
+        return self._active
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Count one request as active for the duration of the block.
+
+        The count is written under the worker's lock (the event loop enters and leaves, the worker
+        reads it in :meth:`_ready`); leaving wakes a forming batch that no longer needs to wait.
+        """
+        with self._cond:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if self._forming and self._ready(self._forming + len(self._queue)):
+                    self._cond.notify()
 
     def submit(self, feeds: Feeds, rows: int, steps: int | None) -> asyncio.Future:
         """Queue complete feeds (``rows`` on axis 0, ``steps`` on axis 1 of sequence inputs)."""
@@ -181,7 +204,7 @@ class Batcher:
         of the active requests, so that the loop decodes the other half while this batch runs.
         A lone client never waits.
         """
-        active = self.active
+        active = self._active  # caller holds self._cond
         return (
             gathered >= self.layout.max_batch_size
             or active <= gathered + len(self._queue)

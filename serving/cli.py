@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 WORKER_ENV = "KERAS_GATES_SERVE_ARGS"  # the flags, as JSON, for the worker processes
+_MIB = 1024 * 1024
+# The flag of each config field whose name differs (the others are the field's name with dashes).
+_FLAG_OF_FIELD = {"repository_poll_s": "repository-poll-secs", "max_body_bytes": "max-body-mb"}
 _WORKER_FLAGS = (
     "path",
     "threads",
@@ -36,10 +40,14 @@ _WORKER_FLAGS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``serve`` subcommand's flags."""
+    """The ``serve`` subcommand's flags; the defaults are those of the config dataclasses."""
+    from .protocol import ServerConfig
+
+    server = ServerConfig()
+    scheduler = server.scheduler
     parser.add_argument("path", help="an .onnx file or a model repository REPO/NAME/VERSION/")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     parser.add_argument(
         "--grpc-port",
         type=int,
@@ -52,35 +60,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="server processes sharing the port, each with its own copy of the models (default "
-        "1); not with streaming models, whose sequences live in one process. /metrics and the "
-        "/stats endpoints then describe the worker that answers, not the whole server",
+        "%(default)s); not with streaming models, whose sequences live in one process. /metrics "
+        "and the /stats endpoints then describe the worker that answers, not the whole server",
     )
     parser.add_argument(
-        "--max-batch-size", type=int, default=32, help="rows per model call; 1 turns batching off"
+        "--max-batch-size",
+        type=int,
+        default=scheduler.max_batch_size,
+        help="rows per model call; 1 turns batching off (default: %(default)s)",
     )
     parser.add_argument(
         "--max-queue-delay-ms",
         type=float,
-        default=2.0,
-        help="longest wait for requests still being received before a batch runs (default: 2)",
+        default=scheduler.max_queue_delay_ms,
+        help="longest wait for requests still being received before a batch runs "
+        "(default: %(default)s)",
     )
     parser.add_argument(
-        "--max-queue-size", type=int, default=1024, help="queued requests per model before 503"
+        "--max-queue-size",
+        type=int,
+        default=scheduler.max_queue_size,
+        help="queued requests per model before 503 (default: %(default)s)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="onnxruntime intra-op threads per model (default 1)"
     )
     parser.add_argument(
-        "--max-sessions", type=int, default=1024, help="open sequences per model before 503"
+        "--max-sessions",
+        type=int,
+        default=scheduler.max_sessions,
+        help="open sequences per model before 503 (default: %(default)s)",
     )
     parser.add_argument(
         "--session-idle-timeout-s",
         type=float,
-        default=60.0,
-        help="evict a sequence after this many idle seconds (default: 60)",
+        default=scheduler.session_idle_timeout_s,
+        help="evict a sequence after this many idle seconds (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-body-mb", type=float, default=64.0, help="largest request body, in MiB (413 beyond)"
+        "--max-body-mb",
+        type=float,
+        default=server.max_body_bytes / _MIB,
+        help="largest request body, in MiB (413 beyond; default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
@@ -93,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model-control-mode",
-        default="explicit",
+        default=server.model_control_mode,
         choices=("explicit", "poll"),
         help="explicit (default): POST /v2/repository/models/{m}/load and /unload (re)load "
         "models; poll: rescan the repository folder every --repository-poll-secs instead (each "
@@ -102,8 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repository-poll-secs",
         type=float,
-        default=15.0,
-        help="with --model-control-mode poll, seconds between scans (default 15)",
+        default=server.repository_poll_s,
+        help="with --model-control-mode poll, seconds between scans (default %(default)s)",
     )
     parser.add_argument(
         "--graceful-timeout-s",
@@ -114,7 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for flag in ("workers", "max_batch_size", "max_queue_size", "threads", "max_sessions"):
+    """The flags no config dataclass checks (those it does: :func:`_server_config`)."""
+    for flag in ("workers", "threads"):
         if getattr(args, flag) < 1:
             raise ValueError(
                 f"Received an invalid value for --{flag.replace('_', '-')}, expected a positive "
@@ -123,11 +145,6 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise ValueError(
             f"Received an invalid value for --port, expected 1-65535, got {args.port}."
-        )
-    if not args.repository_poll_secs > 0:
-        raise ValueError(
-            "Received an invalid value for --repository-poll-secs, expected a number > 0, got "
-            f"{args.repository_poll_secs}."
         )
     if args.grpc_port is not None and not (
         0 < args.grpc_port < 65536 and args.grpc_port != args.port
@@ -149,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     _check(args)
+    config = _server_config(args)  # before loading models: a bad flag fails fast
     _check_grpc_port(args)
     _configure_logging(args)
     repository = _load(args)
@@ -168,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout_s,
     )
     if args.workers == 1:
-        uvicorn.run(create_app(repository, _server_config(args), _grpc_config(args)), **options)
+        uvicorn.run(create_app(repository, config, _grpc_config(args)), **options)
         return 0
     del repository  # each worker loads its own copy
     os.environ[WORKER_ENV] = json.dumps({flag: getattr(args, flag) for flag in _WORKER_FLAGS})
@@ -194,21 +212,30 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _server_config(args: argparse.Namespace):
+    """The config of the flags; the dataclasses' checks name the flag, not the field."""
     from .protocol import ServerConfig
     from .scheduler import SchedulerConfig
 
-    return ServerConfig(
-        scheduler=SchedulerConfig(
-            max_batch_size=args.max_batch_size,
-            max_queue_delay_ms=args.max_queue_delay_ms,
-            max_queue_size=args.max_queue_size,
-            max_sessions=args.max_sessions,
-            session_idle_timeout_s=args.session_idle_timeout_s,
-        ),
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        model_control_mode=args.model_control_mode,
-        repository_poll_s=args.repository_poll_secs,
-    )
+    try:
+        return ServerConfig(
+            scheduler=SchedulerConfig(
+                max_batch_size=args.max_batch_size,
+                max_queue_delay_ms=args.max_queue_delay_ms,
+                max_queue_size=args.max_queue_size,
+                max_sessions=args.max_sessions,
+                session_idle_timeout_s=args.session_idle_timeout_s,
+            ),
+            max_body_bytes=int(args.max_body_mb * _MIB),
+            model_control_mode=args.model_control_mode,
+            repository_poll_s=args.repository_poll_secs,
+        )
+    except ValueError as err:
+        flag = re.sub(
+            r"argument `(\w+)`",
+            lambda m: "--" + _FLAG_OF_FIELD.get(m[1], m[1].replace("_", "-")),
+            str(err),
+        )
+        raise ValueError(flag) from None
 
 
 def _check_grpc_port(args: argparse.Namespace) -> None:

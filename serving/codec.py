@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .datatypes import NUMPY_TO_V2, V2_TO_NUMPY
 from .errors import BadRequest
-from .runtime import NUMPY_TO_V2, V2_TO_NUMPY
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _DATATYPES = ", ".join(V2_TO_NUMPY)

@@ -1,11 +1,19 @@
 """Errors the service answers with: each carries its HTTP status and a message for the client.
 
-Every layer raises these for problems it can name (bad input, unknown model, overload); the protocol
-layer turns them into ``{"error": "..."}`` with their status. Any other exception is a bug: the
-protocol layer logs it with its traceback and answers a 500 that leaks nothing.
+Every layer raises these for problems it can name (bad input, unknown model, overload). Every
+transport answers an exception through :func:`error_payload`, the one mapping: a
+:class:`ServingError` gives its status and message (HTTP writes ``{"error": "..."}``, gRPC aborts
+with :func:`grpc_code` of the status); any other exception is a bug, logged with its traceback and
+answered 500 with a message that leaks nothing.
 """
 
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("keras_gates.serving")
+
+INTERNAL_ERROR = "Internal server error; the server log has the details."
 
 
 class ServingError(Exception):
@@ -61,3 +69,17 @@ GRPC_CODES = {
 def grpc_code(status: int) -> str:
     """The name of the ``grpc.StatusCode`` for an HTTP ``status`` (``UNKNOWN`` when unmapped)."""
     return GRPC_CODES.get(status, "UNKNOWN")
+
+
+def error_payload(err: BaseException, where: str) -> tuple[int, str]:
+    """The answer to ``err``: ``(HTTP status, message for the client)``.
+
+    Args:
+        err: the exception a handler raised.
+        where: what was being served (an endpoint or path), for the log line of an unexpected
+            error; it is never sent to the client.
+    """
+    if isinstance(err, ServingError):
+        return err.status, err.message
+    log.error("Unhandled error in %s", where, exc_info=err)
+    return 500, INTERNAL_ERROR

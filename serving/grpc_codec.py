@@ -18,8 +18,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from .codec import InferRequest, _from_json, _requested_outputs, _tensor_header
+from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
-from .runtime import NUMPY_TO_V2
 
 # The typed ``contents`` field each datatype's values travel in (FP16 has none: raw only).
 CONTENTS_FIELD = {
@@ -139,19 +139,18 @@ def model_metadata(doc: dict) -> service_pb2.ModelMetadataResponse:
     )
 
 
-def model_config(doc: dict) -> service_pb2.ModelConfigResponse:
+def model_config(doc: dict, max_queue_delay_ms: float) -> service_pb2.ModelConfigResponse:
     """:func:`~keras_gates.serving.documents.model_config` as Triton's ``ModelConfig`` message.
 
     Fields the message has no place for (the ``keras_gates_*`` roles of the HTTP document) are
-    left out. The message holds one scheduler: a streaming model's ``dynamic_batching`` becomes
-    its ``sequence_batching`` strategy ``oldest`` (sequences batched together, same delay).
+    left out. A batched streaming model's ``sequence_batching`` gets the strategy ``oldest``
+    (sequences batched together, waiting up to the model's ``max_queue_delay_ms``).
     """
-    if "sequence_batching" in doc and "dynamic_batching" in doc:
+    if "sequence_batching" in doc and doc.get("max_batch_size", 0) > 1:
         doc = dict(doc)
-        dynamic = doc.pop("dynamic_batching")
         oldest = {
-            "max_candidate_sequences": doc.get("max_batch_size", 1),
-            "max_queue_delay_microseconds": dynamic.get("max_queue_delay_microseconds", 0),
+            "max_candidate_sequences": doc["max_batch_size"],
+            "max_queue_delay_microseconds": int(max_queue_delay_ms * 1000),
         }
         doc["sequence_batching"] = {"oldest": oldest, **doc["sequence_batching"]}
     config = json_format.ParseDict(doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)

@@ -26,8 +26,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from keras_gates.version import __version__
 
 from . import documents, grpc_codec
-from .errors import ServingError, Unavailable, grpc_code
-from .protocol import INTERNAL_ERROR, Served, _sequence, account, request_log
+from .errors import ServingError, Unavailable, error_payload, grpc_code
+from .protocol import Served, _sequence, account, request_log
 
 log = logging.getLogger("keras_gates.serving")
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -61,8 +61,11 @@ class GrpcConfig:
         return f"{host}:{self.port}"
 
 
-def _status(err: ServingError) -> grpc.StatusCode:
-    return grpc.StatusCode[grpc_code(err.status)]
+def _answer(err: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC answer to ``err``: :func:`~keras_gates.serving.errors.error_payload`'s status as a
+    gRPC code, and its message."""
+    status, message = error_payload(err, where)
+    return grpc.StatusCode[grpc_code(status)], message
 
 
 def _rpc(method):
@@ -73,11 +76,8 @@ def _rpc(method):
     async def guarded(self, request, context):
         try:
             return await method(self, request, context)
-        except ServingError as err:
-            code, message = _status(err), err.message
-        except Exception:
-            log.exception("Unhandled error in gRPC %s", method.__name__)
-            code, message = grpc.StatusCode.INTERNAL, INTERNAL_ERROR
+        except Exception as err:  # noqa: BLE001 - error_payload logs what it cannot name
+            code, message = _answer(err, f"gRPC {method.__name__}")
         await context.abort(code, message)
 
     return guarded
@@ -118,7 +118,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):
         scheduler, _ = self.served.get(request.name, request.version or None)
         doc = documents.model_config(scheduler, len(self.versions(request.name)))
-        return grpc_codec.model_config(doc)
+        return grpc_codec.model_config(doc, scheduler.config.max_queue_delay_ms)
 
     @_rpc
     async def ModelStatistics(self, request, context):
@@ -150,7 +150,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             return await self.infer(request, context, INFER_PATH)
         except ServingError as err:
-            await context.abort(_status(err), err.message)
+            await context.abort(*_answer(err, f"gRPC {INFER_PATH}"))
 
     async def ModelStreamInfer(self, request_iterator, context):
         stream = _Stream(self, request_iterator, context)
@@ -185,16 +185,14 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
             return grpc_codec.encode_infer_response(
                 scheduler.name, scheduler.version, request_id, outputs
             )
-        except ServingError as err:
-            status = err.status
-            raise
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
-        except Exception:
-            log.exception("Unhandled error while serving gRPC %s", path)
-            status = 500
-            raise ServingError(INTERNAL_ERROR, 500) from None
+        except Exception as err:  # noqa: BLE001 - error_payload logs what it cannot name
+            status, message = error_payload(err, f"gRPC {path}")
+            if isinstance(err, ServingError):
+                raise
+            raise ServingError(message, status) from None
         finally:
             peer = context.peer() if request_log.isEnabledFor(logging.INFO) else None
             seconds = time.perf_counter() - start

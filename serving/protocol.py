@@ -1,10 +1,11 @@
 """The protocol layer: the inference handler of the Open Inference Protocol (KServe v2) and the
-one error boundary.
+HTTP error boundary.
 
 Handlers resolve the model, read and decode the body (:mod:`.codec`), hand numpy tensors to the
 model's :class:`~keras_gates.serving.scheduler.ModelScheduler` and encode what comes back. A
 :class:`~keras_gates.serving.errors.ServingError` becomes ``{"error": message}`` with its status;
-anything else is logged with its traceback and becomes a 500 that leaks nothing.
+anything else is logged with its traceback and becomes a 500 that leaks nothing (both through
+:func:`~keras_gates.serving.errors.error_payload`, which the gRPC transport shares).
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ import orjson
 from fastapi.responses import Response
 
 from .codec import decode_request, encode_error, encode_response
-from .errors import BadRequest, PayloadTooLarge, ServingError, Unavailable
+from .errors import BadRequest, PayloadTooLarge, Unavailable, error_payload
 from .metrics import ServingMetrics
 from .repository import ModelRepository
 from .runtime import ModelRuntime
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
 
-log = logging.getLogger("keras_gates.serving")
 request_log = logging.getLogger("keras_gates.serving.requests")
 HEADER_LENGTH = b"inference-header-content-length"
-INTERNAL_ERROR = "Internal server error; the server log has the details."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +102,9 @@ class Served:
             scheduler.close()
 
 
-def error_response(message: str, status: int) -> Response:
+def answer_error(err: BaseException, where: str) -> Response:
+    """The HTTP answer to ``err`` (see :func:`~keras_gates.serving.errors.error_payload`)."""
+    status, message = error_payload(err, where)
     return Response(encode_error(message), status_code=status, media_type="application/json")
 
 
@@ -118,11 +119,8 @@ def boundary(endpoint):
     async def guarded(*args, **kwargs):
         try:
             return await endpoint(*args, **kwargs)
-        except ServingError as err:
-            return error_response(err.message, err.status)
-        except Exception:
-            log.exception("Unhandled error in %s", endpoint.__name__)
-            return error_response(INTERNAL_ERROR, 500)
+        except Exception as err:  # noqa: BLE001 - error_payload logs what it cannot name
+            return answer_error(err, endpoint.__name__)
 
     return guarded
 
@@ -266,11 +264,9 @@ async def infer(served: Served, name: str, version: str | None, headers, receive
                 (b"content-type", _BINARY),
                 (HEADER_LENGTH, str(header_length).encode()),
             ]
-    except ServingError as err:
-        status, payload, extra = err.status, encode_error(err.message), _JSON
-    except Exception:
-        log.exception("Unhandled error while serving %s", scope["path"])
-        status, payload, extra = 500, encode_error(INTERNAL_ERROR), _JSON
+    except Exception as err:  # noqa: BLE001 - error_payload logs what it cannot name
+        status, message = error_payload(err, scope["path"])
+        payload, extra = encode_error(message), _JSON
     seconds = time.perf_counter() - start
     client = scope.get("client")
     account(served, metrics, status, seconds, scope["path"], client and client[0], request_id, seq)

@@ -14,38 +14,7 @@ import numpy as np
 
 from keras_gates.export.signature import Signature, read_signature
 
-# Open Inference Protocol datatype <-> numpy dtype (BYTES is not a numeric tensor: never a model
-# input here, but the codec must name it to reject it clearly).
-V2_TO_NUMPY = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
-_ORT_TO_V2 = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
+from .datatypes import ORT_TO_V2, V2_TO_NUMPY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +60,7 @@ def _ort_shape(shape) -> tuple[int | None, ...]:
 
 
 def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
-    datatype = _ORT_TO_V2.get(ort_arg.type)
+    datatype = ORT_TO_V2.get(ort_arg.type)
     if datatype is None:
         raise ValueError(
             f"Tensor {ort_arg.name!r} has type {ort_arg.type}, which the server cannot carry; "

@@ -145,11 +145,8 @@ class ModelScheduler:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Wrap a whole request (receive, decode, infer): a forming batch may wait for it."""
-        self._batcher.active += 1
-        try:
+        with self._batcher.tracking():
             yield
-        finally:
-            self._batcher.active -= 1
 
     async def infer(
         self,

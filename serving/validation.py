@@ -12,8 +12,9 @@ import numpy as np
 
 from keras_gates.export.signature import masked_holes
 
+from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
-from .runtime import NUMPY_TO_V2, TensorInfo
+from .runtime import TensorInfo
 
 
 def describe(tensors: Sequence[TensorInfo]) -> str:

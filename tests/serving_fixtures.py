@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_gates.serving import SchedulerConfig, ServerConfig, create_app
-from keras_gates.serving.runtime import V2_TO_NUMPY
+from keras_gates.serving.datatypes import V2_TO_NUMPY
 from tests.reference import SERVING_ATOL
 from tests.serving_models import (
     ServerThread,

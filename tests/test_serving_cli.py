@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from keras_gates.serving import ModelRepository, NotFound, create_app, discover
+from keras_gates.serving import ModelRepository, NotFound, ServerConfig, create_app, discover
 from keras_gates.serving import cli as serve_cli
 from tests.serving_models import (
     ServerThread,
@@ -38,6 +38,8 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults_bind_loopback():
     args = parse("model.onnx")
     assert (args.host, args.port, args.max_batch_size) == ("127.0.0.1", 8000, 32)
+    # the flags' defaults are the config dataclasses' (stated once, there)
+    assert serve_cli._server_config(args) == ServerConfig()
 
 
 def test_bad_arguments_name_the_flag(tmp_path):
@@ -45,6 +47,10 @@ def test_bad_arguments_name_the_flag(tmp_path):
         serve_cli.run(parse(str(tmp_path), "--workers", "0"))
     with pytest.raises(ValueError, match="--max-batch-size, expected a positive integer, got 0"):
         serve_cli.run(parse(str(tmp_path), "--max-batch-size", "0"))
+    with pytest.raises(ValueError, match="--max-queue-delay-ms, expected a number >= 0, got -1"):
+        serve_cli.run(parse(str(tmp_path), "--max-queue-delay-ms", "-1"))
+    with pytest.raises(ValueError, match="--repository-poll-secs, expected a number > 0, got 0"):
+        serve_cli.run(parse(str(tmp_path), "--repository-poll-secs", "0"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         serve_cli.run(parse(str(tmp_path / "missing.onnx")))
     with pytest.raises(ValueError, match="No models found"):

@@ -37,12 +37,13 @@ def test_health_metadata_config_index(grpc_client):
     assert list(model.versions) == ["1", "2"] and model.platform == "onnxruntime_onnx"
     assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs][:2] == [
         ("x", "FP32", [-1, -1, 3]),
-        ("lengths", "INT32", [-1]),
+        ("lengths", "INT32", [-1, 1]),  # [batch] tensors are advertised as Triton does
     ]
     assert list(grpc_client.get_model_metadata("lstm", "2").versions) == ["2"]
     config = grpc_client.get_model_config("lstm").config
     assert (config.name, config.max_batch_size, list(config.input[0].dims)) == ("lstm", 8, [-1, 3])
     assert config.sequence_batching.oldest.max_candidate_sequences == 8
+    assert config.sequence_batching.oldest.max_queue_delay_microseconds == 5000  # 5 ms
     assert config.sequence_batching.max_sequence_idle_microseconds == 60_000_000
     assert [s.input_name for s in config.sequence_batching.state] == ["rnn.h_in", "rnn.c_in"]
     assert grpc_client.get_model_config(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from keras_gates.serving.runtime import V2_TO_NUMPY
+from keras_gates.serving.datatypes import V2_TO_NUMPY
 from tests.serving_fixtures import (
     ATOL,
     json_input,

@@ -181,7 +181,12 @@ def test_idle_sessions_are_evicted(repo):
     with ServerThread(create_app(repo, config)) as server, httpx.Client(base_url=server.url) as c:
         assert c.post("/v2/models/gru/infer", json=chunk_body(x, 1, start=True)).status_code == 200
         assert 'keras_gates_active_sessions{model="gru",version="1"} 1.0' in c.get("/metrics").text
-        time.sleep(0.8)
+        # the server's sweeper task evicts it (the timing itself is unit-tested with an injected
+        # clock in test_serving_units.py): poll the gauge rather than sleep a fixed time
+        deadline = time.monotonic() + 10
+        gone = 'keras_gates_active_sessions{model="gru",version="1"} 0.0'
+        while gone not in c.get("/metrics").text and time.monotonic() < deadline:
+            time.sleep(0.02)
         response = c.post("/v2/models/gru/infer", json=chunk_body(x, 1))
         assert response.status_code == 400
         assert "was evicted after 0.3 s idle" in response.json()["error"]
