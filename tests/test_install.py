@@ -30,8 +30,8 @@ ENV.pop("PYTHONPATH", None)
 TRAIN = """
 import keras, numpy as np
 from keras_gates import GatedGRU, GatedLSTM
-model = keras.Sequential([keras.Input((7, 3)), GatedLSTM(4, return_sequences=True), GatedGRU(3),
-                          keras.layers.Dense(1)])
+model = keras.Sequential([keras.Input((None, 3)), GatedLSTM(4, return_sequences=True),
+                          GatedGRU(3), keras.layers.Dense(1)])
 model.compile(optimizer="adam", loss="mse")
 before = model.layers[0].get_gate_weights()["forget"]["kernel"].copy()
 history = model.fit(np.random.rand(8, 7, 3), np.random.rand(8, 1), epochs=1, verbose=0)
