@@ -128,20 +128,14 @@ def _plan(streaming, op, rnn, cell, index, direction, name, last):
             "end to start. Export without streaming."
         )
     handler = _handler(cell)
-    need_y = not last or rnn.return_sequences
-    outputs = ["Y"] if need_y else []
-    if not need_y or rnn.return_state or streaming:
-        outputs.append("Y_h")
-    if "c" in handler.state_names and (rnn.return_state or streaming):
-        outputs.append("Y_c")
+    sequences = not last or rnn.return_sequences  # a cell inside the chain feeds the next
     return Cut(
         index=index,
         layer=op,
         handler=handler,
-        op_type=handler.op_type,
         direction=direction,
         units=int(cell.units),
-        outputs=tuple(outputs),
+        outputs=handler.needed_outputs(sequences, rnn.return_state, streaming),
         state_names=handler.state_names if streaming else (),
         name=name,
         cells=(cell,),

@@ -47,7 +47,6 @@ class Cut:
     index: int
     layer: Any  # the gated layer, or the Bidirectional wrapper
     handler: Handler
-    op_type: str  # "LSTM" | "GRU"
     direction: str  # "forward" | "reverse" | "bidirectional"
     units: int
     outputs: tuple[str, ...]  # ONNX outputs consumed: subset of ("Y", "Y_h", "Y_c")
@@ -96,6 +95,16 @@ class Handler:
         """Inputs after the initial states (``""`` for an absent one)."""
         return []
 
+    def needed_outputs(self, sequences: bool, states: bool, streaming: bool) -> tuple[str, ...]:
+        """The ONNX outputs a call consumes: ``Y`` for per-step outputs, ``Y_h`` for the last
+        output, the states for ``return_state`` and streaming."""
+        outputs = ["Y"] if sequences else []
+        if not sequences or states or streaming:
+            outputs.append("Y_h")
+        if "c" in self.state_names and (states or streaming):
+            outputs.append("Y_c")
+        return tuple(outputs)
+
     def inner(self, layer: Any) -> list[Any]:
         """The gated layer(s) in ONNX direction order."""
         return [layer]
@@ -116,19 +125,13 @@ class Handler:
                 "be exported with `streaming=True`: a chunk would be read end to start. Export "
                 "without streaming."
             )
-        outputs = ["Y"] if first.return_sequences else []
-        if not first.return_sequences or first.return_state or streaming:
-            outputs.append("Y_h")
-        if "c" in self.state_names and (first.return_state or streaming):
-            outputs.append("Y_c")
         return Cut(
             index=index,
             layer=layer,
             handler=self,
-            op_type=self.op_type,
             direction=self.direction(layer),
             units=int(first.units),
-            outputs=tuple(outputs),
+            outputs=self.needed_outputs(first.return_sequences, first.return_state, streaming),
             state_names=self.state_names if streaming else (),
         )
 
