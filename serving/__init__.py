@@ -1,9 +1,11 @@
 """keras-gates inference service: the Open Inference Protocol (KServe v2) over HTTP and gRPC.
 
-Layers, each knowing only the next one's public surface: protocol (:mod:`.app`, :mod:`.protocol`,
-:mod:`.codec`) -> scheduler (:mod:`.scheduler`, :mod:`.batcher`, :mod:`.sessions`) -> runtime
-(:mod:`.runtime`), the datatype tables of all three in :mod:`.datatypes`; the gRPC transport
-(:mod:`.grpc_server`, :mod:`.grpc_codec`) is a second protocol layer on the same schedulers.
+Layers, each knowing only the next one's public surface: protocol (HTTP: :mod:`.app`,
+:mod:`.http_infer`, :mod:`.body`, :mod:`.codec`, :mod:`.responses`) -> scheduler
+(:mod:`.scheduler`, :mod:`.batcher`, :mod:`.sessions`) -> runtime (:mod:`.runtime`), the protocol
+vocabulary (datatypes, shapes) in :mod:`.datatypes`. :class:`InferenceServer` (:mod:`.server`) is
+the composition root: it builds the schedulers and metrics that the HTTP app and the gRPC
+transport (:mod:`.grpc_server`, :mod:`.grpc_codec`), a second protocol layer, both serve.
 Importing this package never imports TensorFlow, Keras or grpcio.
 
 Example::
@@ -14,13 +16,14 @@ Example::
 
 from .app import create_app
 from .errors import BadRequest, NotFound, PayloadTooLarge, ServingError, Unavailable
-from .protocol import ServerConfig
 from .repository import ModelRepository, discover
 from .runtime import ModelRuntime, TensorInfo
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
+from .server import InferenceServer, ServerConfig
 
 __all__ = [
     "BadRequest",
+    "InferenceServer",
     "ModelRepository",
     "ModelRuntime",
     "ModelScheduler",

@@ -14,25 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keras_gates.version import __version__
 
 from . import control, documents
-from .errors import BadRequest, ServingError
-from .protocol import (
-    InferFastPath,
-    Served,
-    ServerConfig,
-    answer_error,
-    boundary,
-    infer,
-    json_response,
-)
+from .http_infer import InferFastPath, infer
 from .repository import ModelRepository
+from .responses import add_error_handlers, boundary, json_response
+from .server import InferenceServer, ServerConfig
 
 if TYPE_CHECKING:
     from .grpc_server import GrpcConfig
@@ -79,31 +70,32 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app serving every model of ``repository`` (a path is loaded first).
 
-    Worker threads start here; the app's lifespan (run by uvicorn) evicts idle sessions and, on
-    shutdown, finishes queued requests and stops the threads. With ``grpc``, the lifespan also
-    serves the protocol's gRPC transport on the same event loop and models (:mod:`.grpc_server`).
+    Worker threads start here; the app's lifespan (run by uvicorn) makes the server ready, evicts
+    idle sessions and, on shutdown, finishes queued requests and stops the threads. With ``grpc``,
+    the lifespan also serves the protocol's gRPC transport on the same event loop and models
+    (:mod:`.grpc_server`).
     """
     config = config or ServerConfig()
     if not isinstance(repository, ModelRepository):
         repository = ModelRepository.load(repository)
-    served = Served(repository, config)
+    server = InferenceServer(repository, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        grpc_server = await _start_grpc(served, grpc) if grpc is not None else None
-        tasks = [asyncio.create_task(_sweep_forever(served))]
-        if served.config.model_control_mode == "poll":
-            tasks.append(asyncio.create_task(control.poll_forever(served)))
-        served.ready = True
+        grpc_server = await _start_grpc(server, grpc) if grpc is not None else None
+        tasks = [asyncio.create_task(_sweep_forever(server))]
+        if server.config.model_control_mode == "poll":
+            tasks.append(asyncio.create_task(control.poll_forever(server)))
+        server.phase = "ready"
         try:
             yield
         finally:
-            served.ready = False
+            server.phase = "stopping"
             for task in tasks:
                 task.cancel()
             if grpc_server is not None:
                 await grpc_server.stop()
-            await asyncio.to_thread(served.close)
+            await asyncio.to_thread(server.close)
 
     app = ServingApp(
         title="keras-gates inference server",
@@ -112,53 +104,40 @@ def create_app(
         "sequences and stateful streaming sessions.",
         lifespan=lifespan,
     )
-    app.state.served = served
-    _add_error_handlers(app)
-    _add_server_routes(app, served)
-    _add_model_routes(app, served)
-    control.add_routes(app, served)
-    app.fast_path = InferFastPath(served)
+    app.state.server = server
+    add_error_handlers(app)
+    _add_server_routes(app, server)
+    _add_model_routes(app, ModelRoutes(server))
+    control.add_routes(app, server)
+    app.fast_path = InferFastPath(server)
     return app
 
 
-async def _start_grpc(served: Served, config: GrpcConfig):
+async def _start_grpc(server: InferenceServer, config: GrpcConfig):
     from .grpc_server import GrpcServer  # grpcio is imported only when gRPC is served
 
-    server = GrpcServer(served, config)
-    await server.start()
-    return server
+    transport = GrpcServer(server, config)
+    await transport.start()
+    return transport
 
 
-async def _sweep_forever(served: Served) -> None:
-    timeout = served.config.scheduler.session_idle_timeout_s
-    interval = served.config.sweep_interval_s or max(min(timeout / 4, 5.0), 0.05)
+async def _sweep_forever(server: InferenceServer) -> None:
+    timeout = server.config.scheduler.session_idle_timeout_s
+    interval = server.config.sweep_interval_s or max(min(timeout / 4, 5.0), 0.05)
     while True:
         await asyncio.sleep(interval)
-        for scheduler in served.schedulers.values():
+        for scheduler in server.schedulers.values():
             scheduler.sweep()
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-        if exc.status_code == 404:
-            message = f"No route {request.method} {request.url.path}; see /docs for the API."
-        return answer_error(ServingError(message, exc.status_code), request.url.path)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return answer_error(BadRequest(f"Invalid request: {exc.errors()}"), request.url.path)
-
-
-def _add_server_routes(app: FastAPI, served: Served) -> None:
+def _add_server_routes(app: FastAPI, server: InferenceServer) -> None:
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> Response:
         return json_response({"live": True})
 
     @app.get("/v2/health/ready", tags=["health"])
     async def ready() -> Response:
-        return json_response({"ready": served.ready}, 200 if served.ready else 503)
+        return json_response({"ready": server.ready}, 200 if server.ready else 503)
 
     @app.get("/v2", tags=["metadata"])
     async def server_metadata() -> Response:
@@ -172,75 +151,70 @@ def _add_server_routes(app: FastAPI, served: Served) -> None:
         return json_response(
             {
                 "model_stats": [
-                    documents.model_stats(s, served.model_metrics[key])
-                    for key, s in served.schedulers.items()
+                    documents.model_stats(s, server.model_metrics[key])
+                    for key, s in server.schedulers.items()
                 ]
             }
         )
 
     @app.get("/metrics", tags=["metrics"])
     async def metrics() -> Response:
-        for key, scheduler in served.schedulers.items():
-            served.model_metrics[key].queued.set(scheduler.queued)
-        return Response(generate_latest(served.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        for key, scheduler in server.schedulers.items():
+            server.model_metrics[key].queued.set(scheduler.queued)
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _add_model_routes(app: FastAPI, served: Served) -> None:
-    def versioned(path: str) -> list[str]:
-        return [
-            f"/v2/models/{{model_name}}{path}",
-            f"/v2/models/{{model_name}}/versions/{{version}}{path}",
-        ]
+class ModelRoutes:
+    """The endpoints under ``/v2/models/{model_name}[/versions/{version}]``."""
 
-    async def metadata(model_name: str, version: str | None = None) -> Response:
-        scheduler, _ = served.get(model_name, version)
-        versions = [version] if version else served.repository.versions(model_name)
+    def __init__(self, server: InferenceServer):
+        self.server = server
+
+    async def metadata(self, model_name: str, version: str | None = None) -> Response:
+        scheduler, _ = self.server.get(model_name, version)
+        versions = [version] if version else self.server.repository.versions(model_name)
         return json_response(documents.model_metadata(scheduler, versions))
 
-    async def model_ready(model_name: str, version: str | None = None) -> Response:
-        scheduler, _ = served.get(model_name, version)
-        ok = served.ready
+    async def model_ready(self, model_name: str, version: str | None = None) -> Response:
+        scheduler, _ = self.server.get(model_name, version)
+        ok = self.server.ready
         doc = {"name": scheduler.name, "version": scheduler.version, "ready": ok}
         return json_response(doc, 200 if ok else 503)
 
-    async def config(model_name: str, version: str | None = None) -> Response:
-        scheduler, _ = served.get(model_name, version)
-        count = len(served.repository.versions(model_name))
+    async def config(self, model_name: str, version: str | None = None) -> Response:
+        scheduler, _ = self.server.get(model_name, version)
+        count = len(self.server.repository.versions(model_name))
         return json_response(documents.model_config(scheduler, count))
 
-    async def stats(model_name: str, version: str | None = None) -> Response:
-        if version is None:  # every version of the model, as Triton does
-            entries = [
-                documents.model_stats(*served.get(model_name, v))
-                for v in served.repository.versions(model_name)
-            ]
-        else:
-            entries = [documents.model_stats(*served.get(model_name, version))]
+    async def stats(self, model_name: str, version: str | None = None) -> Response:
+        # one version's statistics, or every version's (as Triton does)
+        versions = [version] if version else self.server.repository.versions(model_name)
+        entries = [documents.model_stats(*self.server.get(model_name, v)) for v in versions]
         return json_response({"model_stats": entries})
 
-    async def infer_route(request: Request) -> Response:
+    async def infer_route(self, request: Request) -> Response:
         """Documented here; InferFastPath answers it before routing (same handler)."""
-        params = request.path_params
-        headers = {k: v for k, v in request.headers.raw}
         status, payload, extra = await infer(
-            served,
-            params["model_name"],
-            params.get("version"),
-            headers,
+            self.server,
+            request.path_params["model_name"],
+            request.path_params.get("version"),
+            dict(request.headers.raw),
             request.receive,
             request.scope,
         )
-        return Response(
-            payload, status_code=status, headers={k.decode(): v.decode() for k, v in extra}
-        )
+        headers = {k.decode(): v.decode() for k, v in extra}
+        return Response(payload, status_code=status, headers=headers)
 
-    for path in versioned(""):
-        app.get(path, tags=["metadata"])(boundary(metadata))
-    for path in versioned("/ready"):
-        app.get(path, tags=["health"])(boundary(model_ready))
-    for path in versioned("/config"):
-        app.get(path, tags=["metadata"])(boundary(config))
-    for path in versioned("/stats"):
-        app.get(path, tags=["statistics"])(boundary(stats))
-    for path in versioned("/infer"):
-        app.post(path, tags=["inference"], openapi_extra=_INFER_DOC)(infer_route)
+
+def _add_model_routes(app: FastAPI, routes: ModelRoutes) -> None:
+    table = [  # (path suffix, method, tag, endpoint)
+        ("", "GET", "metadata", boundary(routes.metadata)),
+        ("/ready", "GET", "health", boundary(routes.model_ready)),
+        ("/config", "GET", "metadata", boundary(routes.config)),
+        ("/stats", "GET", "statistics", boundary(routes.stats)),
+        ("/infer", "POST", "inference", routes.infer_route),  # answers its own errors
+    ]
+    for suffix, method, tag, endpoint in table:
+        extra = {"openapi_extra": _INFER_DOC} if suffix == "/infer" else {}
+        for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{version}"):
+            app.add_api_route(prefix + suffix, endpoint, methods=[method], tags=[tag], **extra)

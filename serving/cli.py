@@ -41,7 +41,7 @@ _WORKER_FLAGS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` subcommand's flags; the defaults are those of the config dataclasses."""
-    from .protocol import ServerConfig
+    from .server import ServerConfig
 
     server = ServerConfig()
     scheduler = server.scheduler
@@ -213,8 +213,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def _server_config(args: argparse.Namespace):
     """The config of the flags; the dataclasses' checks name the flag, not the field."""
-    from .protocol import ServerConfig
     from .scheduler import SchedulerConfig
+    from .server import ServerConfig
 
     try:
         return ServerConfig(

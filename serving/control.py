@@ -20,16 +20,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .errors import BadRequest
-from .protocol import Served, boundary, json_response
 from .repository import discover
+from .responses import boundary, json_response
 from .runtime import ModelRuntime
+from .server import InferenceServer
 
 log = logging.getLogger("keras_gates.serving")
 MODES = ("explicit", "poll")
 _DRAIN_S = 60.0  # the longest an unloaded model's in-flight requests may take to finish
 
 
-def add_routes(app: FastAPI, served: Served) -> None:
+def add_routes(app: FastAPI, server: InferenceServer) -> None:
     """``/v2/repository/index`` and ``/v2/repository/models/{m}/load`` and ``.../unload``."""
 
     @app.post("/v2/repository/index", tags=["repository"])
@@ -40,7 +41,7 @@ def add_routes(app: FastAPI, served: Served) -> None:
             ready_only = bool(body.strip()) and orjson.loads(body).get("ready") is True
         except (orjson.JSONDecodeError, AttributeError):
             raise BadRequest('The index request body must be {} or {"ready": true}.') from None
-        entries = index(served)
+        entries = index(server)
         if ready_only:
             entries = [e for e in entries if e.get("state") == "READY"]
         return json_response(entries)
@@ -48,62 +49,62 @@ def add_routes(app: FastAPI, served: Served) -> None:
     @app.post("/v2/repository/models/{model_name}/load", tags=["repository"])
     @boundary
     async def load_model(model_name: str) -> Response:
-        _explicit(served, "load")
-        await load(served, model_name)
+        _explicit(server, "load")
+        await load(server, model_name)
         return Response(status_code=200)
 
     @app.post("/v2/repository/models/{model_name}/unload", tags=["repository"])
     @boundary
     async def unload_model(model_name: str) -> Response:
-        _explicit(served, "unload")
-        await unload(served, model_name)
+        _explicit(server, "unload")
+        await unload(server, model_name)
         return Response(status_code=200)
 
 
-def _explicit(served: Served, action: str) -> None:
-    if served.config.model_control_mode != "explicit":
+def _explicit(server: InferenceServer, action: str) -> None:
+    if server.config.model_control_mode != "explicit":
         raise BadRequest(
             f"explicit model {action} is not allowed if polling is enabled "
             "(--model-control-mode poll); copy the version folder into the repository instead."
         )
-    if served.repository.root is None:
+    if server.repository.root is None:
         raise BadRequest(
             f"This server was built from in-memory models, so there is no repository to {action} "
             "from; start it with a repository path."
         )
 
 
-def index(served: Served) -> list[dict]:
+def index(server: InferenceServer) -> list[dict]:
     """Triton's index: loaded versions READY, unloaded ones UNAVAILABLE with the reason, models
     on disk that were never loaded by name only."""
-    state = "READY" if served.ready else "UNAVAILABLE"
-    entries = [{"name": n, "version": v, "state": state} for n, v in served.schedulers]
-    for (name, version), reason in sorted(served.repository.unloaded.items()):
+    state = "READY" if server.ready else "UNAVAILABLE"
+    entries = [{"name": n, "version": v, "state": state} for n, v in server.schedulers]
+    for (name, version), reason in sorted(server.repository.unloaded.items()):
         entries.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason})
     known = {e["name"] for e in entries}
-    for name in sorted(set(_on_disk(served)) - known):
+    for name in sorted(set(_on_disk(server)) - known):
         entries.append({"name": name})
     return entries
 
 
-def _on_disk(served: Served) -> dict:
-    if served.repository.root is None:
+def _on_disk(server: InferenceServer) -> dict:
+    if server.repository.root is None:
         return {}
     try:
-        return discover(served.repository.root)
+        return discover(server.repository.root)
     except (FileNotFoundError, ValueError):
         return {}
 
 
-async def load(served: Served, name: str) -> None:
+async def load(server: InferenceServer, name: str) -> None:
     """(Re)load ``name``: changed or new versions are loaded, versions gone from disk unloaded."""
-    found = _on_disk(served).get(name)
+    found = _on_disk(server).get(name)
     if not found:
         raise BadRequest(
             f"failed to load {name!r}: no version of it in the repository "
-            f"{str(served.repository.root)!r}; expected {name}/VERSION/model.onnx."
+            f"{str(server.repository.root)!r}; expected {name}/VERSION/model.onnx."
         )
-    repository = served.repository
+    repository = server.repository
     loaded = repository.models.get(name, {})
     fresh = {}
     for version, path in found.items():
@@ -113,30 +114,30 @@ async def load(served: Served, name: str) -> None:
                 ModelRuntime, path, name, version, repository.threads
             )
     for version in [v for v in loaded if v not in found]:
-        await _retire(served, name, version, "unloaded (its folder left the repository)")
+        await _retire(server, name, version, "unloaded (its folder left the repository)")
     for version, runtime in fresh.items():
-        previous = served.attach(runtime)  # new requests go to the new copy at once
+        previous = server.attach(runtime)  # new requests go to the new copy at once
         repository.unloaded.pop((name, version), None)
         log.info("loaded model %s version %s", name, version)
         if previous is not None:
             await _drain(previous)
 
 
-async def unload(served: Served, name: str) -> None:
+async def unload(server: InferenceServer, name: str) -> None:
     """Unload every version of ``name``; in-flight requests finish first."""
-    versions = list(served.repository.models.get(name, {}))
+    versions = list(server.repository.models.get(name, {}))
     if not versions:
-        if any(n == name for n, _ in served.repository.unloaded):
+        if any(n == name for n, _ in server.repository.unloaded):
             return  # already unloaded: nothing to do, as in Triton
-        served.repository.resolve(name)  # raises the NotFound that names the served models
+        server.repository.resolve(name)  # raises the NotFound that names the server models
     for version in versions:
-        await _retire(served, name, version, "unloaded")
+        await _retire(server, name, version, "unloaded")
 
 
-async def _retire(served: Served, name: str, version: str, reason: str) -> None:
+async def _retire(server: InferenceServer, name: str, version: str, reason: str) -> None:
     """Stop routing to a version, let its in-flight requests finish, stop its worker."""
-    scheduler = served.detach((name, version))
-    served.repository.unloaded[(name, version)] = reason
+    scheduler = server.detach((name, version))
+    server.repository.unloaded[(name, version)] = reason
     await _drain(scheduler)
     log.info("unloaded model %s version %s", name, version)
 
@@ -156,21 +157,21 @@ def _signature_of(path) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
-async def poll_forever(served: Served) -> None:
+async def poll_forever(server: InferenceServer) -> None:
     """Poll mode: bring the loaded models in line with the repository folder."""
     while True:
-        await asyncio.sleep(served.config.repository_poll_s)
-        await poll_once(served)
+        await asyncio.sleep(server.config.repository_poll_s)
+        await poll_once(server)
 
 
-async def poll_once(served: Served) -> None:
+async def poll_once(server: InferenceServer) -> None:
     """One scan: load new and changed models and versions, unload those gone from disk."""
-    on_disk = _on_disk(served)
-    for name in sorted(set(on_disk) | set(served.repository.models)):
+    on_disk = _on_disk(server)
+    for name in sorted(set(on_disk) | set(server.repository.models)):
         try:
             if name in on_disk:
-                await load(served, name)
+                await load(server, name)
             else:
-                await unload(served, name)
+                await unload(server, name)
         except Exception as err:  # a half-copied file: keep what runs, retry next scan
             log.warning("repository poll: model %s not (re)loaded: %s", name, err)

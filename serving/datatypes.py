@@ -1,6 +1,8 @@
-"""The Open Inference Protocol's datatypes: their numpy dtypes and onnxruntime type names.
+"""The Open Inference Protocol's vocabulary: datatypes (their numpy dtypes and onnxruntime type
+names) and how tensor shapes are written.
 
-The one place these tables live; the codecs (HTTP, gRPC), validation and the runtime read them.
+The one place these live; the codecs (HTTP, gRPC), the documents, validation and the runtime read
+them.
 """
 
 from __future__ import annotations
@@ -39,3 +41,16 @@ ORT_TO_V2 = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+def protocol_shape(shape: tuple[int | None, ...]) -> list[int]:
+    """A model tensor's shape (``None`` for a free dim) as the protocol's metadata writes it:
+    ``-1`` for free dims.
+
+    A ``[batch]`` tensor (``shape == (None,)``, such as ``lengths``) is advertised as ``[-1, 1]``:
+    Triton needs at least one dim besides the batch, so the repository ``--triton-repo`` writes
+    gives it ``dims: [1]`` with ``reshape: { shape: [] }``, and both servers speak the same shapes.
+    """
+    if shape == (None,):
+        return [-1, 1]
+    return [-1 if d is None else d for d in shape]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .datatypes import protocol_shape
 from .metrics import ModelMetrics
 from .scheduler import ModelScheduler
 
@@ -19,8 +20,8 @@ EXTENSIONS = [
 ]
 
 
-def _tensor(t) -> dict[str, Any]:
-    return {"name": t.name, "datatype": t.datatype, "shape": t.protocol_shape}
+def _metadata_tensor(t) -> dict[str, Any]:
+    return {"name": t.name, "datatype": t.datatype, "shape": protocol_shape(t.shape)}
 
 
 def model_metadata(scheduler: ModelScheduler, versions: list[str]) -> dict[str, Any]:
@@ -29,14 +30,16 @@ def model_metadata(scheduler: ModelScheduler, versions: list[str]) -> dict[str, 
         "name": scheduler.name,
         "versions": versions,
         "platform": "onnxruntime_onnx",
-        "inputs": [_tensor(t) for t in scheduler.inputs],
-        "outputs": [_tensor(t) for t in scheduler.outputs],
+        "inputs": [_metadata_tensor(t) for t in scheduler.inputs],
+        "outputs": [_metadata_tensor(t) for t in scheduler.outputs],
     }
 
 
 def _config_tensor(t, batched: bool, is_input: bool, optional: bool = False) -> dict[str, Any]:
     """One ``input``/``output`` entry with the fields Triton's ``/config`` carries."""
-    dims = t.protocol_shape[1:] if batched else t.protocol_shape
+    dims = protocol_shape(t.shape)
+    if batched:
+        dims = dims[1:]
     entry: dict[str, Any] = {"name": t.name, "data_type": f"TYPE_{t.datatype}"}
     if is_input:
         entry["format"] = "FORMAT_NONE"
@@ -144,7 +147,7 @@ def _sequence_batching(scheduler: ModelScheduler) -> dict[str, Any]:
     for t in scheduler.inputs:
         if t.role != "state":
             continue
-        dims = t.protocol_shape[1:]
+        dims = protocol_shape(t.shape)[1:]
         zeros = {"data_type": f"TYPE_{t.datatype}", "dims": dims, "zero_data": True}
         states.append(
             {

@@ -1,8 +1,8 @@
 """The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` on grpcio's asyncio
 server, in the HTTP server's process and event loop.
 
-Both transports hand requests to the same :class:`~keras_gates.serving.protocol.Served` models,
-so one scheduler batches HTTP and gRPC requests together and a sequence started on one transport
+Both transports serve from the same :class:`~keras_gates.serving.server.InferenceServer`, so one
+scheduler batches HTTP and gRPC requests together and a sequence started on one transport
 goes on over the other. ``ModelStreamInfer`` serves every message of a stream as it arrives
 (messages of different sequences batch together; those of one sequence run in order, behind its
 session's lock) and answers each with a ``ModelStreamInferResponse``: the result, or
@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import time
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -26,8 +25,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from keras_gates.version import __version__
 
 from . import documents, grpc_codec
-from .errors import ServingError, Unavailable, error_payload, grpc_code
-from .protocol import Served, _sequence, account, request_log
+from .codec import InferRequest
+from .errors import ServingError, error_payload, grpc_code
+from .server import InferenceServer, RequestRecord, request_log
 
 log = logging.getLogger("keras_gates.serving")
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -84,10 +84,10 @@ def _rpc(method):
 
 
 class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The protocol's RPCs answered from the models of ``served``."""
+    """The protocol's RPCs answered from the models of ``server``."""
 
-    def __init__(self, served: Served):
-        self.served = served
+    def __init__(self, server: InferenceServer):
+        self.server = server
         self.streams: set[_Stream] = set()
         self.closing = False
 
@@ -96,12 +96,12 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=self.served.ready)
+        return service_pb2.ServerReadyResponse(ready=self.server.ready)
 
     @_rpc
     async def ModelReady(self, request, context):
-        self.served.get(request.name, request.version or None)
-        return service_pb2.ModelReadyResponse(ready=self.served.ready)
+        self.server.get(request.name, request.version or None)
+        return service_pb2.ModelReadyResponse(ready=self.server.ready)
 
     async def ServerMetadata(self, request, context):
         return service_pb2.ServerMetadataResponse(
@@ -110,40 +110,39 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelMetadata(self, request, context):
-        scheduler, _ = self.served.get(request.name, request.version or None)
+        scheduler, _ = self.server.get(request.name, request.version or None)
         versions = [request.version] if request.version else self.versions(request.name)
         return grpc_codec.model_metadata(documents.model_metadata(scheduler, versions))
 
     @_rpc
     async def ModelConfig(self, request, context):
-        scheduler, _ = self.served.get(request.name, request.version or None)
+        scheduler, _ = self.server.get(request.name, request.version or None)
         doc = documents.model_config(scheduler, len(self.versions(request.name)))
         return grpc_codec.model_config(doc, scheduler.config.max_queue_delay_ms)
 
     @_rpc
     async def ModelStatistics(self, request, context):
-        served = self.served
         if not request.name:  # every model, as Triton does
-            keys = list(served.schedulers)
+            keys = list(self.server.schedulers)
         elif request.version:
             keys = [(request.name, request.version)]
         else:
             keys = [(request.name, v) for v in self.versions(request.name)]
-        entries = [documents.model_stats(*served.get(*key)) for key in keys]
+        entries = [documents.model_stats(*self.server.get(*key)) for key in keys]
         return grpc_codec.model_statistics(entries)
 
     @_rpc
     async def RepositoryIndex(self, request, context):
-        state = "READY" if self.served.ready else "UNAVAILABLE"
+        state = "READY" if self.server.ready else "UNAVAILABLE"
         if request.ready and state != "READY":
             return service_pb2.RepositoryIndexResponse()
         response = service_pb2.RepositoryIndexResponse()
-        for name, version in self.served.schedulers:
+        for name, version in self.server.schedulers:
             response.models.add(name=name, version=version, state=state)
         return response
 
     def versions(self, name: str) -> list[str]:
-        return self.served.repository.versions(name)
+        return self.server.repository.versions(name)
 
     # ---- inference -----------------------------------------------------------------------
     async def ModelInfer(self, request, context):
@@ -170,33 +169,29 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def infer(self, request, context, path: str) -> service_pb2.ModelInferResponse:
         """One inference request; raises a ServingError (an unexpected error becomes a logged
         INTERNAL one). Counted in the metrics and the request log like an HTTP request."""
-        start = time.perf_counter()
-        served = self.served
-        status, metrics, request_id, seq = 200, None, None, None
+        record = RequestRecord(path)
+
+        async def decode() -> InferRequest:
+            return grpc_codec.decode_infer_request(request)
+
         try:
-            scheduler, metrics = served.get(request.model_name, request.model_version or None)
-            if not served.ready:
-                raise Unavailable("The server is shutting down; retry on another instance.")
-            with scheduler.active():
-                decoded = grpc_codec.decode_infer_request(request)
-                request_id = decoded.id
-                seq = _sequence(decoded.parameters)
-                outputs = await scheduler.infer(decoded.inputs, decoded.outputs, seq)
+            scheduler, decoded, outputs = await self.server.infer(
+                request.model_name, request.model_version or None, decode, record
+            )
             return grpc_codec.encode_infer_response(
-                scheduler.name, scheduler.version, request_id, outputs
+                scheduler.name, scheduler.version, decoded.id, outputs
             )
         except asyncio.CancelledError:
-            status = 499  # the client went away
+            record.status = 499  # the client went away
             raise
         except Exception as err:  # noqa: BLE001 - error_payload logs what it cannot name
-            status, message = error_payload(err, f"gRPC {path}")
+            record.status, message = error_payload(err, f"gRPC {path}")
             if isinstance(err, ServingError):
                 raise
-            raise ServingError(message, status) from None
+            raise ServingError(message, record.status) from None
         finally:
             peer = context.peer() if request_log.isEnabledFor(logging.INFO) else None
-            seconds = time.perf_counter() - start
-            account(served, metrics, status, seconds, path, peer, request_id, seq)
+            self.server.account(record, peer)
 
 
 class _Stream:
@@ -250,11 +245,11 @@ class _Stream:
 class GrpcServer:
     """The gRPC transport of one app: started and stopped by the app's lifespan."""
 
-    def __init__(self, served: Served, config: GrpcConfig):
+    def __init__(self, server: InferenceServer, config: GrpcConfig):
         self.config = config
-        self.service = GrpcService(served)
+        self.service = GrpcService(server)
         options = [
-            ("grpc.max_receive_message_length", served.config.max_body_bytes),
+            ("grpc.max_receive_message_length", server.config.max_body_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", int(config.reuse_port)),
         ]

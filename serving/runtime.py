@@ -39,27 +39,17 @@ class TensorInfo:
 
     @property
     def batch_only(self) -> bool:
-        """A ``[batch]`` tensor (such as ``lengths``): ``[B, 1]`` on the wire, as in Triton."""
+        """A ``[batch]`` tensor (such as ``lengths``; the protocol advertises it as ``[-1, 1]``:
+        :func:`~keras_gates.serving.datatypes.protocol_shape`)."""
         return self.shape == (None,)
-
-    @property
-    def protocol_shape(self) -> list[int]:
-        """The shape with ``-1`` for free dims, as the protocol's metadata writes it.
-
-        A ``[batch]`` tensor is advertised as ``[-1, 1]``: Triton needs at least one dim besides
-        the batch, so the repository ``--triton-repo`` writes gives it ``dims: [1]`` with
-        ``reshape: { shape: [] }``, and both servers speak the same shapes.
-        """
-        if self.batch_only:
-            return [-1, 1]
-        return [-1 if d is None else d for d in self.shape]
 
 
 def _ort_shape(shape) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
 
 
-def _merge(ort_arg, specs: dict, default_role: str) -> TensorInfo:
+def _tensor_info(ort_arg, specs: dict, default_role: str) -> TensorInfo:
+    """onnxruntime's description of one tensor, completed from the keras-gates signature."""
     datatype = ORT_TO_V2.get(ort_arg.type)
     if datatype is None:
         raise ValueError(
@@ -125,9 +115,11 @@ class ModelRuntime:
         # runs the sequence protocol itself.
         defaulted = {a.name for a in self._session.get_overridable_initializers()}
         self.inputs = tuple(
-            _merge(a, specs, "other") for a in self._session.get_inputs() if a.name not in defaulted
+            _tensor_info(a, specs, "other")
+            for a in self._session.get_inputs()
+            if a.name not in defaulted
         )
-        self.outputs = tuple(_merge(a, specs, "output") for a in self._session.get_outputs())
+        self.outputs = tuple(_tensor_info(a, specs, "output") for a in self._session.get_outputs())
         self._output_names = [t.name for t in self.outputs]
 
     @property

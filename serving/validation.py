@@ -12,14 +12,14 @@ import numpy as np
 
 from keras_gates.export.signature import masked_holes
 
-from .datatypes import NUMPY_TO_V2
+from .datatypes import NUMPY_TO_V2, protocol_shape
 from .errors import BadRequest
 from .runtime import TensorInfo
 
 
 def describe(tensors: Sequence[TensorInfo]) -> str:
     """``x (FP32 [-1, -1, 3]), lengths (INT32 [-1])`` for error messages."""
-    return ", ".join(f"{t.name} ({t.datatype} {t.protocol_shape})" for t in tensors)
+    return ", ".join(f"{t.name} ({t.datatype} {protocol_shape(t.shape)})" for t in tensors)
 
 
 def optional_inputs(inputs: Sequence[TensorInfo]) -> frozenset[str]:
@@ -65,7 +65,7 @@ def check_tensor(model: str, spec: TensorInfo, array: np.ndarray) -> None:
         also = " or [-1]" if spec.batch_only else ""
         raise BadRequest(
             f"Input {spec.name!r} of model {model!r} has shape {list(shape)}, expected "
-            f"{spec.protocol_shape}{also} (-1 is any size >= 1)."
+            f"{protocol_shape(spec.shape)}{also} (-1 is any size >= 1)."
         )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise BadRequest(

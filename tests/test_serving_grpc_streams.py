@@ -178,7 +178,7 @@ def test_http_and_grpc_requests_share_a_batch(repo):
     runtime.run = gated_run
     port = free_port()
     app = create_app(ModelRepository({"dense": {"1": runtime}}), grpc=GrpcConfig(port))
-    scheduler = app.state.served.schedulers[("dense", "1")]
+    scheduler = app.state.server.schedulers[("dense", "1")]
 
     def over_http(value: float) -> int:
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [value] * 4}]}

@@ -79,7 +79,7 @@ def test_unload_and_load(small_repo):
 
 def test_unload_lets_in_flight_requests_finish(small_repo):
     with ServerThread(create_app(small_repo)) as server, httpx.Client(base_url=server.url) as c:
-        scheduler, _ = server.server.config.app.state.served.get("gru")
+        scheduler, _ = server.server.config.app.state.server.get("gru")
         entered, release = threading.Event(), threading.Event()
         run = scheduler._batcher._run
 
