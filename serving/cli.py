@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check(args: argparse.Namespace) -> None:
+def _check_flags(args: argparse.Namespace) -> None:
     """The flags no config dataclass checks (those it does: :func:`_server_config`)."""
     for flag in ("workers", "threads"):
         if getattr(args, flag) < 1:
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    _check(args)
+    _check_flags(args)
     config = _server_config(args)  # before loading models: a bad flag fails fast
     _check_grpc_port(args)
     _configure_logging(args)

@@ -61,7 +61,7 @@ class GrpcConfig:
         return f"{host}:{self.port}"
 
 
-def _answer(err: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
+def _grpc_error(err: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
     """The gRPC answer to ``err``: :func:`~keras_gates.serving.errors.error_payload`'s status as a
     gRPC code, and its message."""
     status, message = error_payload(err, where)
@@ -77,7 +77,7 @@ def _rpc(method):
         try:
             return await method(self, request, context)
         except Exception as err:  # noqa: BLE001 - error_payload logs what it cannot name
-            code, message = _answer(err, f"gRPC {method.__name__}")
+            code, message = _grpc_error(err, f"gRPC {method.__name__}")
         await context.abort(code, message)
 
     return guarded
@@ -149,7 +149,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             return await self.infer(request, context, INFER_PATH)
         except ServingError as err:
-            await context.abort(*_answer(err, f"gRPC {INFER_PATH}"))
+            await context.abort(*_grpc_error(err, f"gRPC {INFER_PATH}"))
 
     async def ModelStreamInfer(self, request_iterator, context):
         stream = _Stream(self, request_iterator, context)

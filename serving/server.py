@@ -29,7 +29,8 @@ request_log = logging.getLogger("keras_gates.serving.requests")
 
 # Why a server that is not ready refuses inference (HTTP 503, gRPC UNAVAILABLE).
 _NOT_READY = {
-    "starting": "The server is starting; retry in a moment.",
+    "starting": "The server is not ready: it becomes ready when the ASGI server runs the app's "
+    "lifespan (uvicorn does unless started with --lifespan off); retry in a moment.",
     "stopping": "The server is shutting down; retry on another instance.",
 }
 

@@ -301,16 +301,17 @@ class ServerThread:
     """A real uvicorn server on 127.0.0.1 running an app in a background thread.
 
     Use as a context manager; ``url`` is its base address. Leaving the block asks uvicorn to shut
-    down gracefully (in-flight requests finish) and joins the thread.
+    down gracefully (in-flight requests finish) and joins the thread. ``options`` go to
+    ``uvicorn.Config``.
     """
 
-    def __init__(self, app, port: int | None = None):
+    def __init__(self, app, port: int | None = None, **options):
         import uvicorn
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, **options
         )
         self.server = uvicorn.Server(config)
         self._thread = None

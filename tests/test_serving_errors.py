@@ -273,3 +273,21 @@ def test_unexpected_error_is_logged_and_opaque(repo, caplog):
         assert "secret" not in response.text and "server log" in response.json()["error"]
         assert httpx.get(f"{running.url}/v2/health/live").status_code == 200
     assert any("secret internal detail" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+def test_ready_only_while_the_lifespan_runs(repo):
+    """Ready (and serving inference) from the lifespan's start to its end, never before."""
+    runtime = ModelRuntime(repo / "gru" / "1" / "model.onnx", "gru")
+    body = {"inputs": [json_input("x", sample((1, 2, 3)))]}
+    app = create_app(ModelRepository({"gru": {"1": runtime}}))
+    with ServerThread(app, lifespan="off") as running, httpx.Client(base_url=running.url) as c:
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/v2/models/gru/ready").json()["ready"] is False
+        refused = c.post("/v2/models/gru/infer", json=body)
+        assert refused.status_code == 503 and "--lifespan off" in refused.json()["error"]
+    app.state.server.close()  # what the lifespan would have done
+    app = create_app(ModelRepository({"gru": {"1": runtime}}))
+    with ServerThread(app) as running, httpx.Client(base_url=running.url) as c:
+        assert c.get("/v2/health/ready").json() == {"ready": True}
+        assert c.post("/v2/models/gru/infer", json=body).status_code == 200
+    assert not app.state.server.ready  # the lifespan ended: shutting down
