@@ -1,4 +1,5 @@
-"""Unit tests for serving's pure layers, no HTTP: the v2 codec, the Batcher, the session table.
+"""Unit tests for serving's pure layers, no HTTP: the v2 codec, the request body and parameters,
+the Batcher, the session table.
 
 The HTTP and gRPC tests check these through real sockets; here each piece is built directly, so a
 failure names the layer at fault and the session table runs on an injected clock, not on sleeps.
@@ -16,7 +17,9 @@ import orjson
 import pytest
 
 from keras_gates.serving.batcher import Batcher, BatchLayout
+from keras_gates.serving.body import header_length, read_body
 from keras_gates.serving.codec import decode_request, encode_error, encode_response
+from keras_gates.serving.datatypes import protocol_shape
 from keras_gates.serving.errors import (
     INTERNAL_ERROR,
     BadRequest,
@@ -27,6 +30,8 @@ from keras_gates.serving.errors import (
     error_payload,
     grpc_code,
 )
+from keras_gates.serving.parameters import sequence_control
+from keras_gates.serving.scheduler import SequenceControl
 from keras_gates.serving.sessions import SessionManager
 
 # ---- the one error mapping ---------------------------------------------------------------
@@ -439,3 +444,75 @@ def test_session_cap_sweeps_idle_ones_first_then_answers_503():
     _use(manager, "d", True, now=now)  # room again
     with pytest.raises(BadRequest, match="'zz' is not open: it was never started"):
         manager.acquire("zz", False)
+
+
+# ---- the request body, its parameters and the shapes the protocol writes -------------------
+def _receive(*chunks: bytes, disconnect: bool = False):
+    """An ASGI ``receive`` sending ``chunks`` as ``http.request`` messages."""
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    if disconnect:
+        messages[-1]["more_body"] = True
+        messages.append({"type": "http.disconnect"})
+
+    async def receive():
+        return messages.pop(0)
+
+    return receive
+
+
+def test_read_body_joins_chunks_inflates_and_refuses_what_exceeds_the_limit():
+    import gzip
+
+    assert asyncio.run(read_body(_receive(b"ab", b"", b"cd"), {}, 4)) == b"abcd"
+    packed, gzipped = gzip.compress(b"x" * 100), {b"content-encoding": b"gzip"}
+    assert asyncio.run(read_body(_receive(packed), gzipped, 100)) == b"x" * 100
+    with pytest.raises(PayloadTooLarge, match="Decompressed request body exceeds the limit of 99"):
+        asyncio.run(read_body(_receive(packed), gzipped, 99))
+    with pytest.raises(PayloadTooLarge, match="Request body of 5 bytes exceeds the limit of 4"):
+        asyncio.run(read_body(_receive(b"abcde"), {b"content-length": b"5"}, 4))
+    with pytest.raises(PayloadTooLarge, match="exceeds the limit of 4 bytes"):
+        asyncio.run(read_body(_receive(b"abc", b"de"), {}, 4))
+    with pytest.raises(BadRequest, match="disconnected before sending the whole body"):
+        asyncio.run(read_body(_receive(b"ab", disconnect=True), {}, 4))
+    with pytest.raises(BadRequest, match="Content-Encoding 'br' is not supported"):
+        asyncio.run(read_body(_receive(b"ab"), {b"content-encoding": b"br"}, 4))
+    assert header_length({b"inference-header-content-length": b"12"}) == 12
+    with pytest.raises(BadRequest, match="must be an integer, got 'x'"):
+        header_length({b"inference-header-content-length": b"x"})
+
+
+@pytest.mark.parametrize(
+    "parameters, expected",
+    [
+        ({}, None),
+        ({"sequence_id": 0}, None),
+        ({"sequence_id": ""}, None),
+        ({"sequence_id": 7, "sequence_start": True}, SequenceControl(7, True, False)),
+        ({"sequence_id": "a", "sequence_end": True}, SequenceControl("a", False, True)),
+    ],
+)
+def test_sequence_control_of_the_parameters(parameters, expected):
+    assert sequence_control(parameters) == expected
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"sequence_id": 7, "sequence_start": "yes"}, "must be true or false"),
+        ({"sequence_start": True}, "need a non-zero sequence_id"),
+        ({"sequence_id": True}, "must be an integer or a string, got True"),
+        ({"sequence_id": 1.5}, "must be an integer or a string, got 1.5"),
+    ],
+)
+def test_sequence_control_refuses_bad_parameters(parameters, message):
+    with pytest.raises(BadRequest, match=message):
+        sequence_control(parameters)
+
+
+def test_protocol_shape_frees_dims_and_gives_batch_only_tensors_a_second_dim():
+    assert protocol_shape((None, None, 3)) == [-1, -1, 3]
+    assert protocol_shape((2, 5)) == [2, 5]
+    assert protocol_shape((None,)) == [-1, 1]  # [batch] tensors are [B, 1] on the wire (Triton)
