@@ -150,7 +150,9 @@ def _steps(converted: Any, name: str, time: int) -> int:
     return time + 2 * k + max(0, shortest - min(VALIDATION_TIMES))
 
 
-def sample_value(spec: tf.TensorSpec, batch: int, time: int, rng: np.random.Generator):
+def sample_value(
+    spec: tf.TensorSpec, batch: int, time: int, rng: np.random.Generator
+) -> np.ndarray:
     """A random input for ``spec`` (token ids from 1 so that ``mask_zero`` masks nothing)."""
     shape = [batch, *(time if d is None else d for d in spec.shape[1:])]
     if spec.dtype.is_integer:
