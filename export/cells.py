@@ -104,7 +104,7 @@ def _chain(run, op, rnn, cells, direction, prefix, x, lens, initial) -> tuple[An
         def plan(index, cell=cell, last=last, name=name):
             return _plan(run.streaming, op, rnn, cell, index, direction, name, last)
 
-        cut = run.next_cut(op, plan)
+        cut = run.next_cut(op, plan, h, initial[k])
         ph = run.connect(cut, h, lens, initial[k])
         if "Y" in cut.outputs:
             h = tf.transpose(ph["Y"][:, 0], [1, 0, 2])

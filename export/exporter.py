@@ -101,8 +101,7 @@ def to_onnx(
 
 def _validate(model, onnx_model, signature, converted, samples, atol, path, print_fn) -> Any:
     """Run the validation, print its table, raise :class:`ValidationError` beyond ``atol``."""
-    from .metadata import validation_samples
-    from .validate import ValidationError, validate
+    from .validate import ValidationError, validate, validation_samples
 
     samples = validation_samples(model, converted, samples)
     result = validate(model, onnx_model.SerializeToString(), signature, samples, atol)
@@ -183,7 +182,7 @@ def _resolve_streaming(model: Any, streaming: bool | None) -> bool:
 
 def _convert(model: Any, streaming: bool, opset: int) -> Any:
     """Trace with a dynamic time axis; if the model cannot, with its own fixed one."""
-    from .trace import convert
+    from .cutting import convert
 
     try:
         return convert(model, streaming, opset, dynamic_time=True)

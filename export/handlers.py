@@ -55,6 +55,8 @@ class Cut:
     name: str = ""  # node and state-tensor prefix (default: the layer name)
     cells: tuple[Any, ...] = ()  # RNN over cells: the cell whose weights the node holds
     lengths_source: str | None = None  # the model input whose lengths reach this node
+    # has_initial and lengths_source are facts of the call: the trace sets them when it makes the
+    # cut (cutting._Run.next_cut), from the handler's plan; nothing changes a cut after that.
 
     def __post_init__(self):
         if not self.name:

@@ -1,17 +1,11 @@
-"""What an export records about itself: the signature, the metadata, the validation samples."""
+"""What an export records about itself: the signature and the metadata."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from .signature import METADATA_KEY, Signature, TensorSpec
-
-VALIDATION_BATCHES = (1, 3)
-VALIDATION_TIMES = (5, 9)
 
 
 def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
@@ -50,52 +44,9 @@ def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
 
 
 def _functional_outputs(model: Any) -> list[Any]:
-    from .trace import functional_of
+    from .graph import functional_of
 
     return list(functional_of(model).outputs)
-
-
-def validation_samples(
-    model: Any, converted: Any, samples: Sequence[Any] | None
-) -> list[list[np.ndarray]]:
-    """User samples as lists of arrays, or random inputs at two batch sizes and two lengths.
-
-    Each sequence input gets its own length (they differ, so that a lengths input routed to the
-    wrong node shows); a fixed time axis (``keras.Input((20, 4))``) keeps its own length, and a
-    stateful model its fixed batch size.
-    """
-    from .trace import sample_value
-
-    if samples is not None:
-        as_lists = [s if isinstance(s, (list, tuple)) else [s] for s in samples]
-        return [[np.asarray(a) for a in sample] for sample in as_lists]
-    io = converted.io
-    batch = next((int(t.shape[0]) for t in model.inputs if t.shape[0] is not None), None)
-    batches = (batch,) if batch else VALIDATION_BATCHES
-    dynamic = any(r == "sequence" and n not in io.fixed_time for n, _, r in io.data_inputs)
-    times = VALIDATION_TIMES if dynamic else VALIDATION_TIMES[:1]
-    rng = np.random.default_rng(0)
-    result = []
-    for b in batches:
-        for t in times:
-            arrays = [
-                sample_value(spec, b, _steps(converted, name, t), rng)
-                for name, spec, _ in io.data_inputs
-            ]
-            result.append(arrays)
-    return result
-
-
-def _steps(converted: Any, name: str, time: int) -> int:
-    """Steps of one input: its fixed time, else ``time + 2k`` for the ``k``-th input (inputs
-    merged step by step share one), more when its rows need more."""
-    io = converted.io
-    root = converted.ties.get(name, name)
-    if root in io.fixed_time or name in io.fixed_time:
-        return io.fixed_time.get(root, io.fixed_time.get(name))
-    k = [n for n, _, _ in io.data_inputs].index(root)
-    shortest = max(converted.min_lengths.get(n, 1) for n in (name, root))
-    return time + 2 * k + max(0, shortest - min(VALIDATION_TIMES))
 
 
 def set_metadata(onnx_model, model, signature, layouts, validation) -> None:

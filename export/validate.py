@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ExportError
 from .signature import Signature
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 PADDED_LENGTHS = (13, 12, 9, 8)  # odd and even, every remainder mod 3, never the whole row
+VALIDATION_BATCHES = (1, 3)
+VALIDATION_TIMES = (5, 9)
 
 
 class ValidationError(ExportError):
@@ -103,6 +109,57 @@ def refusal_lines(refusals: dict[str, str]) -> list[str]:
     ]
 
 
+def validation_samples(
+    model: Any, converted: Any, samples: Sequence[Any] | None
+) -> list[list[np.ndarray]]:
+    """User samples as lists of arrays, or random inputs at two batch sizes and two lengths.
+
+    Each sequence input gets its own length (they differ, so that a lengths input routed to the
+    wrong node shows); a fixed time axis (``keras.Input((20, 4))``) keeps its own length, and a
+    stateful model its fixed batch size.
+    """
+    if samples is not None:
+        as_lists = [s if isinstance(s, (list, tuple)) else [s] for s in samples]
+        return [[np.asarray(a) for a in sample] for sample in as_lists]
+    io = converted.io
+    batch = next((int(t.shape[0]) for t in model.inputs if t.shape[0] is not None), None)
+    batches = (batch,) if batch else VALIDATION_BATCHES
+    dynamic = any(r == "sequence" and n not in io.fixed_time for n, _, r in io.data_inputs)
+    times = VALIDATION_TIMES if dynamic else VALIDATION_TIMES[:1]
+    rng = np.random.default_rng(0)
+    result = []
+    for b in batches:
+        for t in times:
+            arrays = [
+                sample_value(spec, b, _steps(converted, name, t), rng)
+                for name, spec, _ in io.data_inputs
+            ]
+            result.append(arrays)
+    return result
+
+
+def _steps(converted: Any, name: str, time: int) -> int:
+    """Steps of one input: its fixed time, else ``time + 2k`` for the ``k``-th input (inputs
+    merged step by step share one), more when its rows need more."""
+    io = converted.io
+    root = converted.ties.get(name, name)
+    if root in io.fixed_time or name in io.fixed_time:
+        return io.fixed_time.get(root, io.fixed_time.get(name))
+    k = [n for n, _, _ in io.data_inputs].index(root)
+    shortest = max(converted.min_lengths.get(n, 1) for n in (name, root))
+    return time + 2 * k + max(0, shortest - min(VALIDATION_TIMES))
+
+
+def sample_value(
+    spec: tf.TensorSpec, batch: int, time: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A random input for ``spec`` (token ids from 1 so that ``mask_zero`` masks nothing)."""
+    shape = [batch, *(time if d is None else d for d in spec.shape[1:])]
+    if spec.dtype.is_integer:
+        return rng.integers(1, 5, size=shape).astype(spec.dtype.as_numpy_dtype)
+    return rng.normal(size=shape).astype(spec.dtype.as_numpy_dtype)
+
+
 def _session(onnx_bytes: bytes):
     import onnxruntime as ort
 
@@ -134,25 +191,13 @@ def _feeds(
 
 
 def keras_outputs(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Keras outputs (flat), leaving the states of stateful layers as they were."""
-    stateful = [layer for layer in _all_layers(model) if getattr(layer, "stateful", False)]
-    saved = [[v.numpy() for v in layer.states] for layer in stateful if layer.states]
-    for layer in stateful:
-        layer.reset_states()
-    try:
+    """Keras outputs (flat), stateful layers starting from zeros and left as they were."""
+    from keras_gates.stateful import states_preserved
+
+    with states_preserved(model, reset=True):
         outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
-    finally:
-        for layer, values in zip(stateful, saved):
-            for variable, value in zip(layer.states, values):
-                variable.assign(value)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     return [np.asarray(o) for o in outputs]
-
-
-def _all_layers(model: Any) -> list[Any]:
-    from keras_gates import _internals
-
-    return _internals.flatten_layers(model)
 
 
 def validate(

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-MODULES = ["keras_gates", "keras_gates.lstm", "keras_gates.gru"]
+MODULES = ["keras_gates", "keras_gates.lstm", "keras_gates.gru", "keras_gates.stateful"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -34,11 +34,11 @@ from keras_gates.inspect.trace import (
     BIDIRECTIONAL_DIRECTIONS,
     GatedLayerRef,
     _combine_masks,
-    _states_preserved,
     capture_layer_calls,
     check_input_shape,
     input_mask_from_value,
 )
+from keras_gates.stateful import states_preserved
 
 DEFAULT_FRACTION = 1e-3
 MAX_COPIES_BATCH = 4096  # rows per backward pass (batch × output components)
@@ -233,7 +233,7 @@ def gradient_flow(
         raise ValueError(
             f"Received `mask` of shape {mask.shape}: expected (batch, time) = {x.shape[:2]}."
         )
-    with _states_preserved(model):
+    with states_preserved(model):
         probe = _output_at_last_step(model(x, training=False), tf.constant(mask), x.shape[1])
         copies = int(probe.shape[-1])
         chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))

@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_gates import _internals
 from keras_gates.inspect.stats import activation_range
+from keras_gates.stateful import states_preserved
 
 BIDIRECTIONAL_DIRECTIONS = ("forward", "backward")
 
@@ -175,28 +176,10 @@ def _to_numpy(value):
     return keras.ops.convert_to_numpy(value)
 
 
-@contextlib.contextmanager
-def _states_preserved(model: keras.layers.Layer) -> Iterator[None]:
-    """Restore the state variables of stateful RNN layers after a model call."""
-    layers = _internals.flatten_layers(model, include_self=True)
-    saved = [
-        (variable, variable.numpy())
-        for layer in layers
-        if getattr(layer, "stateful", False)
-        for variable in (getattr(layer, "states", None) or [])
-        if variable is not None and hasattr(variable, "assign")
-    ]
-    try:
-        yield
-    finally:
-        for variable, value in saved:
-            variable.assign(value)
-
-
 def capture_layer_calls(model: keras.Model, x, refs: Sequence[GatedLayerRef]) -> dict[str, dict]:
     """Run ``model(x)`` once; return per ref key the numpy inputs, mask and initial state."""
     watched = [ref.layer for ref in refs] + [ref.wrapper for ref in refs if ref.wrapper]
-    with _states_preserved(model), _recording_calls(watched) as records:
+    with states_preserved(model), _recording_calls(watched) as records:
         model(x, training=False)
     captured = {}
     for ref in refs:

@@ -6,18 +6,15 @@ streaming states and one placeholder per ONNX RNN output of every cut, and whose
 model outputs, the streaming state outputs and, per cut, the time-major RNN input, its
 ``sequence_lens`` and initial states. Lengths travel with the tensors (:mod:`.lengths`). A first,
 cheap discovery pass (zeros instead of placeholders) finds the cuts in execution order and which
-sequence inputs reach them.
+sequence inputs reach them; each :class:`~.handlers.Cut` is made once, there, and read after.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import warnings
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_gates import _internals
@@ -25,34 +22,11 @@ from keras_gates import _internals
 from . import cells
 from .calls import inference_call, is_time_distributed, time_distributed_call
 from .errors import ExportError
+from .graph import ModelIO, functional_of, model_io
 from .handlers import Cut, find_handler
 from .lengths import Lengths, Tracker
 from .lengths import seq_lens as lengths_of_cut
-
-LENGTHS = "lengths"
-
-
-@dataclasses.dataclass
-class ModelIO:
-    """Final names, dtypes and shapes of the exported model's inputs and outputs."""
-
-    inputs: list[tuple[str, tf.TensorSpec, str]]  # (final name, spec, role): data, then lengths
-    outputs: list[str]  # final model output names (without state outputs)
-    state_inputs: list[tuple[str, Cut, str]]  # (final name, cut, "h"|"c")
-    lengths_of: dict[str, str] = dataclasses.field(default_factory=dict)  # lengths -> sequence
-    fixed_time: dict[str, int] = dataclasses.field(default_factory=dict)  # sequence -> Keras T
-    output_steps: list[str | None] = dataclasses.field(default_factory=list)  # aligned input
-
-    @property
-    def data_inputs(self) -> list[tuple[str, tf.TensorSpec, str]]:
-        return [entry for entry in self.inputs if entry[2] != "lengths"]
-
-    @property
-    def lengths_inputs(self) -> list[tuple[str, tf.TensorSpec, str]]:
-        return [entry for entry in self.inputs if entry[2] == "lengths"]
-
-
-functional_of = _internals.functional_of
+from .tf2onnx_bridge import function_to_onnx
 
 
 def contains_gated(layer: Any) -> bool:
@@ -62,72 +36,6 @@ def contains_gated(layer: Any) -> bool:
     if not isinstance(layer, keras.layers.Layer):
         return False
     return any(find_handler(sub) is not None for sub in _internals.flatten_layers(layer))
-
-
-def unique_names(names: list[str]) -> list[str]:
-    """``names`` with repeats suffixed ``_1``, ``_2`` (Keras repeats a layer name per output)."""
-    seen: dict[str, int] = {}
-    result = []
-    for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        result.append(name if count == 0 else f"{name}_{count}")
-    return result
-
-
-def output_names(model: Any) -> list[str]:
-    functional = functional_of(model)
-    return unique_names([_internals.producing_layer(t).name for t in functional.outputs])
-
-
-def input_role(spec: Any) -> str:
-    """``sequence`` for ``[batch, time, features...]`` floats and ``[batch, time]`` token ids."""
-    rank = len(spec.shape)
-    is_int = "int" in str(spec.dtype)
-    return "sequence" if rank >= 3 or (rank == 2 and is_int) else "other"
-
-
-def _input_name(name: str, index: int) -> str:
-    """The Keras input name, or ``input``/``input_<i>`` for Keras' anonymous ``keras_tensor``."""
-    if name.startswith("keras_tensor"):
-        return "input" if index == 0 else f"input_{index}"
-    return name
-
-
-def lengths_name(sequence: str, sequences: int) -> str:
-    """``lengths`` for a model with one sequence input, else ``<input>_lengths``."""
-    return LENGTHS if sequences == 1 else f"{sequence}_{LENGTHS}"
-
-
-def model_io(
-    model: Any, cuts: list[Cut], dynamic_time: bool, padded: list[str] | None = None
-) -> ModelIO:
-    """Inputs, outputs and states; ``padded``: the sequence inputs that get a lengths input
-    (``None``: every sequence input, for the discovery pass)."""
-    functional = functional_of(model)
-    inputs, fixed = [], {}
-    for i, tensor in enumerate(functional.inputs):
-        role = input_role(tensor)
-        name = _input_name(tensor.name, i)
-        shape = [None, *tensor.shape[1:]]
-        if role == "sequence" and shape[1] is not None:
-            fixed[name] = int(shape[1])
-        if role == "sequence" and dynamic_time:
-            shape[1] = None
-        spec = tf.TensorSpec(shape, tf.as_dtype(tensor.dtype), name=f"kg_in{i}")
-        inputs.append((name, spec, role))
-    sequences = [name for name, _, role in inputs if role == "sequence"]
-    padded = sequences if padded is None else [n for n in sequences if n in padded]
-    lengths_of = {}
-    for k, sequence in enumerate(padded):
-        name = lengths_name(sequence, len(sequences))
-        lengths_of[name] = sequence
-        inputs.append((name, tf.TensorSpec([None], tf.int32, name=f"kg_lengths{k}"), "lengths"))
-    states = []
-    for cut in cuts:
-        for s in cut.state_names:
-            states.append((f"{cut.name}.{s}_in", cut, s))
-    return ModelIO(inputs, output_names(model), states, lengths_of, fixed)
 
 
 def fixed_time_refusal(name: str, steps: int) -> str:
@@ -192,26 +100,38 @@ class _Run:
             return self.tracker.propagate(op, time_distributed_call(op))
         return self.tracker.propagate(op, inference_call(op))
 
-    def next_cut(self, op: Any, plan) -> Cut:
-        """The next cut in execution order (planned with ``plan(index)`` while discovering)."""
+    def next_cut(self, op: Any, plan, x: tf.Tensor, initial_state: Any) -> Cut:
+        """The next cut in execution order. The discovery pass makes it: ``plan(index)`` (what
+        the handler knows of the layer) with what this call brings, ``x`` and ``initial_state``
+        (see :meth:`_with_call`); later passes read it unchanged."""
         index = self.count
         self.count += 1
         if self.placeholders is None:
-            self.cuts.append(plan(index))
+            self.cuts.append(self._with_call(plan(index), x, initial_state))
         cut = self.cuts[index]
         if cut.layer is not op:
             raise RuntimeError(f"Tracing order changed at layer {op.name!r}; please report this.")
         return cut
 
+    def _with_call(self, planned: Cut, x: tf.Tensor, initial_state: Any) -> Cut:
+        """``planned`` with the facts of its call: initial states come in (streaming or an
+        ``initial_state`` from the graph), and the model input whose lengths reach ``x``."""
+        found = self.tracker.get(x)
+        return dataclasses.replace(
+            planned,
+            has_initial=bool(planned.state_names) or initial_state is not None,
+            lengths_source=found.source if found else None,
+        )
+
     def cut(self, op: Any, handler: Any, args: tuple, kwargs: dict) -> Any:
-        cut = self.next_cut(op, lambda index: handler.plan(op, index, self.streaming))
         x = tf.cast(args[0], tf.float32)
+        initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
+        cut = self.next_cut(op, lambda index: handler.plan(op, index, self.streaming), x, initial)
         mask = kwargs.get("mask")
         if mask is None:
             mask = _internals.get_keras_mask(args[0])
         found = self.tracker.get(args[0])
         seq_lens = lengths_of_cut(self.tracker, x, found, mask)
-        initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
         ph = self.connect(cut, x, seq_lens, initial)
         outputs = handler.rebuild(cut, ph, seq_lens)
         for s in cut.state_names:
@@ -225,8 +145,6 @@ class _Run:
     def connect(self, cut: Cut, x: tf.Tensor, seq_lens: tf.Tensor, initial: Any) -> dict:
         """Hand ``x`` (batch-major), ``seq_lens`` and initial states to the node of ``cut``;
         returns its ONNX-shaped outputs (placeholders)."""
-        found = self.tracker.get(x)
-        cut.lengths_source = cut.lengths_source or (found.source if found else None)
         self.cut_outputs[cut.tensor("X")] = tf.transpose(x, [1, 0, 2])
         self.cut_outputs[cut.tensor("seq_lens")] = seq_lens
         self._initial_states(cut, x, initial)
@@ -248,6 +166,8 @@ class _Run:
         return tf.zeros(tf.stack([tf.shape(x)[0], cut.units]))
 
     def _initial_states(self, cut: Cut, x: tf.Tensor, initial_state: Any) -> None:
+        """The node's initial-state inputs (``cut.has_initial``): the streaming states, or the
+        ``initial_state`` the graph passes."""
         state_names = cut.handler.state_names
         if cut.state_names:
             if initial_state is not None:
@@ -262,7 +182,6 @@ class _Run:
             per_state = {s: flat[k::n] for k, s in enumerate(state_names)}
         else:
             return
-        cut.has_initial = True
         for s, tensors in per_state.items():
             self.cut_outputs[cut.tensor(f"{s}0")] = tf.stack(
                 [tf.cast(t, tf.float32) for t in tensors]
@@ -315,21 +234,44 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
     cuts = discover(model, streaming, dynamic_time)
     padded = sorted({c.lengths_source for c in cuts if c.lengths_source is not None})
     io = model_io(model, cuts, dynamic_time, padded)
-    functional = functional_of(model)
-    n_data, n_len = len(io.data_inputs), len(io.lengths_inputs)
-    n_in = n_data + n_len
-    state_specs = [
+    specs = _specs(io, cuts)
+    traced: dict[str, Any] = {}
+    fn = _cut_function(functional_of(model), streaming, io, cuts, specs, traced)
+    onnx_model = function_to_onnx(tf.function(fn, autograph=False), specs, opset)
+    io.output_steps = traced["steps"]
+    return Converted(
+        onnx_model,
+        cuts,
+        io,
+        _final_names(io),
+        traced["refusals"],
+        traced["min_lengths"],
+        traced["ties"],
+        traced["mask_values"],
+    )
+
+
+def _specs(io: ModelIO, cuts: list[Cut]) -> list[tf.TensorSpec]:
+    """Inputs of the cut function: model inputs and lengths, streaming states, placeholders."""
+    states = [
         tf.TensorSpec([None, cut.units], tf.float32, name=f"kg_state{cut.index}_{s}")
         for _, cut, s in io.state_inputs
     ]
-    ph_specs = [spec for cut in cuts for spec in cut.placeholder_specs()]
-    specs = [spec for _, spec, _ in io.inputs] + state_specs + ph_specs
-    traced: dict[str, Any] = {}
+    placeholders = [spec for cut in cuts for spec in cut.placeholder_specs()]
+    return [spec for _, spec, _ in io.inputs] + states + placeholders
+
+
+def _cut_function(functional, streaming: bool, io: ModelIO, cuts, specs, traced: dict):
+    """The function tf2onnx converts (inputs: :func:`_specs`); what its trace learns about
+    lengths and per-step outputs is left in ``traced``."""
+    n_data, n_in = len(io.data_inputs), len(io.inputs)
+    n_states = len(io.state_inputs)
+    placeholder_names = [spec.name for spec in specs[n_in + n_states :]]
 
     def fn(*flat):
         lengths = dict(zip(io.lengths_of.values(), flat[n_data:n_in]))
         states = {(cut.index, s): flat[n_in + k] for k, (_, cut, s) in enumerate(io.state_inputs)}
-        ph = dict(zip([s.name for s in ph_specs], flat[n_in + len(state_specs) :]))
+        ph = dict(zip(placeholder_names, flat[n_in + n_states :]))
         run = _Run(streaming, io, lengths, states, ph, cuts)
         flat_out = run.run_model(functional, list(flat[:n_data]))
         traced["steps"] = [_aligned(run.tracker.get(t)) for t in flat_out]
@@ -343,47 +285,19 @@ def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) 
         result.update({f"kg_keep_{n}": tf.identity(t) for n, t in lengths.items()})
         return result
 
-    onnx_model = _tf2onnx(tf.function(fn, autograph=False), specs, opset)
-    io.output_steps = traced["steps"]
+    return fn
+
+
+def _final_names(io: ModelIO) -> dict[str, str]:
+    """Internal tensor name -> the exported model's name, for inputs, states and outputs."""
     rename = {spec.name: name for name, spec, _ in io.inputs}
     rename.update({f"kg_state{c.index}_{s}": n for n, c, s in io.state_inputs})
     rename.update({f"kg_out{i}": name for i, name in enumerate(io.outputs)})
     for _, cut, s in io.state_inputs:
         rename[f"kg_stateout_{cut.name}.{s}_out"] = f"{cut.name}.{s}_out"
-    return Converted(
-        onnx_model,
-        cuts,
-        io,
-        rename,
-        traced["refusals"],
-        traced["min_lengths"],
-        traced["ties"],
-        traced["mask_values"],
-    )
+    return rename
 
 
 def _aligned(lengths: Lengths | None) -> str | None:
     """The input whose time axis an output keeps step for step (``None``: no such input)."""
     return lengths.source if lengths is not None and lengths.identity else None
-
-
-def _tf2onnx(function: Any, specs: list[tf.TensorSpec], opset: int) -> Any:
-    """``tf2onnx.convert.from_function`` on CPU, quiet, with Keras' numpy-2 patch."""
-    import tf2onnx
-
-    tf2onnx.logging.set_level(logging.ERROR)
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _internals.patch_tf2onnx()
-        with tf.device("/cpu:0"):
-            model_proto, _ = tf2onnx.convert.from_function(function, specs, opset=opset)
-    return model_proto
-
-
-def sample_value(spec: tf.TensorSpec, batch: int, time: int, rng: np.random.Generator):
-    """A random input for ``spec`` (token ids from 1 so that ``mask_zero`` masks nothing)."""
-    shape = [batch, *(time if d is None else d for d in spec.shape[1:])]
-    if spec.dtype.is_integer:
-        return rng.integers(1, 5, size=shape).astype(spec.dtype.as_numpy_dtype)
-    return rng.normal(size=shape).astype(spec.dtype.as_numpy_dtype)
