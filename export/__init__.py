@@ -3,7 +3,7 @@
 from .errors import ExportError
 from .exporter import ExportResult, to_onnx
 from .predictor import Predictor, Stream
-from .signature import METADATA_KEY, Signature, TensorSpec, read_signature
+from .signature import METADATA_KEY, FeedError, Signature, TensorSpec, read_signature
 from .triton import write_triton_repo
 from .validate import ValidationError, ValidationResult
 
@@ -11,6 +11,7 @@ __all__ = [
     "METADATA_KEY",
     "ExportError",
     "ExportResult",
+    "FeedError",
     "Predictor",
     "Signature",
     "Stream",

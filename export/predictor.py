@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .signature import Signature, masked_holes, read_signature
+from .signature import Signature, read_signature
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -76,7 +76,7 @@ class Predictor:
                 )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         self.signature = _signature(self)
-        self._names = [t.name for t in self.signature.outputs if t.role == "output"]
+        self.output_names = [t.name for t in self.signature.outputs if t.role == "output"]
 
     def __repr__(self) -> str:
         return f"Predictor({self.path!r}, provider={self.provider!r})"
@@ -102,8 +102,8 @@ class Predictor:
             ``{output_name: array}`` (state outputs of streaming models left out). Per-step
             outputs of gated layers are zero past each length.
         """
-        feeds = self._feeds(x, lengths, None)
-        return dict(zip(self._names, self.session.run(self._names, feeds)))
+        names = self.output_names
+        return dict(zip(names, self.session.run(names, self.feeds(x, lengths))))
 
     def stream(self) -> Stream:
         """A :class:`Stream` carrying the recurrent state across chunks (streaming exports)."""
@@ -114,7 +114,29 @@ class Predictor:
             )
         return Stream(self)
 
-    def _feeds(self, x: Any, lengths: Any, states: Mapping[str, np.ndarray] | None) -> dict:
+    def feeds(
+        self, x: Any, lengths: Any = None, states: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The onnxruntime feeds :meth:`predict` runs: ``x`` and ``lengths`` as in
+        :meth:`predict`, ``states`` by state input name (default: zeros), checked.
+
+        Raises:
+            ValueError: inputs missing or of the wrong count; lengths outside ``[1, time]``,
+                shorter than a time axis the export cannot pad or than a row needs; masked
+                steps before unmasked ones (:class:`~keras_gates.export.signature.FeedError`).
+        """
+        given = self._data(x)
+        for name, value in _lengths_by_input(self.signature, lengths).items():
+            given[name] = np.asarray(value)
+        given.update(states or {})
+        feeds = self.signature.complete_feeds(given)
+        self.signature.check_feeds(feeds)
+        for spec in self.signature.inputs_with("lengths"):
+            feeds[spec.name] = feeds[spec.name].astype(spec.dtype, copy=False)
+        return feeds
+
+    def _data(self, x: Any) -> dict[str, np.ndarray]:
+        """The data inputs by name, in their dtypes."""
         names = self.data_inputs
         if isinstance(x, Mapping):
             missing = [n for n in names if n not in x]
@@ -128,37 +150,7 @@ class Predictor:
         if len(arrays) != len(names):
             raise ValueError(f"Received {len(arrays)} inputs, expected {len(names)}: {names}.")
         specs = {t.name: t for t in self.signature.inputs}
-        feeds = {n: np.asarray(a, dtype=specs[n].dtype) for n, a in zip(names, arrays)}
-        batch, time = _batch_time(self.signature, feeds)
-        for spec in self.signature.inputs_with("sequence"):
-            if spec.aligned_with and feeds[spec.name].shape[1] != feeds[spec.aligned_with].shape[1]:
-                raise ValueError(
-                    f"Received inputs {spec.name!r} and {spec.aligned_with!r} with "
-                    f"{feeds[spec.name].shape[1]} and {feeds[spec.aligned_with].shape[1]} steps; "
-                    "the model merges them step by step, so they need the same time dimension."
-                )
-        given = _lengths_by_input(self.signature, lengths)
-        refusals = self.signature.padding_refusals
-        for spec in self.signature.inputs_with("lengths"):
-            sequence = spec.sequence_input or self.signature.inputs_with("sequence")[0].name
-            steps = feeds[sequence].shape[1] if feeds[sequence].ndim > 1 else time
-            value = _lengths(given.get(spec.name), batch, steps, spec.name)
-            _check_padding(sequence, value, steps, refusals.get(sequence))
-            _check_shortest(sequence, value, self.signature.min_length(sequence))
-            feeds[spec.name] = value
-        for spec in self.signature.inputs_with("sequence"):
-            if spec.mask_value is not None:
-                lengths_name = self.signature.lengths_for(spec.name)
-                full = np.full(batch, feeds[spec.name].shape[1], np.int32)
-                _check_holes(
-                    spec.name, feeds[spec.name], spec.mask_value, feeds.get(lengths_name, full)
-                )
-        for spec in self.signature.inputs_with("state"):
-            value = (states or {}).get(spec.name)
-            feeds[spec.name] = (
-                np.zeros((batch, spec.shape[1]), np.float32) if value is None else value
-            )
-        return feeds
+        return {n: np.asarray(a, dtype=specs[n].dtype) for n, a in zip(names, arrays)}
 
 
 class Stream:
@@ -183,12 +175,12 @@ class Stream:
         """Run the next chunk ``[batch, time, ...]``; same outputs as :meth:`Predictor.predict`."""
         p = self.predictor
         pairs = p.signature.state_pairs
+        outputs = p.output_names
         with self._lock:
-            feeds = p._feeds(chunk, lengths, self._states)
-            names = p._names + [out for _, out in pairs]
-            values = p.session.run(names, feeds)
-            self._states = {inp: v for (inp, _), v in zip(pairs, values[len(p._names) :])}
-        return dict(zip(p._names, values[: len(p._names)]))
+            feeds = p.feeds(chunk, lengths, self._states)
+            values = p.session.run(outputs + [out for _, out in pairs], feeds)
+            self._states = {inp: v for (inp, _), v in zip(pairs, values[len(outputs) :])}
+        return dict(zip(outputs, values[: len(outputs)]))
 
 
 def _signature(predictor: Predictor) -> Signature:
@@ -199,12 +191,6 @@ def _signature(predictor: Predictor) -> Signature:
             "keras_gates.export.to_onnx (or `keras-gates export`)."
         )
     return signature
-
-
-def _batch_time(signature: Signature, feeds: dict) -> tuple[int, int]:
-    seq = [feeds[t.name] for t in signature.inputs_with("sequence") if t.name in feeds]
-    first = seq[0] if seq else next(iter(feeds.values()))
-    return int(first.shape[0]), int(first.shape[1]) if first.ndim > 1 else 1
 
 
 def _lengths_by_input(signature: Signature, lengths: Any) -> dict[str, Any]:
@@ -232,47 +218,3 @@ def _lengths_by_input(signature: Signature, lengths: Any) -> dict[str, Any]:
             )
         result[name] = value
     return result
-
-
-def _lengths(lengths: Any, batch: int, time: int, name: str = "lengths") -> np.ndarray:
-    if lengths is None:
-        return np.full(batch, time, np.int32)
-    lengths = np.asarray(lengths)
-    if lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time:
-        raise ValueError(
-            f"Received an invalid value for argument `lengths` ({name!r}), expected one integer "
-            f"per sequence in [1, {time}] with shape ({batch},), got {lengths.tolist()!r}."
-        )
-    return lengths.astype(np.int32)
-
-
-def _check_holes(sequence: str, x: np.ndarray, value: float, lengths: np.ndarray) -> None:
-    """Refuse masked steps before unmasked ones (holes, pre-padding): ONNX cannot skip them."""
-    rows = masked_holes(x, value, lengths)
-    if rows:
-        raise ValueError(
-            f"Received input {sequence!r} with masked steps (equal to {value:g}) before unmasked "
-            f"ones in rows {rows}; the exported RNN nodes skip only the steps past each row's "
-            "length, not masked steps in between. Pad at the end (e.g. "
-            "keras.utils.pad_sequences(..., padding='post')) and pass `lengths`."
-        )
-
-
-def _check_shortest(sequence: str, lengths: np.ndarray, shortest: int) -> None:
-    """Refuse rows too short to leave every gated layer one step (Keras cannot run them)."""
-    if lengths.min(initial=shortest) < shortest:
-        raise ValueError(
-            f"Received lengths {lengths.tolist()} for input {sequence!r}, expected at least "
-            f"{shortest} steps per row: the layers before a gated layer (pooling, 'valid' "
-            "windows) leave shorter rows no step, and Keras cannot run them either."
-        )
-
-
-def _check_padding(sequence: str, lengths: np.ndarray, time: int, refusal: str | None) -> None:
-    """Refuse rows shorter than the time axis of an input whose export refused padding."""
-    if refusal is not None and lengths.min(initial=time) < time:
-        raise ValueError(
-            f"Received lengths {lengths.tolist()} for input {sequence!r}, shorter than its time "
-            f"dimension {time}, but this export cannot pad {sequence!r}: {refusal}. Pass rows "
-            f"of {time} steps (lengths={time}, the default)."
-        )

@@ -3,8 +3,10 @@
 The exporter writes a :class:`Signature` as JSON into the model's ``metadata_props`` under
 :data:`METADATA_KEY`; the runtime reads it back with :func:`read_signature`. It says which inputs
 are padded sequences, which one carries the per-sequence lengths, which inputs/outputs are
-recurrent state (and how they pair up), and which outputs have a time axis. This module imports
-only the standard library and ``onnx`` (lazily), so the serving process never loads TensorFlow.
+recurrent state (and how they pair up), and which outputs have a time axis. It also builds and
+checks the feeds of such a model in the one way Predictor, validation and the server share
+(:func:`complete_feeds`, :func:`check_feeds`). This module imports only the standard library,
+numpy and ``onnx`` (lazily), so the serving process never loads TensorFlow.
 
 Conventions (all tensors batch-major, batch is axis 0):
   * ``role="sequence"``: float input ``[batch, time, features...]``, right-padded.
@@ -34,7 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
 
 METADATA_KEY = "keras_gates.signature"
 ROLES = ("sequence", "lengths", "state", "output", "other")
@@ -87,10 +92,17 @@ class Signature:
 
     def lengths_for(self, sequence: str) -> str | None:
         """The lengths input measuring sequence input ``sequence``, or ``None``."""
-        found = [t.name for t in self.inputs_with("lengths") if t.sequence_input == sequence]
-        if not found and len(self.inputs_with("sequence")) == 1 and self.lengths_input:
-            return self.lengths_input  # signatures written before sequence_input existed
-        return found[0] if found else None
+        return lengths_for(self.inputs, sequence)
+
+    def complete_feeds(self, given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``given`` with the lengths and state inputs it leaves out filled in (see
+        :func:`complete_feeds`)."""
+        return complete_feeds(self.inputs, given)
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Raise :class:`FeedError` for feeds the model would answer wrongly (see
+        :func:`check_feeds`)."""
+        check_feeds(self.inputs, feeds)
 
     @property
     def padding_refusals(self) -> dict[str, str]:
@@ -150,8 +162,6 @@ def read_signature(model_or_path: Any) -> Signature | None:
 def masked_holes(x: Any, value: float, lengths: Any) -> list[int]:
     """Rows of ``x`` (``[batch, time, ...]``) with a step equal to ``value`` (a masked step)
     before an unmasked one within the row's length: the ONNX RNN operators cannot skip it."""
-    import numpy as np
-
     x = np.asarray(x)
     masked = x == value if x.ndim == 2 else np.all(x == value, axis=tuple(range(2, x.ndim)))
     rows = []
@@ -161,3 +171,153 @@ def masked_holes(x: Any, value: float, lengths: Any) -> list[int]:
         if unmasked.size and steps[: unmasked[-1]].any():
             rows.append(row)
     return rows
+
+
+# ---- feeds: the defaults and checks Predictor, validation and the server share ------------------
+class FeedError(ValueError):
+    """Feeds the model would answer wrongly: lengths out of range, shorter than a time axis the
+    export cannot pad or than a row needs, masked steps the RNN nodes cannot skip."""
+
+
+class InputSpec(Protocol):
+    """What the feed helpers read of an input: a :class:`TensorSpec` or the server's
+    ``TensorInfo``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def dtype(self) -> Any: ...
+    @property
+    def shape(self) -> tuple[int | None, ...]: ...
+    @property
+    def sequence_input(self) -> str | None: ...
+    @property
+    def padding_refused(self) -> str | None: ...
+    @property
+    def min_length(self) -> int: ...
+    @property
+    def aligned_with(self) -> str | None: ...
+    @property
+    def mask_value(self) -> float | None: ...
+
+
+def measured_sequence(lengths: InputSpec, inputs: Sequence[InputSpec]) -> str | None:
+    """The sequence input a lengths input measures (the first one in signatures written before
+    ``sequence_input`` existed)."""
+    if lengths.sequence_input:
+        return lengths.sequence_input
+    return next((t.name for t in inputs if t.role == "sequence"), None)
+
+
+def lengths_for(inputs: Sequence[InputSpec], sequence: str) -> str | None:
+    """The lengths input measuring sequence input ``sequence``, or ``None``."""
+    found = [t.name for t in inputs if t.role == "lengths" and t.sequence_input == sequence]
+    lengths = [t.name for t in inputs if t.role == "lengths"]
+    if not found and len([t for t in inputs if t.role == "sequence"]) == 1 and lengths:
+        return lengths[0]  # signatures written before sequence_input existed
+    return found[0] if found else None
+
+
+def complete_feeds(
+    inputs: Sequence[InputSpec], given: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``given`` with every input it leaves out that has a default, in input order.
+
+    A lengths input defaults to the full time dimension (axis 1) of the sequence input it
+    measures, each its own; a state input to zeros of its width. Both take the input's dtype and
+    one row per row of the batch (axis 0 of the first sequence input given). Entries of ``given``
+    that name no input are kept, last.
+    """
+    batch = _batch(inputs, given)
+    feeds = {}
+    for t in inputs:
+        if t.name in given:
+            feeds[t.name] = given[t.name]
+        elif t.role == "lengths":
+            steps = _steps(given[measured_sequence(t, inputs)])
+            feeds[t.name] = np.full(batch, steps, t.dtype)
+        elif t.role == "state":
+            feeds[t.name] = np.zeros((batch, *t.shape[1:]), t.dtype)
+    feeds.update((name, value) for name, value in given.items() if name not in feeds)
+    return feeds
+
+
+def check_feeds(inputs: Sequence[InputSpec], feeds: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`FeedError` for feeds the model would answer wrongly.
+
+    Inputs merged step by step (``aligned_with``) need one time dimension. Each lengths input
+    holds one value per row in ``[1, time]`` of its sequence input, at least that input's
+    ``min_length``, and the full time where the export refused padding. A masked sequence input
+    has no masked step before an unmasked one within a row's length.
+    """
+    specs = {t.name: t for t in inputs}
+    for t in inputs:
+        if t.role == "sequence" and t.name in feeds and t.aligned_with in feeds:
+            _check_aligned(t.name, feeds[t.name], t.aligned_with, feeds[t.aligned_with])
+    for t in inputs:
+        sequence = specs.get(measured_sequence(t, inputs) or "")
+        if t.role == "lengths" and t.name in feeds and sequence is not None:
+            _check_lengths(t.name, np.asarray(feeds[t.name]), sequence, feeds[sequence.name])
+    for t in inputs:
+        if t.role == "sequence" and t.mask_value is not None and t.name in feeds:
+            x = feeds[t.name]
+            lengths = feeds.get(lengths_for(inputs, t.name) or "")
+            if lengths is None:
+                lengths = np.full(x.shape[0], _steps(x), np.int32)
+            _check_holes(t.name, x, t.mask_value, np.asarray(lengths))
+
+
+def _batch(inputs: Sequence[InputSpec], given: Mapping[str, np.ndarray]) -> int:
+    sequences = [given[t.name] for t in inputs if t.role == "sequence" and t.name in given]
+    first = sequences[0] if sequences else next(iter(given.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _steps(sequence: np.ndarray) -> int:
+    return int(sequence.shape[1]) if sequence.ndim > 1 else 1
+
+
+def _check_aligned(name: str, x: np.ndarray, other: str, y: np.ndarray) -> None:
+    if _steps(x) != _steps(y):
+        raise FeedError(
+            f"Received inputs {name!r} and {other!r} with {_steps(x)} and {_steps(y)} steps; "
+            "the model merges them step by step, so they need the same time dimension."
+        )
+
+
+def _check_lengths(name: str, lengths: np.ndarray, sequence: InputSpec, x: np.ndarray) -> None:
+    batch, time, values = int(x.shape[0]), _steps(x), lengths.tolist()
+    if lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time:
+        raise FeedError(
+            f"Received an invalid value for `lengths` input {name!r}, expected values between 1 "
+            f"and the time length {time} of input {sequence.name!r}, one per row (shape "
+            f"({batch},)), got {values}."
+        )
+    if sequence.padding_refused is not None and lengths.min(initial=time) < time:
+        raise FeedError(
+            f"Received lengths {values} for input {sequence.name!r}, shorter than its time "
+            f"dimension {time}, but its rows cannot be padded: this export cannot pad "
+            f"{sequence.name!r}: {sequence.padding_refused}. Pass rows of {time} steps (lengths "
+            f"equal to {time}, the default when no lengths are given)."
+        )
+    shortest = sequence.min_length
+    if lengths.min(initial=shortest) < shortest:
+        raise FeedError(
+            f"Received rows of {values} steps for input {sequence.name!r}, expected at least "
+            f"{shortest} steps per row: the layers before a gated layer (pooling, 'valid' "
+            "windows) leave shorter rows no step, and Keras cannot run them either."
+        )
+
+
+def _check_holes(name: str, x: np.ndarray, value: float, lengths: np.ndarray) -> None:
+    """Refuse masked steps before unmasked ones (holes, pre-padding): ONNX cannot skip them."""
+    rows = masked_holes(x, value, lengths)
+    if rows:
+        raise FeedError(
+            f"Received input {name!r} with masked steps (equal to {value:g}) before unmasked "
+            f"ones in rows {rows}; the exported RNN nodes skip only the steps past each row's "
+            "length, not masked steps in between. Pad at the end (e.g. "
+            "keras.utils.pad_sequences(..., padding='post')) and pass the lengths."
+        )

@@ -176,18 +176,13 @@ def _feeds(
 ) -> dict:
     """ONNX feeds for the model inputs (in order): each lengths input its sequence's own time
     unless ``lengths`` (by sequence input) says otherwise, zero (or given) states."""
-    data = [t for t in signature.inputs if t.role in ("sequence", "other")]
-    feeds = {t.name: x for t, x in zip(data, inputs)}
-    batch = inputs[0].shape[0]
-    for spec in signature.inputs_with("lengths"):
-        sequence = spec.sequence_input or next(t.name for t in data if t.role == "sequence")
-        given = (lengths or {}).get(sequence)
-        time = feeds[sequence].shape[1]
-        feeds[spec.name] = np.full(batch, time, np.int32) if given is None else given
-    for spec in signature.inputs_with("state"):
-        zeros = np.zeros((batch, spec.shape[1]), np.float32)
-        feeds[spec.name] = (states or {}).get(spec.name, zeros)
-    return feeds
+    data = [t.name for t in signature.inputs if t.role in ("sequence", "other")]
+    given = {**dict(zip(data, inputs)), **(states or {})}
+    for sequence, value in (lengths or {}).items():
+        name = signature.lengths_for(sequence)  # None: merged with another input step by step
+        if name is not None:
+            given[name] = value
+    return signature.complete_feeds(given)
 
 
 def keras_outputs(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from keras_gates.export.signature import complete_feeds
+
 from . import validation
 from .batcher import Batcher, BatchLayout, BatchObserver
 from .errors import BadRequest
@@ -203,30 +205,9 @@ class ModelScheduler:
         rows = validation.check_batch(self.name, inputs)
         independent = len(self._lengths_inputs) > 1
         steps = validation.check_sequences(self.name, self._sequences, inputs, independent)
-        feeds = {}
-        for t in self.inputs:
-            if t.name in inputs:
-                feeds[t.name] = inputs[t.name]
-            elif t.role == "lengths":
-                feeds[t.name] = np.full(rows, self._steps_of(t, inputs, steps), t.dtype)
-            elif t.role == "state":
-                feeds[t.name] = np.zeros((rows, *t.shape[1:]), t.dtype)
-        for t in self._lengths_inputs:
-            own = self._steps_of(t, inputs, steps)
-            if t.name in inputs:
-                validation.check_lengths(self.name, t.name, inputs[t.name], own)
-            sequence = self._specs.get(t.sequence_input) or (self._sequences or (None,))[0]
-            if sequence is not None and t.name in feeds:
-                validation.check_padding(self.name, sequence, feeds[t.name], own)
-                validation.check_mask_holes(
-                    self.name, sequence, feeds[sequence.name], feeds[t.name]
-                )
+        feeds = complete_feeds(self.inputs, inputs)
+        validation.check_feeds(self.name, self.inputs, feeds)
         return feeds, rows, steps
-
-    def _steps_of(self, lengths: TensorInfo, inputs: dict, steps: int | None) -> int | None:
-        """The time length of the sequence input that ``lengths`` measures."""
-        sequence = inputs.get(lengths.sequence_input or "")
-        return sequence.shape[1] if sequence is not None and sequence.ndim > 1 else steps
 
     async def _infer_sequence(self, feeds, rows: int, steps, sequence: SequenceControl):
         if self.sessions is None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keras_gates.export.signature import masked_holes
+from keras_gates.export import signature
 
 from .datatypes import NUMPY_TO_V2, protocol_shape
 from .errors import BadRequest
@@ -108,42 +108,11 @@ def check_sequences(
     return values.pop()
 
 
-def check_lengths(model: str, name: str, lengths: np.ndarray, steps: int | None) -> None:
-    """A client-given lengths input lies in ``[1, time]``."""
-    if steps is None:
-        return
-    if lengths.size and (lengths.min() < 1 or lengths.max() > steps):
-        raise BadRequest(
-            f"Input {name!r} of model {model!r} holds lengths {lengths.tolist()}, expected values "
-            f"between 1 and the time length {steps}."
-        )
-
-
-def check_padding(model: str, spec: TensorInfo, lengths: np.ndarray, steps: int | None) -> None:
-    """A sequence input whose export refused padding only takes rows as long as its time axis;
-    no row may be shorter than the input's ``min_length``."""
-    if lengths.size and lengths.min() < spec.min_length:
-        raise BadRequest(
-            f"Input {spec.name!r} of model {model!r} has rows of {lengths.tolist()} steps, "
-            f"expected at least {spec.min_length}: shorter rows leave a gated layer no step "
-            "(pooling or 'valid' windows come first)."
-        )
-    if spec.padding_refused is None or steps is None:
-        return
-    if lengths.size and lengths.min() < steps:
-        raise BadRequest(
-            f"Input {spec.name!r} of model {model!r} cannot be padded ({spec.padding_refused}), "
-            f"but its lengths {lengths.tolist()} are shorter than its time length {steps}; "
-            f"expected lengths equal to {steps} (or no lengths input)."
-        )
-
-
-def check_mask_holes(model: str, spec: TensorInfo, x: np.ndarray, lengths: np.ndarray) -> None:
-    """Masked steps (``spec.mask_value``) only after a row's last unmasked step."""
-    rows = masked_holes(x, spec.mask_value, lengths) if spec.mask_value is not None else []
-    if rows:
-        raise BadRequest(
-            f"Input {spec.name!r} of model {model!r} has masked steps (equal to "
-            f"{spec.mask_value:g}) before unmasked ones in rows {rows}; expected masked steps only "
-            "at the end of each row (pad at the end, e.g. pad_sequences(padding='post'))."
-        )
+def check_feeds(model: str, inputs: Sequence[TensorInfo], feeds: dict[str, np.ndarray]) -> None:
+    """Lengths in ``[1, time]``, as long as a row needs and as its time axis where the export
+    refused padding; no masked step before an unmasked one (the checks
+    :func:`keras_gates.export.signature.check_feeds` shares with ``Predictor``)."""
+    try:
+        signature.check_feeds(inputs, feeds)
+    except signature.FeedError as err:
+        raise BadRequest(f"Model {model!r}: {err}") from err

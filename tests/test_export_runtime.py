@@ -60,6 +60,30 @@ def test_predictor_reports_provider_and_matches_keras(exported):
     np.testing.assert_allclose(predictor.predict(x)[name], np.asarray(model(x)), atol=ATOL)
 
 
+def test_predictor_feeds_are_what_predict_and_stream_run(exported):
+    folder, _ = exported
+    predictor = Predictor(folder / "stream.onnx", device="cpu")
+    x = np.random.default_rng(2).normal(size=(2, 4, 3)).astype("float32")
+    feeds = predictor.feeds(x, lengths=[4, 2])
+    assert feeds["lengths"].dtype == np.int32 and feeds["lengths"].tolist() == [4, 2]
+    states = predictor.signature.inputs_with("state")
+    assert [feeds[t.name].shape for t in states] == [(2, 5), (2, 5), (2, 4)]  # LSTM h, c; GRU h
+    assert not any(feeds[t.name].any() for t in states)  # zero state by default
+    names = predictor.output_names
+    got = dict(zip(names, predictor.session.run(names, feeds)))
+    want = predictor.predict(x, lengths=[4, 2])
+    assert list(want) == names
+    for name in names:
+        np.testing.assert_array_equal(got[name], want[name])
+    stream = predictor.stream()
+    first = stream.step(x[:, :2])
+    carried = predictor.feeds(x[:, 2:], states=stream.states)
+    run = dict(zip(names, predictor.session.run(names, carried)))
+    for name in names:
+        np.testing.assert_array_equal(run[name], stream.step(x[:, 2:])[name])
+        assert first[name].shape == want[name].shape
+
+
 def test_predictor_cuda_unavailable_is_an_error(exported):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA; the error path needs a CPU-only onnxruntime")
