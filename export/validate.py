@@ -228,12 +228,19 @@ def _chunked_rows(session: Any, signature: Signature, inputs: list[np.ndarray]) 
     """States after two chunks vs after the whole sequence."""
     pairs = signature.state_pairs
     outs = [o for _, o in pairs]
+    data = [t for t in signature.inputs if t.role in ("sequence", "other")]
+    sequences = [t.role == "sequence" for t in data]  # only these are cut; the others repeat
+    time = next(x.shape[1] for x, cut in zip(inputs, sequences) if cut)
+    split = max(1, time // 2)
+
+    def chunk(part: slice) -> list[np.ndarray]:
+        return [x[:, part] if cut else x for x, cut in zip(inputs, sequences)]
+
     whole = session.run(outs, _feeds(signature, inputs))
-    split = max(1, inputs[0].shape[1] // 2)
-    first = session.run(outs, _feeds(signature, [x[:, :split] for x in inputs]))
+    first = session.run(outs, _feeds(signature, chunk(slice(None, split))))
     states = {i: v for (i, _), v in zip(pairs, first)}
-    second = session.run(outs, _feeds(signature, [x[:, split:] for x in inputs], states))
-    batch, time = inputs[0].shape[:2]
+    second = session.run(outs, _feeds(signature, chunk(slice(split, None)), states))
+    batch = inputs[0].shape[0]
     return [
         Row(name, batch, time, _max_error(w, s), case="2 chunks")
         for name, w, s in zip(outs, whole, second)

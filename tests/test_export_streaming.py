@@ -53,6 +53,24 @@ def test_chunked_stream_equals_whole_sequence(tmp_path):
     np.testing.assert_allclose(stream.step(x[:, :5])[out], whole[:, :5], atol=ATOL, rtol=0)
 
 
+def test_streaming_with_a_static_input_beside_the_sequence(tmp_path):
+    # Validation cuts only the sequence into chunks; the static input goes whole with each chunk.
+    sequence, static = keras.Input((None, 3), name="seq"), keras.Input((2,), name="static")
+    h = GatedLSTM(4)(sequence)
+    y = keras.layers.Dense(1, name="y")(keras.layers.Concatenate()([h, static]))
+    model = _randomize(keras.Model([sequence, static], y))
+    path = tmp_path / "static.onnx"
+    result = to_onnx(model, path, streaming=True, print_fn=None)
+    assert result.validation.passed
+    assert {row.case for row in result.validation.rows} >= {"full", "2 chunks"}
+    rng = np.random.default_rng(4)
+    x, s = rng.normal(size=(2, 8, 3)).astype("float32"), rng.normal(size=(2, 2)).astype("float32")
+    stream = Predictor(path, device="cpu").stream()
+    stream.step({"seq": x[:, :3], "static": s})
+    last = stream.step({"seq": x[:, 3:], "static": s})["y"]
+    np.testing.assert_allclose(last, np.asarray(model([x, s])), atol=ATOL, rtol=0)
+
+
 def test_stateful_model_exports_as_streaming(tmp_path):
     model = _randomize(
         keras.Sequential([keras.Input((None, 3), batch_size=2), GatedGRU(4, stateful=True)])
