@@ -289,6 +289,11 @@ def _check_aligned(name: str, x: np.ndarray, other: str, y: np.ndarray) -> None:
 
 def _check_lengths(name: str, lengths: np.ndarray, sequence: InputSpec, x: np.ndarray) -> None:
     batch, time, values = int(x.shape[0]), _steps(x), lengths.tolist()
+    if lengths.dtype.kind not in "iu" and not np.array_equal(lengths, np.floor(lengths)):
+        raise FeedError(
+            f"Received an invalid value for `lengths` input {name!r}, expected whole numbers of "
+            f"steps (one per row of {sequence.name!r}), got {values}."
+        )
     if lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > time:
         raise FeedError(
             f"Received an invalid value for `lengths` input {name!r}, expected values between 1 "

@@ -128,6 +128,7 @@ def test_complete_feeds_pass_the_checks():
         ([6, 5], r"between 1 and the time length 5 of input 'enc', .* got \[6, 5\]"),
         ([5, 5, 5], r"one per row \(shape \(2,\)\), got \[5, 5, 5\]"),
         ([[5], [5]], r"shape \(2,\)"),
+        ([2.5, 5.0], r"expected whole numbers of steps .* got \[2.5, 5.0\]"),  # not cut to 2
     ],
 )
 def test_lengths_outside_one_to_time_are_refused(lengths, message):
