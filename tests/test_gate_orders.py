@@ -5,14 +5,13 @@ what PyTorch computes. Also ``gates.reorder`` between two real layouts."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from keras.ops import convert_to_numpy as to_numpy
 
 from keras_gates import GatedGRU, GatedLSTM, gates
+from tests import torch_cache
 from tests.reference import FP32_ATOL
-from tests.test_backends import TORCH_ABSENT
 
-torch = pytest.importorskip("torch", reason=TORCH_ABSENT)
+torch = torch_cache.import_torch()  # the venv's, else tests/torch_cache.py's folder, else skip
 
 X = np.random.default_rng(5).standard_normal((3, 7, 4)).astype("float32")
 
