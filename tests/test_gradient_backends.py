@@ -1,9 +1,10 @@
 """Gradient flow gives the same numbers on TensorFlow, JAX and PyTorch.
 
 One small model with fixed weights (Masking, a peephole GatedLSTM, a stock GRU, Dense) over a
-padded batch: ``gradient_flow`` and ``state_gradient_flow`` on TensorFlow in this process, and on
-JAX and PyTorch in child processes with ``KERAS_BACKEND`` set and TensorFlow made unimportable.
-The numbers are compared per sample and lag.
+padded batch, and a stateful GatedLSTM called before: ``gradient_flow`` and
+``state_gradient_flow`` on TensorFlow in this process, and on JAX and PyTorch in child processes
+with ``KERAS_BACKEND`` set and TensorFlow made unimportable. The numbers are compared per sample
+and lag within GRAD_ATOL (the same float32 computation on each backend).
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ SCRIPT = textwrap.dedent(
             arrays[key] = profile["per_sample"]
             arrays[key + "_reach"] = profile["reach"]
             assert summary["layers"][key]["reach"] == int(profile["reach"]), (key, summary)
+
+        # A stateful layer called before: the gradients start from its current state, which
+        # the analysis leaves as it found it.
+        stateful = keras.Sequential(
+            [keras.Input((9, 3), batch_size=5), GatedLSTM(3, stateful=True, name="stateful")]
+        )
+        stateful.set_weights([0.6 * rng.normal(size=w.shape) for w in stateful.get_weights()])
+        stateful(x)
+        before = [keras.ops.convert_to_numpy(v) for v in stateful.non_trainable_variables]
+        arrays["stateful_input"] = gradient_flow(stateful, x)["per_sample"]
+        arrays["stateful"] = state_gradient_flow(stateful, x)["stateful"]["per_sample"]
+        after = [keras.ops.convert_to_numpy(v) for v in stateful.non_trainable_variables]
+        assert all(np.array_equal(a, b) for a, b in zip(before, after)), "state changed"
         np.savez(path, **arrays)
 
 
@@ -102,7 +116,7 @@ def test_gradient_flow_is_the_same_on_every_backend(on_tensorflow, backend, tmp_
             pytest.skip(torch_cache.absent_reason())
     got = _run(tmp_path, backend)
     assert sorted(got) == sorted(on_tensorflow)
-    assert set(on_tensorflow) >= {"input", "lstm", "gru"}
+    assert set(on_tensorflow) >= {"input", "lstm", "gru", "stateful_input", "stateful"}
     for key, want in on_tensorflow.items():
         # NaN where a padded sample has no step at that lag, on every backend alike.
         np.testing.assert_allclose(got[key], want, atol=GRAD_ATOL, rtol=0, err_msg=key)

@@ -6,7 +6,8 @@ returning ∂⟨forward(primal, *aux), cotangent⟩/∂primal as a numpy array:
 - TensorFlow: ``tf.GradientTape`` inside a ``tf.function`` (variables are read when it runs);
 - JAX: ``jax.vjp`` inside ``jax.jit``, the variables' values passed in through a
   ``keras.StatelessScope`` (so a jitted function sees trained weights and never assigns state);
-- PyTorch: ``torch.autograd.grad``.
+- PyTorch: ``torch.autograd.grad``, also inside a ``keras.StatelessScope`` (a stateful layer's
+  in-place state update would otherwise invalidate the graph it is part of).
 
 Nothing here imports TensorFlow unless the backend is TensorFlow.
 """
@@ -31,7 +32,7 @@ def vjp_function(forward: Callable, variables: Sequence[keras.Variable]) -> VJP:
     if backend == "jax":
         return _jax(forward, list(variables))
     if backend == "torch":
-        return _torch(forward)
+        return _torch(forward, list(variables))
     raise NotImplementedError(
         f"Gradient flow needs automatic differentiation on the Keras backend, and backend "
         f"{backend!r} has none here: use KERAS_BACKEND=tensorflow, jax or torch."
@@ -70,13 +71,14 @@ def _jax(forward: Callable, variables: list) -> VJP:
     return run
 
 
-def _torch(forward: Callable) -> VJP:
+def _torch(forward: Callable, variables: list) -> VJP:
     import torch
 
     def run(primal, aux, cotangent):
         primal = keras.ops.convert_to_tensor(primal).detach().requires_grad_(True)
         aux = [keras.ops.convert_to_tensor(a) for a in aux]
-        with torch.enable_grad():
+        mapping = [(variable, variable.value) for variable in variables]
+        with torch.enable_grad(), keras.StatelessScope(state_mapping=mapping):
             out = forward(primal, *aux)
             cotangent = torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
             (grad,) = torch.autograd.grad(out, primal, grad_outputs=cotangent)

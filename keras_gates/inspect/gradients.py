@@ -183,7 +183,8 @@ def _batched_vjp_norms(model, x: np.ndarray, mask: np.ndarray, copies: int, chun
         x_rep = np.tile(x, (len(ks),) + (1,) * (x.ndim - 1))
         mask_rep = np.tile(mask, (len(ks), 1))
         onehot = np.repeat(np.eye(copies)[ks], batch, axis=0)
-        g = grad(x_rep, (mask_rep,), onehot).astype(np.float64)
+        with _states_preserved(model):  # every chunk starts from the model's current state
+            g = grad(x_rep, (mask_rep,), onehot).astype(np.float64)
         g = g.reshape(len(ks), batch, *g.shape[1:])
         total += np.square(g).sum(axis=(0, *range(3, g.ndim)))
     return np.sqrt(total)
@@ -229,9 +230,9 @@ def gradient_flow(
         probe = _output_at_last_step(
             model(x, training=False), keras.ops.convert_to_tensor(mask), x.shape[1]
         )
-        copies = int(probe.shape[-1])
-        chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))
-        norms = _batched_vjp_norms(model, x, mask, copies, chunk)
+    copies = int(probe.shape[-1])
+    chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))
+    norms = _batched_vjp_norms(model, x, mask, copies, chunk)
     return {**lag_profile(norms, mask, fraction), "outputs": copies}
 
 
