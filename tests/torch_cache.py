@@ -1,8 +1,9 @@
 """PyTorch for the tests, installed once into a cache folder outside the venv.
 
 PyPI's torch build (the only one reachable from PyPI; the CPU-only wheels live on
-download.pytorch.org) pulls CUDA libraries: measured here, 5.4 GB installed in about 1 min 50 s
-from a cold pip cache. So torch is not part of any extra that ``make test`` installs into the
+download.pytorch.org) pulls CUDA libraries: measured here, 27 distributions, 5.3 GiB installed,
+1 min 47 s for the pip install from a cold pip cache on an idle machine, 3 min 36 s for the whole
+step on a busy one. So torch is not part of any extra that ``make test`` installs into the
 venv; ``python -m tests.torch_cache`` (run by ``make test``) installs it into
 ``$KERAS_GATES_CACHE/torch-<version>`` (default ``~/.cache/keras-gates``), and the tests that need
 torch put that folder on ``PYTHONPATH`` (children) or ``sys.path`` (:func:`import_torch`).
@@ -53,7 +54,7 @@ def ready() -> Path | None:
 ABSENT = (
     "torch is neither installed nor in the cache folder {folder}: `make test` (or "
     "`python -m tests.torch_cache`) installs PyPI's build there (5.4 GB with its CUDA "
-    "libraries, about 2 min); it could not be made here"
+    "libraries, 2-4 min); its output says why it could not"
 )
 
 
