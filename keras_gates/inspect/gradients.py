@@ -51,7 +51,8 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _cached(owner, key: tuple, build: Callable) -> Callable:
     """A compiled gradient function kept per model/layer (and shape), so repeated analyses
-    (GateMonitor, every epoch) do not build the TensorFlow graph again. Held outside the owner,
+    (GateMonitor, every epoch) do not trace and compile it again (``tf.function``, ``jax.jit``;
+    PyTorch runs eagerly). Held outside the owner,
     so Keras never tracks or saves it."""
     functions = _COMPILED.setdefault(owner, {})
     if key not in functions:
