@@ -23,7 +23,11 @@ $(TRITON): $(STAMP) tests/triton_server.py
 	$(PY) -m tests.triton_server
 	touch $(TRITON)
 
+# PyTorch for the torch backend tests: PyPI's build with its CUDA libraries (5.4 GB, ~2 min once),
+# installed by tests/torch_cache.py into $KERAS_GATES_CACHE (~/.cache/keras-gates), outside the
+# venv. Where it cannot be installed (offline) the torch tests skip and say why.
 test: $(STAMP) $(TRITON)
+	$(PY) -m tests.torch_cache || echo "torch could not be installed: the torch tests will skip"
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
 	$(PY) -m pytest -q
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import torch_cache
 from tests.reference import FP32_ATOL
 from tests.test_parity import GRID
 
@@ -70,13 +71,6 @@ TORCH_DESELECT = [
 ]
 
 
-TORCH_ABSENT = (
-    "torch is not installed: PyPI's build pulls the CUDA libraries (555 MB wheel, 5.4 GB "
-    "installed, about 2 min), so the dev extra leaves it out; pip install 'keras-gates[torch]' "
-    "runs this test"
-)
-
-
 def _env(backend: str, **extra: str) -> dict[str, str]:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
     env.pop("PYTEST_CURRENT_TEST", None)
@@ -99,11 +93,17 @@ def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int
     "backend, deselect", [("jax", JAX_DESELECT), ("torch", TORCH_DESELECT)], ids=["jax", "torch"]
 )
 def test_layer_suite_on_backend(backend, deselect):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(TORCH_ABSENT if backend == "torch" else f"{backend} is not installed")
+    env = _env(backend, KERAS_GATES_NO_TENSORFLOW="1")
+    if backend == "torch":  # the venv's torch, else tests/torch_cache.py's folder
+        env = torch_cache.pythonpath(env)
+        if importlib.util.find_spec("torch") is None and torch_cache.ready() is None:
+            pytest.skip(torch_cache.absent_reason())
+    elif importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
     flags = [arg for test in deselect for arg in ("--deselect", test)]
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *LAYER_TESTS]
-    result = _run([*command, *flags], _env(backend, KERAS_GATES_NO_TENSORFLOW="1"))
+    tests = [*LAYER_TESTS, *(["tests/test_gate_orders.py"] if backend == "torch" else [])]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    result = _run([*command, *flags], env)
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "skipped" not in summary, summary
 

@@ -10,9 +10,12 @@ from keras.ops import convert_to_numpy as to_numpy
 
 from keras_gates import GatedGRU, GatedLSTM, gates
 from tests.reference import FP32_ATOL
-from tests.test_backends import TORCH_ABSENT
 
-torch = pytest.importorskip("torch", reason=TORCH_ABSENT)
+# torch and TensorFlow stay out of one process: where torch is not in the venv (make test puts it
+# in tests/torch_cache.py's folder), this file runs in the PyTorch child of tests/test_backends.py.
+torch = pytest.importorskip(
+    "torch", reason="torch is not in this venv; tests/test_backends.py runs this file on PyTorch"
+)
 
 X = np.random.default_rng(5).standard_normal((3, 7, 4)).astype("float32")
 

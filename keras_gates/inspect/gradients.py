@@ -11,7 +11,8 @@ Pascanu, Mikolov & Bengio (2013) plot these by hand; here they are one call for 
   the model gives it, with a zero perturbation added to the state after every step; the
   gradient with respect to those perturbations is ∂h_T/∂s_t for all t at once.
 
-Both are computed by automatic differentiation (TensorFlow ``GradientTape``) with batched
+Both are computed by automatic differentiation on the active Keras backend (``GradientTape``,
+``jax.vjp`` or ``torch.autograd``, see :mod:`keras_gates.inspect.autodiff`) with batched
 vector–Jacobian products: the batch is repeated once per output component (``copies``), each
 copy gets a one-hot cotangent, and one backward pass gives every row of the Jacobian for every
 step. Lags count valid steps back from each sample's last valid step (masked steps carry the
@@ -29,6 +30,7 @@ import keras
 import numpy as np
 
 from keras_gates import _internals
+from keras_gates.inspect import autodiff
 from keras_gates.inspect.horizon import lag_below
 from keras_gates.inspect.trace import (
     BIDIRECTIONAL_DIRECTIONS,
@@ -49,7 +51,8 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _cached(owner, key: tuple, build: Callable) -> Callable:
     """A compiled gradient function kept per model/layer (and shape), so repeated analyses
-    (GateMonitor, every epoch) do not build the TensorFlow graph again. Held outside the owner,
+    (GateMonitor, every epoch) do not trace and compile it again (``tf.function``, ``jax.jit``;
+    PyTorch runs eagerly). Held outside the owner,
     so Keras never tracks or saves it."""
     functions = _COMPILED.setdefault(owner, {})
     if key not in functions:
@@ -147,57 +150,50 @@ def lag_profile(norms: np.ndarray, mask: np.ndarray, fraction: float) -> dict:
     }
 
 
-def _input_function(model, batch: int, steps: int):
-    """Σ over output components k of ‖∂y_k/∂x‖² per (sample, step), for a batch repeated once
-    per component in the chunk (copy k gets the one-hot cotangent e_k)."""
-    import tensorflow as tf
+def _output_at_last_step(y, mask, steps: int):
+    """Model output per sample as (batch, components): a sequence output (batch, time, ...)
+    is taken at each sample's last valid step (``mask``: (batch, time) booleans)."""
+    ops = keras.ops
+    last = steps - 1 - ops.argmax(ops.cast(ops.flip(mask, axis=1), "int32"), axis=1)
+    flat = []
+    for out in y if isinstance(y, (list, tuple)) else [y]:
+        if len(out.shape) >= 3 and out.shape[1] == steps:
+            out = ops.reshape(out, (-1, steps, int(np.prod(out.shape[2:]))))
+            out = ops.sum(out * ops.one_hot(last, steps, dtype=out.dtype)[:, :, None], axis=1)
+        flat.append(ops.reshape(out, (-1, int(np.prod(out.shape[1:])))))
+    return ops.concatenate(flat, axis=1) if len(flat) > 1 else flat[0]
 
-    @tf.function(reduce_retracing=True)
-    def squared(x_rep, mask_rep, onehot):
-        # A root name scope (the model's name) may not start with "_"; a nested one may.
-        with tf.GradientTape() as tape, tf.name_scope("gradient_flow"):
-            tape.watch(x_rep)
-            out = _output_at_last_step(model(x_rep, training=False), mask_rep, steps)
-        grad = tape.gradient(out, x_rep, output_gradients=tf.cast(onehot, out.dtype))
-        grad = tf.reshape(grad, (-1, batch, *grad.shape[1:]))
-        return tf.reduce_sum(tf.square(grad), axis=[0, *range(3, len(grad.shape))])
 
-    return squared
+def _input_function(model, steps: int):
+    """∂⟨y_last, cotangent⟩/∂x for a batch repeated once per output component in the chunk."""
+
+    def forward(x_rep, mask_rep):
+        return _output_at_last_step(model(x_rep, training=False), mask_rep, steps)
+
+    return autodiff.vjp_function(forward, model.variables)
 
 
 def _batched_vjp_norms(model, x: np.ndarray, mask: np.ndarray, copies: int, chunk: int):
-    import tensorflow as tf
-
+    """Σ over output components k of ‖∂y_k/∂x‖² per (sample, step), one backward pass per chunk
+    of components (copy k of the batch gets the one-hot cotangent e_k); returns the root."""
     batch, steps = x.shape[:2]
-    squared = _cached(model, ("input", batch, steps), lambda: _input_function(model, batch, steps))
+    grad = _cached(model, ("input", steps), lambda: _input_function(model, steps))
     total = np.zeros(x.shape[:2])
     for start in range(0, copies, chunk):
         ks = np.arange(start, min(start + chunk, copies))
-        x_rep = tf.tile(tf.convert_to_tensor(x), [len(ks)] + [1] * (x.ndim - 1))
-        mask_rep = tf.constant(np.tile(mask, (len(ks), 1)))
+        x_rep = np.tile(x, (len(ks),) + (1,) * (x.ndim - 1))
+        mask_rep = np.tile(mask, (len(ks), 1))
         onehot = np.repeat(np.eye(copies)[ks], batch, axis=0)
-        total += np.asarray(squared(x_rep, mask_rep, onehot), dtype=np.float64)
+        with states_preserved(model):  # every chunk starts from the model's current state
+            g = grad(x_rep, (mask_rep,), onehot).astype(np.float64)
+        g = g.reshape(len(ks), batch, *g.shape[1:])
+        total += np.square(g).sum(axis=(0, *range(3, g.ndim)))
     return np.sqrt(total)
 
 
 def _stateful(model) -> bool:
     layers = _internals.flatten_layers(model, include_self=True)
     return any(getattr(layer, "stateful", False) for layer in layers)
-
-
-def _output_at_last_step(y, mask_tf, steps: int):
-    """Model output per sample as (batch, components): a sequence output (batch, time, ...)
-    is taken at each sample's last valid step."""
-    import tensorflow as tf
-
-    outputs = y if isinstance(y, (list, tuple)) else [y]
-    flat = []
-    for out in outputs:
-        if len(out.shape) >= 3 and out.shape[1] == steps:
-            last = steps - 1 - tf.argmax(tf.cast(mask_tf[:, ::-1], tf.int32), axis=1)
-            out = tf.gather(out, last, axis=1, batch_dims=1)
-        flat.append(tf.reshape(out, (tf.shape(out)[0], -1)))
-    return tf.concat(flat, axis=1) if len(flat) > 1 else flat[0]
 
 
 def gradient_flow(
@@ -222,8 +218,6 @@ def gradient_flow(
         (NaN where a sample has no step at that lag), "samples": (L,), "fraction", "reach",
         "reach_censored", "outputs": components of y}``.
     """
-    import tensorflow as tf
-
     fraction = check_fraction(fraction)
     x = _check_sequences(model, x)
     if mask is None:
@@ -234,10 +228,12 @@ def gradient_flow(
             f"Received `mask` of shape {mask.shape}: expected (batch, time) = {x.shape[:2]}."
         )
     with states_preserved(model):
-        probe = _output_at_last_step(model(x, training=False), tf.constant(mask), x.shape[1])
-        copies = int(probe.shape[-1])
-        chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))
-        norms = _batched_vjp_norms(model, x, mask, copies, chunk)
+        probe = _output_at_last_step(
+            model(x, training=False), keras.ops.convert_to_tensor(mask), x.shape[1]
+        )
+    copies = int(probe.shape[-1])
+    chunk = 1 if _stateful(model) else max(1, MAX_COPIES_BATCH // len(x))
+    norms = _batched_vjp_norms(model, x, mask, copies, chunk)
     return {**lag_profile(norms, mask, fraction), "outputs": copies}
 
 
@@ -259,61 +255,54 @@ def _layer_inputs(ref: GatedLayerRef, record: dict, derived) -> tuple:
     return inputs, mask, state
 
 
-def _state_function(layer, batch: int, steps: int, sizes: tuple[int, ...]):
-    """Σ over hidden units k of ‖∂h_T[k]/∂s_t‖² per (sample, step): the cell runs in a
-    ``tf.scan`` with a zero perturbation added to the state after every step."""
-    import tensorflow as tf
-
-    cell, dtype = layer.cell, layer.compute_dtype
+def _state_function(layer, sizes: tuple[int, ...]):
+    """∂⟨h_T, cotangent⟩/∂δ: the cell runs in Keras' backend loop with a perturbation δ_t
+    (zero) added to the state after every step; masked steps carry the state unchanged."""
+    ops, cell, dtype = keras.ops, layer.cell, layer.compute_dtype
     structure = cell.get_initial_state(batch_size=1)
+    bounds = [int(b) for b in np.cumsum(sizes)[:-1]]
 
-    def step(carry, elems):
-        x_t, m_t, d_t = elems
-        _, new = cell(x_t, tf.nest.pack_sequence_as(structure, carry), training=False)
-        pieces = tf.split(d_t, list(sizes), axis=-1)
-        return [
-            tf.where(m_t[:, None], n, c) + p
-            for n, c, p in zip(tf.nest.flatten(new), carry, pieces, strict=True)
+    def forward(deltas, x_rep, m_rep, *s0):
+        features = x_rep.shape[-1]
+
+        def step(inputs_t, carry):
+            x_t, m_t, d_t = ops.split(inputs_t, [features, features + 1], axis=-1)
+            _, new = cell(x_t, keras.tree.pack_sequence_as(structure, carry), training=False)
+            pieces = ops.split(d_t, bounds, axis=-1) if bounds else [d_t]
+            states = [
+                ops.where(m_t > 0.5, n, c) + p
+                for n, c, p in zip(keras.tree.flatten(new), carry, pieces, strict=True)
+            ]
+            return states[0], states
+
+        inputs = [
+            ops.cast(x_rep, dtype),
+            ops.cast(m_rep, dtype)[:, :, None],
+            ops.cast(deltas, dtype),
         ]
+        s0 = [ops.cast(s, dtype) for s in s0]
+        return _internals.rnn_loop(step, ops.concatenate(inputs, axis=-1), s0)[2][0]
 
-    @tf.function(reduce_retracing=True)
-    def squared(x_rep, m_rep, s0, onehot):
-        deltas = tf.zeros((tf.shape(x_rep)[0], steps, sum(sizes)), dtype)
-        with tf.GradientTape() as tape, tf.name_scope("state_gradient_flow"):
-            tape.watch(deltas)
-            elems = (
-                tf.transpose(x_rep, (1, 0, 2)),
-                tf.transpose(m_rep),
-                tf.transpose(deltas, (1, 0, 2)),
-            )
-            h_last = tf.scan(step, elems, initializer=s0)[0][-1]  # masked steps carry it
-        grad = tape.gradient(h_last, deltas, output_gradients=tf.cast(onehot, h_last.dtype))
-        grad = tf.reshape(grad, (-1, batch, steps, sum(sizes)))
-        return tf.reduce_sum(tf.square(grad), axis=[0, 3])
-
-    return squared
+    return autodiff.vjp_function(forward, layer.variables)
 
 
 def _state_norms(layer, inputs: np.ndarray, mask: np.ndarray, state: list) -> np.ndarray:
     """‖∂h_T/∂s_t‖_F per (sample, step) of processing order, one batched backward pass per
     chunk of hidden units (the batch repeated once per unit, one-hot cotangents)."""
-    import tensorflow as tf
-
     sizes = tuple(int(s.shape[-1]) for s in state)
-    batch, steps = inputs.shape[:2]
-    squared = _cached(
-        layer, ("state", batch, steps, sizes), lambda: _state_function(layer, batch, steps, sizes)
-    )
-    units, dtype = sizes[0], layer.compute_dtype
+    grad = _cached(layer, ("state", sizes), lambda: _state_function(layer, sizes))
+    units, (batch, steps) = sizes[0], inputs.shape[:2]
     chunk = max(1, MAX_COPIES_BATCH // batch)
     total = np.zeros((batch, steps))
     for start in range(0, units, chunk):
         ks = np.arange(start, min(start + chunk, units))
-        x_rep = tf.cast(np.tile(inputs, (len(ks), 1, 1)), dtype)
-        m_rep = tf.constant(np.tile(mask, (len(ks), 1)))
-        s0 = [tf.cast(np.tile(s, (len(ks), 1)), dtype) for s in state]
+        deltas = np.zeros((len(ks) * batch, steps, sum(sizes)), np.float32)
+        x_rep = np.tile(inputs, (len(ks), 1, 1))
+        m_rep = np.tile(mask, (len(ks), 1))
+        s0 = [np.tile(s, (len(ks), 1)) for s in state]
         onehot = np.repeat(np.eye(units)[ks], batch, axis=0)
-        total += np.asarray(squared(x_rep, m_rep, s0, onehot), dtype=np.float64)
+        g = grad(deltas, (x_rep, m_rep, *s0), onehot).astype(np.float64)
+        total += np.square(g.reshape(len(ks), batch, steps, -1)).sum(axis=(0, 3))
     return np.sqrt(total)
 
 

@@ -13,19 +13,6 @@ from keras_gates.inspect.horizon import median_lag
 from keras_gates.inspect.stats import to_json_list
 
 
-def backend_note() -> str | None:
-    """Why no gradient flow is measured on this Keras backend (None on TensorFlow)."""
-    import keras
-
-    backend = keras.config.backend()
-    if backend == "tensorflow":
-        return None
-    return (
-        f"gradient flow is measured with TensorFlow's GradientTape; on the {backend} backend "
-        "only retention and half-lives are reported (run with KERAS_BACKEND=tensorflow for it)"
-    )
-
-
 def gradient_note(x) -> str | None:
     """Why the input gradient cannot be taken for ``x`` (None when it can)."""
     if isinstance(x, (list, tuple, dict)):

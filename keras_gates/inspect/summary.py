@@ -62,7 +62,6 @@ from keras_gates.inspect.gradients import (
 )
 from keras_gates.inspect.horizon import memory_retention
 from keras_gates.inspect.horizon_summary import (
-    backend_note,
     flow_summary,
     format_horizon_table,
     gradient_note,
@@ -168,9 +167,8 @@ def inspect_model(
     if horizon:
         retention = memory_retention(model, x, traces=traces)  # numpy: every backend
         head = first_samples(x, horizon_samples)
-        note = backend_note() or gradient_note(x)
-        if backend_note() is None:  # the gradients use TensorFlow's GradientTape
-            state_flow = state_gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
+        note = gradient_note(x)
+        state_flow = state_gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
         if note is None:
             flow = gradient_flow(model, head, mask_value=mask_value, fraction=fraction)
     summary = build_summary(
