@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_gates.atomic import write_bytes
+from keras_gates.saving import load_model
 
 from .errors import ExportError
 from .signature import Signature
@@ -113,30 +114,6 @@ def _validate(model, onnx_model, signature, converted, samples, atol, path, prin
             f"tolerance `atol={atol:g}`; nothing was written to {str(path)!r}.\n{result.table()}"
         )
     return result
-
-
-def load_model(model: Any) -> Any:
-    """``model`` itself, or the Keras model stored at that path (with clear errors)."""
-    if not isinstance(model, (str, os.PathLike)):
-        return model
-    import keras
-
-    from keras_gates import register_layers
-
-    source = Path(model)
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"Received a model path that does not exist: {str(source)!r}. Pass a .keras file "
-            "saved with model.save()."
-        )
-    register_layers()  # whatever route imported Keras in this process
-    try:
-        return keras.saving.load_model(source, compile=False)
-    except Exception as err:  # keras raises many types for unreadable files
-        raise ValueError(
-            f"Could not read the Keras model {str(source)!r}: {type(err).__name__}: {err}. "
-            "Pass a .keras file saved with model.save()."
-        ) from err
 
 
 def _check_output_path(path: Path) -> None:

@@ -42,7 +42,7 @@ def _stack(weights: dict, part: str, order: tuple[str, ...], shape: tuple[int, .
     return gate_orders.fuse(per_gate, order, axis=0)
 
 
-def _dims(layer: Any, weights: dict) -> tuple[int, int]:
+def _input_dim_and_units(layer: Any, weights: dict) -> tuple[int, int]:
     """``(input_dim, units)`` read from any gate's kernel."""
     kernel = next(parts["kernel"] for parts in weights.values() if "kernel" in parts)
     return int(kernel.shape[0]), int(layer.units)
@@ -51,7 +51,7 @@ def _dims(layer: Any, weights: dict) -> tuple[int, int]:
 def lstm_direction(layer: Any) -> DirectionWeights:
     """ONNX LSTM weights of one ``GatedLSTM`` (one direction)."""
     weights = layer.get_gate_weights()
-    input_dim, units = _dims(layer, weights)
+    input_dim, units = _input_dim_and_units(layer, weights)
     order = gate_orders.ONNX_LSTM
     bias = _stack(weights, "bias", order, (units,))
     peephole = None
@@ -69,7 +69,7 @@ def lstm_direction(layer: Any) -> DirectionWeights:
 def gru_direction(layer: Any) -> DirectionWeights:
     """ONNX GRU weights of one ``GatedGRU`` (``linear_before_reset = reset_after``)."""
     weights = layer.get_gate_weights()
-    input_dim, units = _dims(layer, weights)
+    input_dim, units = _input_dim_and_units(layer, weights)
     order = gate_orders.ONNX_GRU
     return DirectionWeights(
         W=_stack(weights, "kernel", order, (input_dim, units)),

@@ -103,7 +103,7 @@ def write_triton_repo(
     return repo / name
 
 
-def _dims(value_info: Any) -> list[int]:
+def _triton_dims(value_info: Any) -> list[int]:
     """Triton dims (batch axis dropped): -1 for dynamic axes."""
     dims = value_info.type.tensor_type.shape.dim[1:]
     return [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
@@ -114,7 +114,7 @@ def _add_tensor(field: Any, value_info: Any, optional: bool = False) -> None:
 
     tensor = field.add(name=value_info.name)
     tensor.data_type = mc.DataType.Value(ONNX_TO_TRITON[value_info.type.tensor_type.elem_type])
-    dims = _dims(value_info)
+    dims = _triton_dims(value_info)
     if not dims:  # a [batch] tensor such as lengths: [B, 1] on the wire, [B] in the model
         tensor.dims.append(1)
         tensor.reshape.SetInParent()

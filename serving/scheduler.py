@@ -20,7 +20,7 @@ from . import validation
 from .batcher import Batcher, BatchLayout, BatchObserver
 from .errors import BadRequest
 from .runtime import ModelRuntime, TensorInfo
-from .sessions import SequenceId, Session, SessionManager
+from .sessions import SequenceId, SessionManager
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,4 +242,4 @@ class ModelScheduler:
         return {name: np.array(result[twin]) for name, twin in self._state_pairs}
 
 
-__all__ = ["ModelScheduler", "SchedulerConfig", "SequenceControl", "Session"]
+__all__ = ["ModelScheduler", "SchedulerConfig", "SequenceControl"]

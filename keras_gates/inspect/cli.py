@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from keras_gates.saving import load_model
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``inspect`` options to ``parser``."""
@@ -90,32 +92,17 @@ def load_samples(path: str, max_samples: int):
     return x[:max_samples]
 
 
-def load_model(path: str):
-    """Load a ``.keras`` model with the keras-gates layers registered."""
-    import keras
-
-    from keras_gates import register_layers
-
-    _require_file(path, "MODEL", "pass a model saved with model.save('model.keras')")
-    register_layers()  # whatever route imported Keras in this process
-    try:
-        return keras.saving.load_model(path)
-    except Exception as err:  # any loader failure means a bad MODEL argument
-        raise ValueError(f"MODEL '{path}' could not be loaded as a Keras model: {err}") from err
-
-
 def run(args: argparse.Namespace) -> int:
     """Inspect the model, write the report and print the saturation table."""
     from keras_gates.inspect.report import write_report_files
     from keras_gates.inspect.summary import format_table, inspect_model
 
-    _require_file(args.model, "MODEL", "pass a model saved with model.save('model.keras')")
     x = load_samples(args.input, args.max_samples)
     if not 0 <= args.sample < len(x):  # before the (long) inspection; masks are checked later
         raise ValueError(
             f"Received `sample`={args.sample}: expected an index in [0, {len(x)}) of the batch."
         )
-    model = load_model(args.model)
+    model = load_model(args.model, argument="MODEL")
     if len(x) == args.max_samples:
         print(f"inspecting the first {len(x)} samples of {args.input} (--max-samples)")
     result = inspect_model(
