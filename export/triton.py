@@ -9,7 +9,9 @@
   incoming state, the others are accepted and unused).
 * ``backend="python"``: for a Triton without the onnxruntime backend. ``VERSION/model.py`` runs
   the unchanged ``model.onnx`` with onnxruntime inside Triton's Python backend (see
-  ``triton_python_model.py``); a streaming export keeps its state per correlation id there.
+  ``triton_python_model.py``), with the feed defaults and checks of ``Predictor`` and
+  ``keras-gates serve`` (from ``VERSION/keras_gates_signature.py``, a copy of ``signature.py``);
+  a streaming export keeps its state per correlation id there.
 
 The tensor contract is the one ``keras-gates serve`` advertises: every tensor with the batch axis
 only (such as each ``lengths`` input) is ``dims: [1]`` with ``reshape: { shape: [] }``, i.e.
@@ -36,6 +38,11 @@ CONTROLS = (
 CORRID = "CORRID"
 NAME_RULE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+# model.py applies the signature's checks with a copy of signature.py (stdlib and numpy only)
+PYTHON_FILES = {
+    "model.py": PYTHON_MODEL,
+    "keras_gates_signature.py": Path(__file__).with_name("signature.py"),
+}
 
 
 def write_triton_repo(
@@ -98,7 +105,8 @@ def write_triton_repo(
     target.mkdir(parents=True, exist_ok=True)
     write_bytes(target / "model.onnx", model.SerializeToString())
     if backend == "python":
-        write_bytes(target / "model.py", PYTHON_MODEL.read_bytes())
+        for filename, source in PYTHON_FILES.items():
+            write_bytes(target / filename, source.read_bytes())
     write_bytes(repo / name / "config.pbtxt", text.encode())
     return repo / name
 

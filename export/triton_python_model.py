@@ -2,28 +2,40 @@
 
 Runs ``model.onnx`` (beside this file) with onnxruntime inside Triton's Python backend, for a
 Triton without the onnxruntime backend. Self-contained: it needs only numpy and onnxruntime in the
-backend's Python environment, and reads the tensor roles from the keras-gates signature stored in
-the model's metadata.
+backend's Python environment. The tensor roles and the checks come from the keras-gates signature
+stored in the model's metadata, read by ``keras_gates_signature.py`` (a copy of
+``keras_gates/export/signature.py`` that the repository writer puts beside this file, loaded from
+this folder by path), so the folder still works when copied to a machine without keras-gates.
 
-* Plain exports (``dynamic_batching``): the requests of one ``execute`` call run as one batch;
-  sequences of different lengths are right-padded and each request's ``lengths`` (filled with its
-  full length when absent) keeps the padding out of the result, per-step outputs are cut back.
+* Every request gets the defaults and checks ``Predictor`` and ``keras-gates serve`` apply
+  (``Signature.complete_feeds``/``check_feeds``): a missing ``lengths`` input is its sequence's
+  full length; lengths out of ``[1, time]``, shorter than the time axis of an input whose padding
+  the export refused, shorter than a row needs (``min_length``), masked steps before unmasked ones
+  and step-by-step merged inputs of different lengths are refused with INVALID_ARG (HTTP 400) and
+  the same message, as are non-finite float inputs.
+* Plain exports (``dynamic_batching``): the requests of one ``execute`` call that can share an
+  onnxruntime call run as one batch; sequences of different lengths are right-padded (each
+  request's ``lengths`` keeps the padding out of the result, per-step outputs are cut back) only
+  where the export can pad: requests of an input whose padding is refused (or with an output whose
+  time axis is not the input's) share a call only with requests of the same length, each group
+  runs on its own.
 * Streaming exports (``sequence_batching``): the recurrent state is kept here per correlation id
   (CORRID); START zeroes it, END drops it after the request, a sequence idle longer than the
   ``idle_seconds`` parameter is dropped.
-* Like ``keras-gates serve``, non-finite float inputs and lengths outside ``[1, time]`` are refused
-  with INVALID_ARG (HTTP 400) instead of answering numbers.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
 SIGNATURE_KEY = "keras_gates.signature"
+SIGNATURE_MODULE = "keras_gates_signature.py"  # written beside this file by export/triton.py
 CONTROLS = ("START", "END", "READY", "CORRID")
 
 
@@ -47,23 +59,26 @@ class TritonPythonModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         if SIGNATURE_KEY not in meta:
             raise ValueError(f"{folder}/model.onnx has no keras-gates signature in its metadata.")
-        signature = json.loads(meta[SIGNATURE_KEY])
-        self.specs = {t["name"]: t for t in signature["inputs"]}
-        self.state_pairs = [(t["name"], t["state_pair"]) for t in signature["inputs"] if
-                            t["role"] == "state"]  # fmt: skip
-        self.sequences = [t["name"] for t in signature["inputs"] if t["role"] == "sequence"]
-        lengths = [t["name"] for t in signature["inputs"] if t["role"] == "lengths"]
-        # each lengths input belongs to a sequence input: "<input>_lengths", or the only one
-        self.lengths = {
-            name: name[: -len("_lengths")] if name[: -len("_lengths")] in self.sequences else
-            self.sequences[0]
-            for name in lengths
-        }  # fmt: skip
-        self.per_step = {t["name"] for t in signature["outputs"] if t.get("per_step")}
+        self.signature = _load_signature_module(folder).Signature.from_json(meta[SIGNATURE_KEY])
+        inputs = self.signature.inputs
+        self.specs = {t.name: t for t in inputs}
+        self.state_pairs = self.signature.state_pairs
+        self.sequences = [t.name for t in inputs if t.role == "sequence"]
+        self.lengths = {t.name for t in inputs if t.role == "lengths"}
+        self.per_step = {t.name for t in self.signature.outputs if t.per_step}
+        # Like keras-gates serve: rows of different lengths share a call only where the export
+        # can pad them and every output with a time axis is the input's (cut back per request).
+        self.can_pad = (
+            bool(self.lengths)
+            and len(self.sequences) == 1
+            and all(t.padding_refused is None for t in inputs if t.role == "sequence")
+            and all(
+                t.per_step or len(t.shape) < 3 for t in self.signature.outputs if t.role == "output"
+            )
+        )
         self.inputs = [i["name"] for i in config["input"]]
         self.required = [i["name"] for i in config["input"] if not i.get("optional")]
         self.outputs = [o["name"] for o in config["output"]]
-        self.dtypes = {i.name: _NUMPY.get(i.type) for i in self.session.get_inputs()}
         self.idle_s = float(_parameter(config, "idle_seconds", "60"))
         self.states: dict[int, tuple[dict[str, np.ndarray], float]] = {}
 
@@ -85,31 +100,24 @@ class TritonPythonModel:
 
     # ---- requests --------------------------------------------------------------------------
     def _feeds(self, request) -> dict[str, np.ndarray]:
-        feeds = {}
+        """The request's tensors, completed and checked as ``Predictor`` and the server do;
+        ``ValueError`` (the signature's ``FeedError`` among them) for a bad request."""
+        given = {}
         for name in self.inputs:
             tensor = self.pb.get_input_tensor_by_name(request, name)
             if tensor is not None:
-                feeds[name] = tensor.as_numpy()
-        missing = [name for name in self.required if name not in feeds]
+                array = tensor.as_numpy()
+                if name in self.lengths and array.ndim == 2 and array.shape[1] == 1:
+                    array = array.reshape(-1)  # [B, 1] on the wire, [B] in the model
+                given[name] = array
+        missing = [name for name in self.required if name not in given]
         if missing:
             raise ValueError(f"Missing input {missing[0]!r}; expected inputs {self.inputs}.")
-        for name, array in feeds.items():
+        for name, array in given.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise ValueError(f"Input {name!r} contains NaN or Inf; expected finite values.")
-        rows = next(iter(feeds.values())).shape[0]
-        for name, sequence in self.lengths.items():
-            steps = feeds[sequence].shape[1]
-            given = feeds.get(name)
-            if given is None:
-                feeds[name] = np.full(rows, steps, self.dtypes.get(name) or np.int32)
-                continue
-            given = given.reshape(rows)
-            if given.min() < 1 or given.max() > steps:
-                raise ValueError(
-                    f"Input {name!r} holds lengths {given.tolist()}, expected values between 1 "
-                    f"and the time length {steps}."
-                )
-            feeds[name] = given
+        feeds = self.signature.complete_feeds(given)
+        self.signature.check_feeds(feeds)
         return feeds
 
     def _sequence_step(self, request) -> dict[str, np.ndarray]:
@@ -119,16 +127,9 @@ class TritonPythonModel:
             controls[name] = tensor.as_numpy().reshape(-1)[0] if tensor is not None else 0
         corrid, now = int(controls["CORRID"]), time.monotonic()
         self._drop_idle(now)
-        feeds = self._feeds(request)
-        rows = next(iter(feeds.values())).shape[0]
-        if controls["START"] or corrid not in self.states:
-            state = {
-                name: np.zeros((rows, self.specs[name]["shape"][1]), np.float32)
-                for name, _ in self.state_pairs
-            }
-        else:
-            state = self.states[corrid][0]
-        feeds.update(state)
+        feeds = self._feeds(request)  # the state inputs start as zeros (complete_feeds)
+        if not controls["START"] and corrid in self.states:
+            feeds.update(self.states[corrid][0])
         outputs = self.outputs + [out for _, out in self.state_pairs]
         values = dict(zip(outputs, self.session.run(outputs, feeds)))
         if controls["END"]:
@@ -143,18 +144,25 @@ class TritonPythonModel:
 
     # ---- batching --------------------------------------------------------------------------
     def _run(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        """One onnxruntime call for every request that can share it (same trailing shapes)."""
+        """One onnxruntime call per group of requests that can share it: same trailing shapes,
+        the time axis aside where the export can pad (then padded to the group's longest)."""
         if len(feeds) == 1:
             return [dict(zip(self.outputs, self.session.run(self.outputs, feeds[0])))]
+        groups: dict[tuple, list[int]] = {}
+        for i, f in enumerate(feeds):
+            groups.setdefault(self._key(f), []).append(i)
+        if len(groups) > 1:
+            results: list = [None] * len(feeds)
+            for members in groups.values():
+                for i, outputs in zip(members, self._run([feeds[i] for i in members])):
+                    results[i] = outputs
+            return results
         steps = [f[self.sequences[0]].shape[1] if self.sequences else None for f in feeds]
-        longest = max(steps) if self.sequences else None
-        can_pad = bool(self.lengths) and len(self.sequences) == 1
-        keys = {self._key(f, longest if can_pad else None) for f in feeds}
-        if len(keys) > 1:  # shapes that cannot share a batch: one call each
-            return [self._run([f]) [0] for f in feeds]  # fmt: skip
+        longest = max(steps) if self.can_pad else None
         batch = {}
         for name in feeds[0]:
-            parts = [_pad(f[name], longest) if name in self.sequences else f[name] for f in feeds]
+            padded = longest is not None and name in self.sequences
+            parts = [_pad(f[name], longest) if padded else f[name] for f in feeds]
             batch[name] = np.concatenate(parts, axis=0)
         values = dict(zip(self.outputs, self.session.run(self.outputs, batch)))
         results, start = [], 0
@@ -171,12 +179,13 @@ class TritonPythonModel:
             start += rows
         return results
 
-    def _key(self, feeds: dict[str, np.ndarray], longest) -> tuple:
+    def _key(self, feeds: dict[str, np.ndarray]) -> tuple:
+        """Requests with equal keys share a call: the time axis counts unless it can be padded."""
         key = []
         for name in sorted(feeds):
             shape = feeds[name].shape[1:]
-            if name in self.sequences and longest is not None:
-                shape = (longest, *shape[1:])
+            if name in self.sequences and self.can_pad:
+                shape = shape[1:]
             key.append((name, shape))
         return tuple(key)
 
@@ -199,7 +208,21 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(error=error(str(err), code))
 
 
-_NUMPY = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(float)": np.float32}
+def _load_signature_module(folder: str):
+    """``keras_gates_signature.py`` of this model's folder, by path (not through ``sys.path``,
+    where another model's copy or an installed keras-gates could answer instead)."""
+    path = os.path.join(folder, SIGNATURE_MODULE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} is missing; expected the copy of keras-gates' signature.py that "
+            "write_triton_repo puts beside model.py. Rewrite the repository with keras-gates."
+        )
+    name = f"keras_gates_signature_{abs(hash(os.path.abspath(path)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while building the classes
+    spec.loader.exec_module(module)
+    return module
 
 
 def _parameter(config: dict, key: str, default: str) -> str:

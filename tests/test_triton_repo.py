@@ -4,6 +4,10 @@ them in ``test_triton_real.py``."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -29,7 +33,8 @@ def models(tmp_path_factory):
 def test_python_flavour(models, tmp_path):
     plain = parse(write_triton_repo(models["plain"], tmp_path, "plain", backend="python"))
     assert plain.backend == "python" and plain.HasField("dynamic_batching")
-    assert (tmp_path / "plain" / "1" / "model.py").is_file()
+    files = {p.name for p in (tmp_path / "plain" / "1").iterdir()}
+    assert files == {"model.onnx", "model.py", "keras_gates_signature.py"}
     lengths = {t.name: t for t in plain.input}["lengths"]
     assert list(lengths.dims) == [1] and lengths.HasField("reshape") and lengths.optional
     folder = write_triton_repo(
@@ -43,6 +48,40 @@ def test_python_flavour(models, tmp_path):
     assert stream.parameters["idle_seconds"].string_value == "2.5"
     assert {t.name for t in stream.input} == {"x", "lengths"}
     assert "EXECUTION_ENV_PATH" not in stream.parameters
+
+
+def test_python_flavour_checks_feeds_without_keras_gates(models, tmp_path):
+    """model.py loads the signature module beside it by path; with keras_gates and onnx
+    unimportable it still completes and checks feeds as Predictor and the server do."""
+    import keras_gates.export.signature as signature
+
+    folder = write_triton_repo(models["plain"], tmp_path, "plain", backend="python") / "1"
+    copy = folder / "keras_gates_signature.py"
+    assert copy.read_bytes() == open(signature.__file__, "rb").read()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["keras_gates"] = sys.modules["onnx"] = None  # neither is needed
+        sys.path.insert(0, {str(folder)!r})  # to import model.py only, not its helper
+        import model
+        import numpy as np
+        import onnxruntime as ort
+        module = model._load_signature_module({str(folder)!r})
+        assert "keras_gates_signature" not in sys.modules  # loaded by path, under its own name
+        meta = ort.InferenceSession({str(folder / "model.onnx")!r}).get_modelmeta()
+        sig = module.Signature.from_json(meta.custom_metadata_map[model.SIGNATURE_KEY])
+        feeds = sig.complete_feeds({{"x": np.zeros((2, 4, 3), np.float32)}})
+        assert feeds["lengths"].tolist() == [4, 4], feeds
+        feeds["lengths"] = np.array([5, 1], np.int32)
+        try:
+            sig.check_feeds(feeds)
+        except module.FeedError as err:
+            print(err)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "expected values between 1 and the time length 4 of input 'x'" in done.stdout
 
 
 def test_onnxruntime_flavour_keeps_lengths_required(models, tmp_path):
