@@ -1,7 +1,9 @@
 """One client for both servers: the same ``tritonclient.http`` code against a real NVIDIA Triton
 (the ``tritonserver`` of ``nvidia-pytriton``, Python backend) serving the repository
 ``write_triton_repo(backend="python")`` wrote, and against ``keras-gates serve`` of the same
-folder. Answers agree within 1e-5 and with onnxruntime run directly on the file.
+folder. Answers agree within 1e-5 and with onnxruntime run directly on the file (or, for the two
+models the exporter wrote from Keras, with Keras on each request alone); both refuse the feeds the
+signature refuses (padding of a 'same' convolution's input, masked holes) with the same message.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from keras_gates.export import to_onnx
 from keras_gates.export.triton import write_triton_repo
 from tests import triton_server
 from tests.serving_models import free_port, make_rnn_model, run_direct, serve_process
@@ -54,17 +57,84 @@ def make_two_sequence_model(path, units: int = 4, seed: int = 13):
         ("b_lengths", "lengths", TensorProto.INT32, [None]),
     ]
     out_specs = [("y", "output", TensorProto.FLOAT, [None, 2 * units], False)]
-    return _finish(path, nodes, inits, in_specs, out_specs, False, True)
+    path = _finish(path, nodes, inits, in_specs, out_specs, False, True)
+    return _measured_by_name(path)
+
+
+def _measured_by_name(path):
+    """Each ``<input>_lengths`` measures ``<input>`` (``sequence_input``: what the exporter
+    writes)."""
+    import dataclasses
+
+    import onnx
+    from onnx import helper
+
+    from keras_gates.export.signature import METADATA_KEY, read_signature
+
+    model = onnx.load(str(path))
+    signature = read_signature(model)
+    inputs = tuple(
+        dataclasses.replace(t, sequence_input=t.name.removesuffix("_lengths"))
+        if t.role == "lengths"
+        else t
+        for t in signature.inputs
+    )
+    del model.metadata_props[:]
+    helper.set_model_props(
+        model, {METADATA_KEY: dataclasses.replace(signature, inputs=inputs).to_json()}
+    )
+    onnx.save(model, str(path))
+    return path
+
+
+def conv_model():
+    """``x [B, T, 3]`` through a 'same' Conv1D, then a gated GRU: the export refuses to pad x."""
+    import keras
+
+    from keras_gates import GatedGRU
+
+    inp = keras.Input((None, 3), name="x")
+    h = keras.layers.Conv1D(4, 3, padding="same", name="conv")(inp)
+    return keras.Model(inp, keras.layers.Dense(2, name="dense")(GatedGRU(4, name="gru")(h)))
+
+
+def token_model():
+    """``tok [B, T]`` through ``Embedding(mask_zero=True)``: zeros are masked (``mask_value``)."""
+    import keras
+
+    from keras_gates import GatedLSTM
+
+    tok = keras.Input((None,), dtype="int32", name="tok")
+    h = GatedLSTM(4, name="lstm")(keras.layers.Embedding(10, 3, mask_zero=True)(tok))
+    return keras.Model(tok, keras.layers.Dense(2, name="dense")(h))
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
+def keras_models(tmp_path_factory):
+    """The two models exported from Keras (about 2 s): ``{name: (keras model, onnx path)}``."""
+    from tests.export_helpers import randomize
+
+    root = tmp_path_factory.mktemp("triton_keras")
+    out = {}
+    for name, build in (("conv", conv_model), ("tokens", token_model)):
+        model = randomize(build())
+        to_onnx(model, root / f"{name}.onnx", print_fn=None)
+        out[name] = (model, root / f"{name}.onnx")
+    return out
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, keras_models):
     root = tmp_path_factory.mktemp("triton_sources")
     return {
         "plain": make_rnn_model(root / "plain.onnx", seed=11),
         "stream": make_rnn_model(root / "stream.onnx", streaming=True, seed=12),
         "two": make_two_sequence_model(root / "two.onnx"),
+        **{name: path for name, (_, path) in keras_models.items()},
     }
+
+
+BATCH_DELAY_US = 100_000  # Triton gathers conv's concurrent requests into execute() calls
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +150,16 @@ def repo(tmp_path_factory, sources):
             execution_env=str(env),
             idle_microseconds=IDLE_S * 1_000_000,
         )
+    # Triton batches requests of different shapes only for inputs with allow_ragged_batch; with
+    # it and a queue delay (a user's Triton settings; keras-gates serve ignores config.pbtxt),
+    # requests of different lengths reach one execute() call of model.py for sure.
+    config = text_format.Parse(
+        (root / "conv" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    config.dynamic_batching.max_queue_delay_microseconds = BATCH_DELAY_US
+    for tensor in config.input:
+        tensor.allow_ragged_batch = True
+    (root / "conv" / "config.pbtxt").write_text(text_format.MessageToString(config))
     return root
 
 
@@ -222,8 +302,8 @@ def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, repo, sources, t
     and controls included) and loads it once its backend is swapped for the Python one; the
     onnxruntime backend itself is not in this Triton, so its own load stops at the backend."""
     env = triton_server.ensure()["env"]
-    for model, path in sources.items():
-        name = f"ort_{model}"
+    for model in ("plain", "stream", "two"):
+        path, name = sources[model], f"ort_{model}"
         write_triton_repo(path, repo, name)
         answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
         assert answer.status_code == 400 and "onnxruntime" in answer.text, answer.text
@@ -233,7 +313,8 @@ def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, repo, sources, t
         assert config.backend == "onnxruntime"
         config.backend = "python"
         config.parameters["EXECUTION_ENV_PATH"].string_value = str(env)
-        shutil.copy(repo / model / "1" / "model.py", repo / name / "1" / "model.py")
+        for helper in ("model.py", "keras_gates_signature.py"):
+            shutil.copy(repo / model / "1" / helper, repo / name / "1" / helper)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
         assert answer.status_code == 200, answer.text
@@ -293,6 +374,100 @@ def test_two_sequence_inputs_each_with_its_lengths(url, sources):
     feeds["a_lengths"] = np.full(3, 5, np.int32)
     np.testing.assert_allclose(only_a, run_direct(sources["two"], feeds)["y"], atol=ATOL)
     assert np.abs(got - only_a).max() > 1e-3  # the lengths mattered
+
+
+# ---- the signature's refusals, and no padding where the export refused it --------------------
+def named_tensors(arrays: dict[str, np.ndarray]):
+    """The request tensors of the Keras-exported models: their inputs, output ``dense``."""
+    import tritonclient.http as http
+
+    inputs = []
+    for name, value in arrays.items():
+        datatype = "FP32" if value.dtype == np.float32 else "INT32"
+        inputs.append(http.InferInput(name, list(value.shape), datatype))
+        inputs[-1].set_data_from_numpy(value)
+    return {"inputs": inputs, "outputs": [http.InferRequestedOutput("dense")]}
+
+
+def refusal(client, model: str, arrays: dict[str, np.ndarray]) -> str:
+    """The message of the 400 answer to a request the signature refuses."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(model, **named_tensors(arrays))
+    assert caught.value.status() == "400", caught.value
+    return caught.value.message()
+
+
+def test_refused_padding_short_lengths_get_400(url, keras_models):
+    """Lengths shorter than the time axis of an input the export cannot pad: 400 with the
+    signature's reason; full rows get Keras' answer."""
+    model = keras_models["conv"][0]
+    x = sample((2, 5, 3), seed=100)
+    client = client_for(url)
+    try:
+        message = refusal(client, "conv", {"x": x, "lengths": np.array([[5], [3]], np.int32)})
+        full = client.infer("conv", **named_tensors({"x": x})).as_numpy("dense")
+    finally:
+        client.close()
+    assert "shorter than its time dimension 5, but its rows cannot be padded" in message
+    assert "padding='same'" in message and "Pass rows of 5 steps" in message
+    np.testing.assert_allclose(full, np.asarray(model(x)), atol=ATOL)
+
+
+def test_concurrent_different_lengths_of_a_refused_input(url, keras_models, urls):
+    """Requests of different lengths reach one execute() of Triton's dynamic batcher (and one
+    batch of keras-gates'): neither pads the conv model's input, each answer is Keras' on that
+    request alone (rows of one request share its length, so no row is padded there either)."""
+    model = keras_models["conv"][0]
+    cases = [sample((1 + i % 2, 2 + i % 4, 3), seed=110 + i) for i in range(8)]
+    client = client_for(url)
+    try:
+        before = client.get_inference_statistics("conv")["model_stats"][0]
+        pending = [client.async_infer("conv", **named_tensors({"x": x})) for x in cases]
+        results = [handle.get_result().as_numpy("dense") for handle in pending]
+        after = client.get_inference_statistics("conv")["model_stats"][0]
+    finally:
+        client.close()
+    for x, got in zip(cases, results):
+        np.testing.assert_allclose(got, np.asarray(model(x)), atol=ATOL)
+    if url == urls["triton"]:  # the requests did share execute() calls: the mixed path ran
+        executions = after["execution_count"] - before["execution_count"]
+        assert executions < len(cases), (before, after)
+
+
+def test_masked_hole_gets_400(url, keras_models):
+    """Pre-padded tokens (masked zeros before unmasked steps): the RNN nodes cannot skip them;
+    post-padded ones get Keras' answer."""
+    model = keras_models["tokens"][0]
+    rows = [[3, 5, 7, 9], [4, 2]]
+    pre = np.array([[3, 5, 7, 9], [0, 0, 4, 2]], np.int32)
+    post = np.array([[3, 5, 7, 9], [4, 2, 0, 0]], np.int32)
+    client = client_for(url)
+    try:
+        message = refusal(client, "tokens", {"tok": pre})
+        got = client.infer("tokens", **named_tensors({"tok": post})).as_numpy("dense")
+    finally:
+        client.close()
+    assert "masked steps (equal to 0) before unmasked ones in rows [1]" in message, message
+    want = np.concatenate([np.asarray(model(np.array([r], np.int32))) for r in rows])
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_refusals_name_the_same_reason_on_both(urls):
+    """The same request, the same signature message from both servers."""
+    x = sample((1, 4, 3), seed=120)
+    messages = {}
+    for server, url in urls.items():
+        client = client_for(url)
+        try:
+            messages[server] = refusal(
+                client, "conv", {"x": x, "lengths": np.array([[2]], np.int32)}
+            )
+        finally:
+            client.close()
+    reason = messages["triton"].split("Received ", 1)[1]
+    assert reason and reason in messages["keras-gates"], messages
 
 
 def test_lengths_in_either_form_on_keras_gates(keras_gates, sources):
