@@ -338,7 +338,8 @@ def test_variable_length_batch(url, sources, binary):
 
 
 def test_concurrent_requests_of_different_lengths(url, sources):
-    """Triton's dynamic batcher and keras-gates' batcher both pad them into shared calls."""
+    """keras-gates' batcher pads them into shared calls; Triton's dynamic batcher batches
+    different shapes only with ``allow_ragged_batch`` (set for the conv model below)."""
     cases = [(sample((1 + i % 2, 2 + i, 3), seed=20 + i), 2 + i) for i in range(8)]
     client = client_for(url)
     try:
