@@ -109,6 +109,19 @@ class Signature:
         """``{sequence input: why its rows cannot be padded}``."""
         return {t.name: t.padding_refused for t in self.inputs if t.padding_refused}
 
+    @property
+    def pads_batches(self) -> bool:
+        """Whether requests of different time lengths can share one call, right-padded to the
+        longest: one sequence input, measured by a lengths input, whose padding is not refused,
+        and every output with a time axis per step (cut back to each request's length)."""
+        sequences = self.inputs_with("sequence")
+        return (
+            bool(self.inputs_with("lengths"))
+            and len(sequences) == 1
+            and sequences[0].padding_refused is None
+            and all(t.per_step or len(t.shape) < 3 for t in self.outputs_with("output"))
+        )
+
     def min_length(self, sequence: str) -> int:
         """The fewest steps a row of ``sequence`` needs (each gated layer gets at least one)."""
         return next((t.min_length for t in self.inputs if t.name == sequence), 1)

@@ -11,7 +11,10 @@
   the unchanged ``model.onnx`` with onnxruntime inside Triton's Python backend (see
   ``triton_python_model.py``), with the feed defaults and checks of ``Predictor`` and
   ``keras-gates serve`` (from ``VERSION/keras_gates_signature.py``, a copy of ``signature.py``);
-  a streaming export keeps its state per correlation id there.
+  a streaming export keeps its state per correlation id there. Where the export can pad rows
+  exactly (``Signature.pads_batches``), the sequence input and its lengths input get
+  ``allow_ragged_batch: true``, so requests of different lengths reach one ``execute()`` and
+  share one padded onnxruntime call (the onnxruntime backend cannot take ragged inputs).
 
 The tensor contract is the one ``keras-gates serve`` advertises: every tensor with the batch axis
 only (such as each ``lengths`` input) is ``dims: [1]`` with ``reshape: { shape: [] }``, i.e.
@@ -158,8 +161,23 @@ def build_config(
             config.parameters["idle_seconds"].string_value = f"{idle_us / 1e6:g}"
     else:
         config.dynamic_batching.SetInParent()
+        if backend == "python":
+            _allow_ragged_batch(config, signature)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     return config
+
+
+def _allow_ragged_batch(config: Any, signature: Signature) -> None:
+    """Let Triton's dynamic batcher hand requests of different time lengths to one ``execute()``
+    of model.py (each request still its own tensors), which pads them into one onnxruntime call:
+    only where the export can pad them exactly (``Signature.pads_batches``, model.py's rule)."""
+    if not signature.pads_batches:
+        return
+    sequence = signature.inputs_with("sequence")[0].name
+    ragged = {sequence, signature.lengths_for(sequence)}
+    for tensor in config.input:
+        if tensor.name in ragged:
+            tensor.allow_ragged_batch = True
 
 
 def _sequence_batcher(batcher: Any, signature: Signature, idle_us: int, backend: str) -> None:

@@ -68,14 +68,7 @@ class TritonPythonModel:
         self.per_step = {t.name for t in self.signature.outputs if t.per_step}
         # Like keras-gates serve: rows of different lengths share a call only where the export
         # can pad them and every output with a time axis is the input's (cut back per request).
-        self.can_pad = (
-            bool(self.lengths)
-            and len(self.sequences) == 1
-            and all(t.padding_refused is None for t in inputs if t.role == "sequence")
-            and all(
-                t.per_step or len(t.shape) < 3 for t in self.signature.outputs if t.role == "output"
-            )
-        )
+        self.can_pad = self.signature.pads_batches
         self.inputs = [i["name"] for i in config["input"]]
         self.required = [i["name"] for i in config["input"] if not i.get("optional")]
         self.outputs = [o["name"] for o in config["output"]]

@@ -150,9 +150,10 @@ def repo(tmp_path_factory, sources):
             execution_env=str(env),
             idle_microseconds=IDLE_S * 1_000_000,
         )
-    # Triton batches requests of different shapes only for inputs with allow_ragged_batch; with
-    # it and a queue delay (a user's Triton settings; keras-gates serve ignores config.pbtxt),
-    # requests of different lengths reach one execute() call of model.py for sure.
+    # The exporter sets allow_ragged_batch only where model.py can pad (plain, tokens); conv's
+    # input refuses padding, so it gets it here by hand, with a queue delay (a user's Triton
+    # settings; keras-gates serve ignores config.pbtxt): requests of different lengths then
+    # reach one execute() of model.py for sure, which must run each length on its own.
     config = text_format.Parse(
         (root / "conv" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
@@ -262,10 +263,15 @@ def test_metadata_config_and_stats_agree(urls, model):
     assert {t["name"]: t["shape"] for t in meta_t["inputs"]}["lengths"] == [-1, 1]
     assert config_k["max_batch_size"] == config_t["max_batch_size"] == 64
     assert set(config_t) <= set(config_k), set(config_t) - set(config_k)
+    # keras-gates describes the onnxruntime flavour (no ragged inputs there) and pads different
+    # lengths itself ("pads_variable_lengths"); the Python flavour lets Triton batch them.
+    ragged = {t["name"] for t in config_t["input"] if t.pop("allow_ragged_batch")}
+    assert ragged == ({"x", "lengths"} if model == "plain" else set())
     for key in ("input", "output"):
         ours = [
             {k: v for k, v in t.items() if not k.startswith("keras_gates")} for t in config_k[key]
         ]
+        assert not any(t.pop("allow_ragged_batch", False) for t in ours)
         assert ours == config_t[key]
     assert (
         ("sequence_batching" in config_k)
@@ -338,8 +344,8 @@ def test_variable_length_batch(url, sources, binary):
 
 
 def test_concurrent_requests_of_different_lengths(url, sources):
-    """keras-gates' batcher pads them into shared calls; Triton's dynamic batcher batches
-    different shapes only with ``allow_ragged_batch`` (set for the conv model below)."""
+    """Both pad them into shared calls (Triton's dynamic batcher: ``allow_ragged_batch``, which
+    the exporter writes); per-step outputs come back cut to each request's length."""
     cases = [(sample((1 + i % 2, 2 + i, 3), seed=20 + i), 2 + i) for i in range(8)]
     client = client_for(url)
     try:
@@ -434,6 +440,32 @@ def test_concurrent_different_lengths_of_a_refused_input(url, keras_models, urls
         np.testing.assert_allclose(got, np.asarray(model(x)), atol=ATOL)
     if url == urls["triton"]:  # the requests did share execute() calls: the mixed path ran
         executions = after["execution_count"] - before["execution_count"]
+        assert executions < len(cases), (before, after)
+
+
+def test_concurrent_different_lengths_share_calls(url, keras_models, urls):
+    """The default export of a model whose rows can be padded: concurrent requests of different
+    lengths share execute() calls on Triton (the exporter's allow_ragged_batch, model.py's
+    padding; no queue delay) and each answer is Keras' on that request alone."""
+    import tritonclient.http as http
+
+    model = keras_models["tokens"][0]
+    rng = np.random.default_rng(130)
+    cases = [rng.integers(1, 10, (1 + i % 2, 3 + 2 * i), dtype=np.int32) for i in range(16)]
+    client = http.InferenceServerClient(url.removeprefix("http://"), concurrency=8)
+    try:
+        before = client.get_inference_statistics("tokens")["model_stats"][0]
+        pending = [client.async_infer("tokens", **named_tensors({"tok": x})) for x in cases]
+        results = [handle.get_result().as_numpy("dense") for handle in pending]
+        after = client.get_inference_statistics("tokens")["model_stats"][0]
+    finally:
+        client.close()
+    for x, got in zip(cases, results):
+        np.testing.assert_allclose(got, np.asarray(model(x)), atol=ATOL)
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == sum(len(x) for x in cases), (before, after)
+    if url == urls["triton"]:  # without allow_ragged_batch: one execution per request
         assert executions < len(cases), (before, after)
 
 

@@ -121,3 +121,38 @@ def test_model_without_signature_is_refused(tmp_path):
     repo.mkdir()
     with pytest.raises(ValueError, match="no signature"):
         write_triton_repo(path, repo, "bare", backend="python")
+
+
+def refusing_padding(path, tmp_path):
+    """A copy of the model at ``path`` whose signature refuses to pad its input ``x``."""
+    import onnx
+    from onnx import helper
+
+    from keras_gates.export.signature import METADATA_KEY, read_signature
+
+    model = onnx.load(str(path))
+    signature = read_signature(model).with_refusals({"x": "a 'same' Conv1D sees the padding"})
+    del model.metadata_props[:]
+    helper.set_model_props(model, {METADATA_KEY: signature.to_json()})
+    onnx.save(model, str(tmp_path / "refused.onnx"))
+    return tmp_path / "refused.onnx"
+
+
+def test_ragged_batch_only_where_padding_is_exact(models, tmp_path):
+    """The Python flavour lets Triton batch different lengths (model.py pads them) where the
+    signature says padding is exact; not for a refused input, a sequence batcher, or the
+    onnxruntime backend (which would concatenate ragged inputs into 1-D tensors)."""
+
+    def ragged(config) -> set[str]:
+        return {t.name for t in config.input if t.allow_ragged_batch}
+
+    folder = write_triton_repo(models["plain"], tmp_path, "py", backend="python")
+    assert ragged(parse(folder)) == {"x", "lengths"}
+    assert (folder / "config.pbtxt").read_text().count("allow_ragged_batch: true") == 2
+    refused = refusing_padding(models["plain"], tmp_path)
+    assert not ragged(parse(write_triton_repo(refused, tmp_path, "refused", backend="python")))
+    assert not ragged(parse(write_triton_repo(models["plain"], tmp_path, "ort")))
+    stream = write_triton_repo(models["stream"], tmp_path, "stream", backend="python")
+    assert not ragged(parse(stream))
+    for name in ("refused", "ort", "stream"):
+        assert "allow_ragged_batch" not in (tmp_path / name / "config.pbtxt").read_text()
