@@ -18,7 +18,9 @@ this folder by path), so the folder still works when copied to a machine without
   request's ``lengths`` keeps the padding out of the result, per-step outputs are cut back) only
   where the export can pad: requests of an input whose padding is refused (or with an output whose
   time axis is not the input's) share a call only with requests of the same length, each group
-  runs on its own.
+  runs on its own. Where it can pad (``Signature.pads_batches``), the exporter's config.pbtxt
+  sets ``allow_ragged_batch`` so that Triton hands requests of different lengths (each with its
+  own tensors) to one ``execute()``.
 * Streaming exports (``sequence_batching``): the recurrent state is kept here per correlation id
   (CORRID); START zeroes it, END drops it after the request, a sequence idle longer than the
   ``idle_seconds`` parameter is dropped.
