@@ -42,9 +42,10 @@ format: $(STAMP)
 	$(PY) -m ruff format keras_gates export serving tests examples benchmarks
 	$(PY) -m ruff check --fix keras_gates export serving tests examples benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP) $(TRITON)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/onnx_latency.py
+	$(PY) benchmarks/triton_ragged.py
 	@command -v wrk >/dev/null || { echo "serve_load.py needs wrk: apt-get install -y wrk"; exit 1; }
 	$(PY) benchmarks/serve_load.py --workers 1,2
 
