@@ -14,7 +14,7 @@ import pytest
 from tests import triton_server
 from tests.reference import FP32_ATOL
 from tests.serving_models import free_port, serve_process
-from tests.test_triton_real import reference, repo, sample, sources  # noqa: F401
+from tests.test_triton_real import keras_models, reference, repo, sample, sources  # noqa: F401
 
 if triton_server.unsupported():  # printed with -ra, the suite's default
     pytest.skip(f"no real Triton here: {triton_server.unsupported()}", allow_module_level=True)
