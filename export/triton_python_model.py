@@ -80,15 +80,20 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         if self.state_pairs:
             return [self._respond(lambda r=r: self._sequence_step(r)) for r in requests]
-        try:
-            feeds = [self._feeds(r) for r in requests]
-        except ValueError:  # some request is bad: answer each on its own
-            return [self._respond(lambda r=r: self._run([self._feeds(r)])[0]) for r in requests]
-        try:
-            results = self._run(feeds)
-        except Exception as err:  # noqa: BLE001 - every request must get an answer
-            return [self._error(err, internal=True) for _ in requests]
-        return [self._response(outputs) for outputs in results]
+        answers, feeds = [None] * len(requests), {}
+        for i, request in enumerate(requests):
+            try:
+                feeds[i] = self._feeds(request)
+            except ValueError as err:  # a bad request is answered alone; the others still batch
+                answers[i] = self._error(err)
+        if feeds:
+            try:
+                ran = [self._response(outputs) for outputs in self._run(list(feeds.values()))]
+            except Exception as err:  # noqa: BLE001 - every request must get an answer
+                ran = [self._error(err, internal=True) for _ in feeds]
+            for i, answer in zip(feeds, ran):
+                answers[i] = answer
+        return answers
 
     def finalize(self) -> None:
         self.states.clear()
