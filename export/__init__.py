@@ -3,7 +3,7 @@
 from .errors import ExportError
 from .exporter import ExportResult, to_onnx
 from .predictor import Predictor, Stream
-from .signature import METADATA_KEY, FeedError, Signature, TensorSpec, read_signature
+from keras_gates.signature import METADATA_KEY, FeedError, Signature, TensorSpec, read_signature
 from .triton import write_triton_repo
 from .validate import ValidationError, ValidationResult
 

@@ -12,7 +12,7 @@ from keras_gates.atomic import write_bytes
 from keras_gates.saving import load_model
 
 from .errors import ExportError
-from .signature import Signature
+from keras_gates.signature import Signature
 
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-5

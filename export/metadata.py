@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .signature import METADATA_KEY, Signature, TensorSpec
+from keras_gates.signature import METADATA_KEY, Signature, TensorSpec
 
 
 def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .signature import Signature
+from keras_gates.signature import Signature
 from .validate import (
     PADDED_LENGTHS,
     Row,

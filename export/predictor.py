@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .signature import Signature, read_signature
+from keras_gates.signature import Signature, read_signature
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -123,7 +123,7 @@ class Predictor:
         Raises:
             ValueError: inputs missing or of the wrong count; lengths outside ``[1, time]``,
                 shorter than a time axis the export cannot pad or than a row needs; masked
-                steps before unmasked ones (:class:`~keras_gates.export.signature.FeedError`).
+                steps before unmasked ones (:class:`~keras_gates.signature.FeedError`).
         """
         given = self._data(x)
         for name, value in _lengths_by_input(self.signature, lengths).items():

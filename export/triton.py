@@ -29,7 +29,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .signature import Signature, read_signature
+import keras_gates.signature as signature_module
+from keras_gates.signature import Signature, read_signature
 
 BACKENDS = ("onnxruntime", "python")
 ONNX_TO_TRITON = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 13: "TYPE_UINT64"}
@@ -44,7 +45,7 @@ PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 # model.py applies the signature's checks with a copy of signature.py (stdlib and numpy only)
 PYTHON_FILES = {
     "model.py": PYTHON_MODEL,
-    "keras_gates_signature.py": Path(__file__).with_name("signature.py"),
+    "keras_gates_signature.py": Path(signature_module.__file__),
 }
 
 

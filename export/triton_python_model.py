@@ -4,7 +4,7 @@ Runs ``model.onnx`` (beside this file) with onnxruntime inside Triton's Python b
 Triton without the onnxruntime backend. Self-contained: it needs only numpy and onnxruntime in the
 backend's Python environment. The tensor roles and the checks come from the keras-gates signature
 stored in the model's metadata, read by ``keras_gates_signature.py`` (a copy of
-``keras_gates/export/signature.py`` that the repository writer puts beside this file, loaded from
+``keras_gates/signature.py`` that the repository writer puts beside this file, loaded from
 this folder by path), so the folder still works when copied to a machine without keras-gates.
 
 * Every request gets the defaults and checks ``Predictor`` and ``keras-gates serve`` apply

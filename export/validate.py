@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExportError
-from .signature import Signature
+from keras_gates.signature import Signature
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_gates.export.signature import Signature, read_signature
+from keras_gates.signature import Signature, read_signature
 
 from .datatypes import ORT_TO_V2, V2_TO_NUMPY
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from keras_gates.export.signature import complete_feeds
+from keras_gates.signature import complete_feeds
 
 from . import validation
 from .batcher import Batcher, BatchLayout, BatchObserver

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keras_gates.export import signature
+from keras_gates import signature
 
 from .datatypes import NUMPY_TO_V2, protocol_shape
 from .errors import BadRequest
@@ -111,7 +111,7 @@ def check_sequences(
 def check_feeds(model: str, inputs: Sequence[TensorInfo], feeds: dict[str, np.ndarray]) -> None:
     """Lengths in ``[1, time]``, as long as a row needs and as its time axis where the export
     refused padding; no masked step before an unmasked one (the checks
-    :func:`keras_gates.export.signature.check_feeds` shares with ``Predictor``)."""
+    :func:`keras_gates.signature.check_feeds` shares with ``Predictor``)."""
     try:
         signature.check_feeds(inputs, feeds)
     except signature.FeedError as err:

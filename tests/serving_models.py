@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from keras_gates.export.signature import METADATA_KEY, Signature, TensorSpec
+from keras_gates.signature import METADATA_KEY, Signature, TensorSpec
 
 OPSET = 17
 IR_VERSION = 10

@@ -1,4 +1,4 @@
-"""The feeds every runner of an export builds the same way (``export/signature.py``): defaults for
+"""The feeds every runner of an export builds the same way (``keras_gates/signature.py``): defaults for
 lengths and state inputs, and the checks on lengths and masked steps. Direct, no model, no server:
 the end-to-end paths (Predictor, validation, the server) are in test_export_* and test_serving_*.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_gates.export.signature import FeedError, Signature, TensorSpec, complete_feeds
+from keras_gates.signature import FeedError, Signature, TensorSpec, complete_feeds
 from keras_gates.serving import validation
 from keras_gates.serving.errors import BadRequest
 from keras_gates.serving.runtime import TensorInfo

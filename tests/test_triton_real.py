@@ -69,7 +69,7 @@ def _measured_by_name(path):
     import onnx
     from onnx import helper
 
-    from keras_gates.export.signature import METADATA_KEY, read_signature
+    from keras_gates.signature import METADATA_KEY, read_signature
 
     model = onnx.load(str(path))
     signature = read_signature(model)

@@ -53,7 +53,7 @@ def test_python_flavour(models, tmp_path):
 def test_python_flavour_checks_feeds_without_keras_gates(models, tmp_path):
     """model.py loads the signature module beside it by path; with keras_gates and onnx
     unimportable it still completes and checks feeds as Predictor and the server do."""
-    import keras_gates.export.signature as signature
+    import keras_gates.signature as signature
 
     folder = write_triton_repo(models["plain"], tmp_path, "plain", backend="python") / "1"
     copy = folder / "keras_gates_signature.py"
@@ -128,7 +128,7 @@ def refusing_padding(path, tmp_path):
     import onnx
     from onnx import helper
 
-    from keras_gates.export.signature import METADATA_KEY, read_signature
+    from keras_gates.signature import METADATA_KEY, read_signature
 
     model = onnx.load(str(path))
     signature = read_signature(model).with_refusals({"x": "a 'same' Conv1D sees the padding"})
