@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 DEMO_ARGS ?=
 
-.PHONY: setup test demo lint format bench clean
+.PHONY: setup test check demo lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,19 @@ $(TRITON): $(STAMP) tests/triton_server.py
 # PyTorch for the torch backend tests: PyPI's build with its CUDA libraries (5.4 GB, ~2 min once),
 # installed by tests/torch_cache.py into $KERAS_GATES_CACHE (~/.cache/keras-gates), outside the
 # venv. Where it cannot be installed (offline) the torch tests skip and say why.
+# The whole suite, as CI runs it: two workers; the tests of a module share a worker (and its
+# fixtures), the real-Triton modules one worker and one Triton (tests/conftest.py).
+PYTEST_WORKERS ?= 2
 test: $(STAMP) $(TRITON)
 	$(PY) -m tests.torch_cache || echo "torch could not be installed: the torch tests will skip"
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
+# The inner loop: lint and every test not marked slow (no subprocess suites, installs, real
+# Triton or README run-through), in under two minutes. make test before you push.
+check: $(STAMP)
+	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 demo: $(STAMP)
 	$(PY) examples/demo.py --out $(ARTIFACTS) $(DEMO_ARGS)

@@ -107,7 +107,6 @@ def start_triton(model: Path, work: Path, port: int, threads: int):
     sys.path.insert(0, str(ROOT))
     from keras_gates.export.triton import write_triton_repo
     from tests import triton_server
-    from tests.serving_models import free_port
 
     reason = triton_server.unsupported()
     if reason:
@@ -120,7 +119,7 @@ def start_triton(model: Path, work: Path, port: int, threads: int):
     config = folder / "config.pbtxt"
     param = f'parameters {{ key: "intra_op_threads" value {{ string_value: "{threads}" }} }}\n'
     config.write_text(config.read_text() + param)
-    server = triton_server.TritonServer(repo, port, free_port(), work / "triton.log")
+    server = triton_server.TritonServer(repo, work / "triton.log", http_port=port)
     return server.__enter__(), server.url
 
 

@@ -126,7 +126,6 @@ def main(argv=None) -> int:
     from serve_load import build_model
 
     from tests import triton_server
-    from tests.serving_models import free_port
 
     reason = triton_server.unsupported()
     if reason:
@@ -137,7 +136,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         model = build_model(work / "source", args.units, args.features)
         write_repo(model, work / "repo", env)
-        server = triton_server.TritonServer(work / "repo", free_port(), free_port(), work / "log")
+        server = triton_server.TritonServer(work / "repo", work / "log")
         runs: dict[str, list[dict]] = {name: [] for name, _ in MODELS}
         with server:
             for round_ in range(args.rounds):

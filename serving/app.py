@@ -83,6 +83,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         grpc_server = await _start_grpc(server, grpc) if grpc is not None else None
+        app.state.grpc = grpc_server  # its port, where ``grpc.port`` was 0
         tasks = [asyncio.create_task(_sweep_forever(server))]
         if server.config.model_control_mode == "poll":
             tasks.append(asyncio.create_task(control.poll_forever(server)))

@@ -47,13 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scheduler = server.scheduler
     parser.add_argument("path", help="an .onnx file or a model repository REPO/NAME/VERSION/")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="TCP port; 0 picks a free one, logged as 'HTTP listening on URL' (default: "
+        "%(default)s)",
+    )
     parser.add_argument(
         "--grpc-port",
         type=int,
         default=None,
         help="also serve the protocol over gRPC on this port, on --host (off by default; "
-        "Triton's convention is 8001)",
+        "Triton's convention is 8001); 0 picks a free one, logged as 'gRPC listening on ADDRESS'",
     )
     parser.add_argument(
         "--workers",
@@ -142,16 +148,22 @@ def _check_flags(args: argparse.Namespace) -> None:
                 f"Received an invalid value for --{flag.replace('_', '-')}, expected a positive "
                 f"integer, got {getattr(args, flag)}."
             )
-    if not 0 < args.port < 65536:
+    if not 0 <= args.port < 65536:
         raise ValueError(
-            f"Received an invalid value for --port, expected 1-65535, got {args.port}."
+            f"Received an invalid value for --port, expected 1-65535 (or 0: any free port), got "
+            f"{args.port}."
         )
     if args.grpc_port is not None and not (
-        0 < args.grpc_port < 65536 and args.grpc_port != args.port
+        0 <= args.grpc_port < 65536 and (args.grpc_port != args.port or args.port == 0)
     ):
         raise ValueError(
-            "Received an invalid value for --grpc-port, expected 1-65535 and not the HTTP "
-            f"--port {args.port}, got {args.grpc_port}."
+            "Received an invalid value for --grpc-port, expected 1-65535 (or 0: any free port) "
+            f"and not the HTTP --port {args.port}, got {args.grpc_port}."
+        )
+    if args.grpc_port == 0 and args.workers > 1:
+        raise ValueError(
+            f"Received --grpc-port 0 with --workers {args.workers}: each worker would listen on "
+            "a port of its own. Give a port number, which the workers share."
         )
     if args.max_body_mb <= 0:
         raise ValueError(f"Received an invalid value for --max-body-mb, got {args.max_body_mb}.")
@@ -186,12 +198,36 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout_s,
     )
     if args.workers == 1:
-        uvicorn.run(create_app(repository, config, _grpc_config(args)), **options)
+        app = uvicorn.Config(create_app(repository, config, _grpc_config(args)), **options)
+    else:
+        del repository  # each worker loads its own copy
+        os.environ[WORKER_ENV] = json.dumps({flag: getattr(args, flag) for flag in _WORKER_FLAGS})
+        app = uvicorn.Config(
+            f"{__name__}:worker_app", factory=True, workers=args.workers, **options
+        )
+    return _serve(app)
+
+
+def _serve(config) -> int:
+    """Bind the HTTP port (``--port 0``: a free one), say where, and serve until a signal."""
+    import logging
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("keras_gates.serving").info("HTTP listening on http://%s:%d", shown, port)
+    if config.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
         return 0
-    del repository  # each worker loads its own copy
-    os.environ[WORKER_ENV] = json.dumps({flag: getattr(args, flag) for flag in _WORKER_FLAGS})
-    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **options)
-    return 0
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 3
 
 
 def worker_app():
@@ -243,7 +279,7 @@ def _check_grpc_port(args: argparse.Namespace) -> None:
     later, inside the event loop, where a failure could only stop the whole server)."""
     import socket
 
-    if args.grpc_port is None:
+    if not args.grpc_port:  # off, or 0: the server picks a free port when it starts
         return
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:

@@ -259,14 +259,14 @@ class GrpcServer:
     async def start(self) -> None:
         address = self.config.address
         try:
-            self.server.add_insecure_port(address)
+            self.port = self.server.add_insecure_port(address)  # the port it took, for port 0
         except RuntimeError as err:
             raise RuntimeError(
                 f"Cannot listen for gRPC on {address} ({err}); the port may be in use: pick "
                 "another --grpc-port."
             ) from None
         await self.server.start()
-        log.info("gRPC listening on %s", address)
+        log.info("gRPC listening on %s", dataclasses.replace(self.config, port=self.port).address)
 
     async def stop(self) -> None:
         """Refuse new calls, answer what open streams had sent and end them (UNAVAILABLE), let

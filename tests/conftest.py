@@ -8,6 +8,8 @@ any import of TensorFlow fails, proving that those paths never need it.
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -16,8 +18,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 if os.environ.get("KERAS_GATES_NO_TENSORFLOW") == "1":
     sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
 
-# The serving tests' repository, server and client fixtures.
-pytest_plugins = ["tests.serving_fixtures", "tests.serving_grpc"]
+# The serving tests' repository, server and client fixtures; the real Triton's (session-wide).
+pytest_plugins = ["tests.serving_fixtures", "tests.serving_grpc", "tests.triton_fixtures"]
 
 if os.environ["KERAS_BACKEND"] == "tensorflow":
     import tensorflow as tf
@@ -28,3 +30,21 @@ if os.environ["KERAS_BACKEND"] == "tensorflow":
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
+
+
+# Under ``pytest -n`` (``make test``, ``--dist loadgroup``): the tests of one module run in one
+# worker, so a module's fixtures (servers, exports, the demo, a built wheel) are made once; the
+# two real-Triton modules share one worker and so one Triton (``tests/triton_fixtures.py``).
+# The modules listed in SPREAD hold independent long tests with nothing to share, and are
+# spread test by test.
+TOGETHER = {"test_triton_real": "triton", "test_triton_grpc": "triton"}
+SPREAD = {"test_backends", "test_examples", "test_gradient_backends", "test_export"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else None
+        if module is None or module in SPREAD or item.get_closest_marker("xdist_group"):
+            continue
+        item.add_marker(pytest.mark.xdist_group(TOGETHER.get(module, module)))

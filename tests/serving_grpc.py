@@ -12,7 +12,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from tests.serving_fixtures import lstm_reference
-from tests.serving_models import free_port, serve_process
+from tests.serving_models import serve_process
 
 MAX_SESSIONS = 32
 
@@ -20,11 +20,10 @@ MAX_SESSIONS = 32
 @pytest.fixture(scope="module")
 def grpc_served(repo):
     """``(http address, grpc address)`` of one server with both transports."""
-    port = free_port()
-    flags = ["--grpc-port", str(port), "--max-batch-size", "8", "--max-queue-delay-ms", "5"]
+    flags = ["--grpc-port", "0", "--max-batch-size", "8", "--max-queue-delay-ms", "5"]
     flags += ["--max-body-mb", "0.0625", "--max-sessions", str(MAX_SESSIONS), "--no-request-log"]
-    with serve_process(repo, *flags) as (url, _):
-        yield url.removeprefix("http://"), f"127.0.0.1:{port}"
+    with serve_process(repo, *flags) as served:
+        yield served.url.removeprefix("http://"), served.grpc_address
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ streaming variant adds ``<layer>.h_in``/``.c_in`` inputs and ``.h_out``/``.c_out
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -243,7 +245,10 @@ def run_direct(path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.n
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now, for a program that cannot bind port 0 itself and
+    say which port it took (``tritonserver``); another process may take it before that program
+    binds it, so its caller retries on "address in use" (:class:`tests.triton_server.
+    TritonServer` does). ``keras-gates serve`` and :class:`ServerThread` bind port 0 instead."""
     import socket
 
     with socket.socket() as sock:
@@ -251,40 +256,112 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ChildOutput:
+    """The merged stdout/stderr of a child process, read by a thread as it comes (so the child
+    never blocks on a full pipe), kept for assertions and for failure messages."""
+
+    def __init__(self, proc):
+        import threading
+
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._read, name="child-output", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for raw in iter(self._proc.stdout.readline, b""):
+            self.lines.append(raw.decode(errors="replace"))
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.text()[-chars:]
+
+    def find(self, pattern: str):
+        """The first match of regex ``pattern`` in the output so far (``None``: not yet)."""
+        import re
+
+        return next((m for line in list(self.lines) if (m := re.search(pattern, line))), None)
+
+    def finish(self, timeout: float = 30) -> str:
+        """All the output, once the child closed its end (after it exited)."""
+        self._thread.join(timeout)
+        return self.text()
+
+
+@dataclasses.dataclass
+class Served:
+    """A ``keras-gates serve`` child: ``url`` (HTTP), ``grpc_address`` (``HOST:PORT`` with
+    ``--grpc-port``), the process and its output. Unpacks as ``(url, proc)``."""
+
+    url: str
+    proc: Any
+    output: ChildOutput
+    grpc_address: str | None = None
+
+    def __iter__(self):
+        return iter((self.url, self.proc))
+
+
 @contextlib.contextmanager
 def serve_process(
-    path, *args: str, cwd=None, env=None, timeout: float = 90.0, program=None, port=None
+    path, *args: str, cwd=None, env=None, timeout: float = 90.0, program=None, port: int = 0
 ):
-    """``keras-gates serve PATH ARGS`` in a subprocess on a free port; yields ``(url, process)``
-    once ``/v2/health/ready`` answers, and stops it (SIGTERM, then SIGKILL) afterwards.
+    """``keras-gates serve PATH ARGS`` in a subprocess; yields a :class:`Served` once
+    ``/v2/health/ready`` answers, and stops it (SIGTERM, then SIGKILL) afterwards.
 
-    ``program`` is the command that stands for ``keras-gates`` (default: ``python -m
-    keras_gates.cli``; the tests of what users type pass the installed console script)."""
+    The server binds ``--port 0`` (and ``--grpc-port 0`` where ARGS ask for that) itself and the
+    harness reads the ports it took from its log (``HTTP listening on URL``): no port is picked
+    here and then raced for. ``program`` is the command that stands for ``keras-gates``
+    (default: ``python -m keras_gates.cli``; the tests of what users type pass the installed
+    console script). A server that exits or is not ready within ``timeout`` fails the test with
+    its output."""
     import subprocess
     import sys
-    import time
     import urllib.request
 
-    port = port or free_port()
+    from tests.waiting import wait_until
+
     program = list(program or [sys.executable, "-m", "keras_gates.cli"])
-    command = [*program, "serve", str(path), "--port", str(port)]
+    command = [*program, "serve", str(path), "--port", str(port), *args]
     proc = subprocess.Popen(
-        [*command, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
+    output = ChildOutput(proc)
+
+    def failed(what: str) -> str:
+        return f"{' '.join(command)}: {what}; its output:\n{output.tail()}"
+
+    def listening(pattern: str):
+        return wait_until(
+            lambda: output.find(pattern) or proc.poll() is not None,
+            timeout,
+            message=lambda: failed(f"no line matching {pattern!r}"),
+        )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(failed(f"exited with {proc.returncode} before it was ready"))
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5):
+                return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"server did not start: {proc.communicate()[0][-2000:]!r}")
-            time.sleep(0.1)
-        yield url, proc
+        http = listening(r"HTTP listening on (http://\S+)")
+        if http is True:
+            raise AssertionError(failed(f"exited with {proc.returncode} before it listened"))
+        url = http[1]
+        served = Served(url, proc, output)
+        if "--grpc-port" in args:
+            grpc = listening(r"gRPC listening on (\S+)")
+            if grpc is True:
+                raise AssertionError(failed(f"exited with {proc.returncode} before gRPC listened"))
+            served.grpc_address = grpc[1]
+        wait_until(ready, timeout, interval=0.05, message=lambda: failed("not ready"))
+        yield served
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -293,6 +370,7 @@ def serve_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        output.finish()
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -305,34 +383,42 @@ class ServerThread:
     ``uvicorn.Config``.
     """
 
-    def __init__(self, app, port: int | None = None, **options):
+    def __init__(self, app, **options):
+        import socket
+
         import uvicorn
 
-        self.port = port or free_port()
+        # Bound here, on port 0, and handed to uvicorn: the port is this server's from the start.
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, **options
-        )
+        config = uvicorn.Config(app, log_level="warning", access_log=False, **options)
         self.server = uvicorn.Server(config)
         self._thread = None
 
     def __enter__(self) -> ServerThread:
         import threading
-        import time
 
-        self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        from tests.waiting import wait_until
+
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, name="uvicorn", daemon=True
+        )
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start on port {self.port}")
-            time.sleep(0.01)
+        wait_until(
+            lambda: self.server.started or not self._thread.is_alive(),
+            message=f"uvicorn did not start on port {self.port}",
+        )
+        if not self.server.started:
+            raise RuntimeError(f"uvicorn did not start on port {self.port}")
         return self
 
     def stop(self) -> None:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(30)
+        self.socket.close()
 
     def __exit__(self, *exc) -> None:
         self.stop()

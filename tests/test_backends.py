@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import torch_cache
+from tests import children, torch_cache
 from tests.reference import FP32_ATOL
 from tests.test_parity import GRID
 
@@ -78,14 +77,7 @@ def _env(backend: str, **extra: str) -> dict[str, str]:
 
 
 def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int = 900):
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, (
-        f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-6000:]}"
-        f"\n{result.stderr[-4000:]}"
-    )
-    return result
+    return children.run(command, timeout, cwd=cwd, env=env)
 
 
 @pytest.mark.slow

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from keras_gates import __version__
 from keras_gates.cli import main
+from tests import children
 
 
 def test_version(capsys):
@@ -45,7 +45,7 @@ def test_serve_command_does_not_load_tensorflow():
         "build_parser('serve').parse_args(['serve', 'model.onnx']); "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF loaded'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    children.run([sys.executable, "-c", code], timeout=120)
 
 
 @pytest.mark.parametrize("command", ["inspect", "export", "serve"])

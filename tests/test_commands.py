@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import children
 from tests.reference import FP32_ATOL
 from tests.serving_models import serve_process
 
@@ -29,6 +30,8 @@ import sys
 import keras
 import numpy as np
 from keras_gates import GatedGRU, GatedGRUCell, GatedLSTM, GatedLSTMCell
+
+pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
 folder = sys.argv[1]
 keras.utils.set_random_seed(0)
@@ -66,9 +69,7 @@ ROUTES = {
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
+    return children.run(args, timeout=600, cwd=cwd, env=ENV)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import children
 from tests.serving_models import serve_process
+
+pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_TIMEOUT_S = 120  # a quick run takes < 40 s on a busy 2-core CPU; leave slack for load
@@ -189,15 +192,7 @@ def run_quick(example: Example, tmp_path: Path, extra: list[str]) -> subprocess.
     command = [sys.executable, str(ROOT / "examples" / example.script), "--quick"]
     if example.takes_out:
         command += ["--out", str(tmp_path / "out")]
-    return subprocess.run(
-        command + extra,
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=QUICK_TIMEOUT_S,
-        check=False,
-    )
+    return children.run(command + extra, QUICK_TIMEOUT_S, check=False, cwd=ROOT, env=_env())
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.script for e in EXAMPLES])

@@ -1,6 +1,7 @@
-"""The feeds every runner of an export builds the same way (``keras_gates/signature.py``): defaults for
-lengths and state inputs, and the checks on lengths and masked steps. Direct, no model, no server:
-the end-to-end paths (Predictor, validation, the server) are in test_export_* and test_serving_*.
+"""The feeds every runner of an export builds the same way (``keras_gates/signature.py``):
+defaults for lengths and state inputs, and the checks on lengths and masked steps. Direct, no
+model, no server: the end-to-end paths (Predictor, validation, the server) are in test_export_*
+and test_serving_*.
 """
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_gates.signature import FeedError, Signature, TensorSpec, complete_feeds
 from keras_gates.serving import validation
 from keras_gates.serving.errors import BadRequest
 from keras_gates.serving.runtime import TensorInfo
+from keras_gates.signature import FeedError, Signature, TensorSpec, complete_feeds
 
 # enc [B, T, 3] with enc_lengths; dec [B, T', 2] with dec_lengths, masked where 0, at least 2
 # steps a row; side [B, T'] merged step by step with dec; two states of the layer "rnn".

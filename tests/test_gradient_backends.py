@@ -10,7 +10,6 @@ and lag within GRAD_ATOL (the same float32 computation on each backend).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import torch_cache
+from tests import children, torch_cache
 from tests.reference import GRAD_ATOL
+
+pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,15 +88,7 @@ def _run(tmp_path: Path, backend: str) -> dict[str, np.ndarray]:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("PYTEST_CURRENT_TEST", None)
     env = torch_cache.pythonpath(env) if backend == "torch" else env
-    result = subprocess.run(
-        [sys.executable, str(script), str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, f"{backend}:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    children.run([sys.executable, str(script), str(out)], timeout=600, cwd=ROOT, env=env)
     return dict(np.load(out))
 
 

@@ -20,6 +20,7 @@ from keras_gates.inspect import (
     state_gradient_flow,
 )
 from keras_gates.inspect.horizon import layer_retention, median_lag
+from tests import children
 
 STEPS, FEATURES = 7, 2
 # Finite differences in float64 with eps 1e-5: truncation ~eps² and rounding ~1e-16/eps.
@@ -328,6 +329,7 @@ SAVE_SCRIPT = """
 import sys
 import keras, numpy as np
 from keras_gates import GatedGRU, GatedLSTM
+
 keras.utils.set_random_seed(0)
 inputs = keras.Input((12, 2))
 keep = GatedLSTM(3, return_sequences=True, gate_initializers={"forget": {"bias": 30.0}},
@@ -340,10 +342,10 @@ np.save(sys.argv[1] + "/x.npy", x)
 """
 
 
+@pytest.mark.slow
 def test_inspect_command_reports_the_memory_horizon(tmp_path):
     import json
     import os
-    import subprocess
     import sys
 
     env = {
@@ -352,12 +354,11 @@ def test_inspect_command_reports_the_memory_horizon(tmp_path):
         "CUDA_VISIBLE_DEVICES": "",
         "MPLBACKEND": "Agg",
     }
-    subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(tmp_path)], check=True, env=env)
+    children.run([sys.executable, "-c", SAVE_SCRIPT, str(tmp_path)], timeout=300, env=env)
     out = tmp_path / "report"
     command = [sys.executable, "-m", "keras_gates.cli", "inspect", str(tmp_path / "model.keras")]
     command += ["--input", str(tmp_path / "x.npy"), "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = children.run(command, timeout=300, env=env)
     lines = done.stdout.splitlines()
     start = lines.index("memory horizon") + 1  # after the saturation table
     assert lines[start].split()[:6] == ["layer", "hold", "gate", "half-life", "1/e", "lag"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import children
 from tests.serving_models import serve_process
 
 pytestmark = pytest.mark.slow
@@ -44,12 +45,7 @@ print("trained one step")
 
 
 def run(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900
-    )
-    if check:
-        assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done
+    return children.run([str(a) for a in args], timeout=900, check=check, cwd=cwd, env=ENV)
 
 
 @pytest.fixture(scope="module")

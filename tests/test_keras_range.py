@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from keras_gates._internals import NEWEST_KERAS, OLDEST_KERAS
+from tests import children
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("KERAS_GATES_CACHE", Path.home() / ".cache" / "keras-gates"))
@@ -73,17 +74,14 @@ def test_layer_suite_on_the_oldest_keras():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(keras_dir), str(ROOT)])}
     env.pop("PYTEST_CURRENT_TEST", None)
     check = "import keras; print(keras.__version__)"
-    version = subprocess.run(
-        [sys.executable, "-c", check], env=env, capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    version = children.run([sys.executable, "-c", check], 120, env=env, cwd=ROOT).stdout.strip()
     assert version == OLDEST_KERAS, f"the child imports Keras {version!r}, not {OLDEST_KERAS}"
-    result = subprocess.run(
+    result = children.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS],
+        600,
+        check=False,
         env=env,
         cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from tests.serving_models import free_port, serve_process
+from tests import children
+from tests.serving_models import serve_process
+
+pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -64,15 +66,7 @@ class Reader:
     def run(self, *command: str) -> str:
         """``command`` in the reader's folder, its README ports localized; its stdout."""
         *program, code = command
-        done = subprocess.run(
-            [*program, self.localize(code)],
-            cwd=self.folder,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        done = children.run([*program, self.localize(code)], 300, cwd=self.folder, env=ENV)
         return done.stdout
 
     def python(self, code: str) -> str:
@@ -92,26 +86,26 @@ class Reader:
         return self.run("bash", "-euo", "pipefail", "-c", code)
 
     def serve(self, args: list[str]) -> None:
+        """Start the README's ``keras-gates serve`` on ports it picks itself (0), and map the
+        README's port numbers to them for the blocks that follow."""
         path, rest = args[0], args[1:]
         readme_port = "8000"
         if "--port" in rest:
             index = rest.index("--port")
             readme_port = rest[index + 1]
             del rest[index : index + 2]
-        self.ports[readme_port] = free_port()
-        for index, flag in enumerate(rest[:-1]):  # --grpc-port and the like
-            if flag.startswith("--") and flag.endswith("-port"):
-                self.ports[rest[index + 1]] = free_port()
-                rest[index + 1] = str(self.ports[rest[index + 1]])
-        server = serve_process(
-            self.folder / path,
-            *rest,
-            cwd=self.folder,
-            env=ENV,
-            program=["keras-gates"],
-            port=self.ports[readme_port],
+        readme_grpc = None
+        if "--grpc-port" in rest:
+            index = rest.index("--grpc-port")
+            readme_grpc, rest[index + 1] = rest[index + 1], "0"
+        server = self.servers.enter_context(
+            serve_process(
+                self.folder / path, *rest, cwd=self.folder, env=ENV, program=["keras-gates"]
+            )
         )
-        self.servers.enter_context(server)
+        self.ports[readme_port] = int(server.url.rsplit(":", 1)[1])
+        if readme_grpc is not None:
+            self.ports[readme_grpc] = int(server.grpc_address.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

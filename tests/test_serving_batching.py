@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -20,6 +19,7 @@ from keras_gates.serving import (
 )
 from tests.reference import SERVING_ATOL
 from tests.serving_models import ServerThread, make_dense_model, make_rnn_model, run_direct
+from tests.waiting import async_wait_until, refuses_connections, wait_until
 
 ATOL = SERVING_ATOL  # tests/reference.py says why
 
@@ -158,10 +158,11 @@ def test_full_queue_answers_503_then_recovers(repo):
                     for _ in range(2)
                 ]
                 full = 'keras_gates_queue_size{model="gru",version="1"} 2.0'
-                for _ in range(500):  # wait until both are queued behind the held request
-                    if full in (await client.get("/metrics")).text:
-                        break
-                    await asyncio.sleep(0.01)
+
+                async def both_queued() -> bool:  # behind the held request
+                    return full in (await client.get("/metrics")).text
+
+                await async_wait_until(both_queued, message="two requests queued")
                 rejected = await client.post("/v2/models/gru/infer", json=body(x))
                 gate.release.set()
                 return rejected, await first, await asyncio.gather(*queued)
@@ -199,7 +200,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(repo):
     assert gate.entered.wait(30)
     stopper = threading.Thread(target=server.stop)
     stopper.start()  # uvicorn stops accepting, waits for the in-flight request
-    time.sleep(0.3)
+    wait_until(lambda: refuses_connections(server.port), message="the server still accepts")
     assert stopper.is_alive()
     gate.release.set()
     client.join(30)

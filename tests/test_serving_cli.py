@@ -10,9 +10,7 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 
 from keras_gates.serving import ModelRepository, NotFound, ServerConfig, create_app, discover
 from keras_gates.serving import cli as serve_cli
+from tests import children
 from tests.serving_models import (
     ServerThread,
     make_dense_model,
@@ -27,6 +26,7 @@ from tests.serving_models import (
     run_direct,
     serve_process,
 )
+from tests.waiting import wait_until
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -110,10 +110,28 @@ def worker_pids(parent: int) -> list[int]:
     return found
 
 
+def server_has_read(client: socket.socket) -> bool:
+    """Whether the server end of ``client``'s TCP connection has no unread bytes: a process
+    accepted it and read what was sent (Linux ``/proc/net/tcp``: its ``rx_queue`` is 0)."""
+
+    def hex_address(address: tuple[str, int]) -> str:
+        packed = socket.inet_aton(address[0])[::-1].hex().upper()  # little-endian IPv4
+        return f"{packed}:{address[1]:04X}"
+
+    server, peer = hex_address(client.getpeername()), hex_address(client.getsockname())
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == server and fields[2] == peer:
+                return int(fields[4].split(":")[1], 16) == 0
+    return False
+
+
 def json_tensor(x: np.ndarray) -> dict:
     return {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
 
 
+@pytest.mark.slow
 def test_workers_serve_and_shut_down_gracefully(tmp_path):
     path = make_rnn_model(tmp_path / "plain" / "1" / "model.onnx", units=8, features=3, seed=7)
     rng = np.random.default_rng(3)
@@ -135,13 +153,12 @@ def test_workers_serve_and_shut_down_gracefully(tmp_path):
             head = "POST /v2/models/plain/infer HTTP/1.1\r\nHost: test\r\nContent-Type: "
             head += f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             sock.sendall(head.encode() + body[:20])
-            time.sleep(0.5)  # a worker has the request's headers: the request is in flight
+            # a worker has read the request's headers: the request is in flight
+            wait_until(lambda: server_has_read(sock), message="no worker read the request")
             proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while len(worker_pids(proc.pid)) > 1 and time.monotonic() < deadline:
-                time.sleep(0.1)  # the idle worker exits, the busy one waits for its request
-            time.sleep(1.0)
-            assert len(worker_pids(proc.pid)) == 1 and proc.poll() is None
+            # the idle worker exits, the busy one waits for the rest of its request
+            wait_until(lambda: len(worker_pids(proc.pid)) == 1, message="both workers still run")
+            assert proc.poll() is None
             sock.sendall(body[20:])
             response = http.client.HTTPResponse(sock)
             response.begin()
@@ -156,7 +173,7 @@ def test_workers_refuse_streaming_models(tmp_path):
     make_rnn_model(tmp_path / "plain" / "1" / "model.onnx", seed=1)
     make_rnn_model(tmp_path / "stream" / "1" / "model.onnx", streaming=True, seed=2)
     command = [sys.executable, "-m", "keras_gates.cli", "serve", str(tmp_path), "--workers", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = children.run(command, timeout=120, check=False)
     assert done.returncode == 1
     assert "keras-gates serve: error: Received --workers 2" in done.stderr
     assert "streaming models with state inputs: stream/1 (rnn.h_in, rnn.c_in)" in done.stderr

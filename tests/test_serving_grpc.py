@@ -5,7 +5,6 @@ transport of the same process."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 
 import grpc
@@ -17,6 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from keras_gates.serving.grpc_codec import CONTENTS_FIELD
+from tests import children
 from tests.serving_fixtures import ATOL, sample, zero_state
 from tests.serving_grpc import (
     MAX_SESSIONS,
@@ -24,7 +24,7 @@ from tests.serving_grpc import (
     inputs,
     whole_lstm,
 )
-from tests.serving_models import V2_TYPES, free_port, run_direct
+from tests.serving_models import V2_TYPES, run_direct
 
 
 # ---- every RPC -------------------------------------------------------------------------------
@@ -239,8 +239,8 @@ def test_grpc_port_in_use_is_refused(repo):
         taken.listen()
         port = taken.getsockname()[1]
         command = [sys.executable, "-m", "keras_gates.cli", "serve", str(repo)]
-        command += ["--port", str(free_port()), "--grpc-port", str(port)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        command += ["--port", "0", "--grpc-port", str(port)]
+        done = children.run(command, timeout=120, check=False)
     assert done.returncode == 1
     assert (
         f"error: Received --grpc-port {port}, but 127.0.0.1:{port} cannot be bound" in done.stderr

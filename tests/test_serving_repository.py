@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from keras_gates.serving import ModelRepository, ServerConfig, create_app
 from tests.serving_fixtures import ATOL, json_input, outputs_of, sample
 from tests.serving_models import ServerThread, make_rnn_model, run_direct, serve_process
+from tests.waiting import wait_until
 
 
 @pytest.fixture()
@@ -99,9 +99,11 @@ def test_unload_lets_in_flight_requests_finish(small_repo):
             target=lambda: result.setdefault("u", httpx.post(unload_url, timeout=60))
         )
         unloading.start()
-        time.sleep(0.3)
-        assert unloading.is_alive()  # waits for the request in the model
-        assert infer(c, "gru", x).status_code == 404  # but takes no new ones
+        # the unload stops routing to the model at once (not ready, new requests 404) and
+        # waits for the request inside it
+        wait_until(lambda: c.get("/v2/models/gru/ready").status_code != 200, message="gru ready")
+        assert infer(c, "gru", x).status_code == 404
+        assert unloading.is_alive()
         release.set()
         worker.join(30)
         unloading.join(30)
@@ -157,12 +159,3 @@ def test_in_memory_models_have_no_repository_to_load_from(small_repo):
     with ServerThread(app) as server:
         answer = httpx.post(f"{server.url}/v2/repository/models/gru/load")
         assert answer.status_code == 400 and "in-memory" in answer.json()["error"]
-
-
-def wait_until(check, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False

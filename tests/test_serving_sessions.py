@@ -4,7 +4,6 @@ batching across sequences, eviction, the session cap and the 400s for unknown or
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from keras_gates.serving import SchedulerConfig, ServerConfig, create_app
 from tests.reference import SERVING_ATOL
 from tests.serving_models import ServerThread, make_rnn_model, run_direct
+from tests.waiting import wait_until
 
 ATOL = SERVING_ATOL  # tests/reference.py says why
 UNITS = 8
@@ -183,10 +183,8 @@ def test_idle_sessions_are_evicted(repo):
         assert 'keras_gates_active_sessions{model="gru",version="1"} 1.0' in c.get("/metrics").text
         # the server's sweeper task evicts it (the timing itself is unit-tested with an injected
         # clock in test_serving_units.py): poll the gauge rather than sleep a fixed time
-        deadline = time.monotonic() + 10
         gone = 'keras_gates_active_sessions{model="gru",version="1"} 0.0'
-        while gone not in c.get("/metrics").text and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: gone in c.get("/metrics").text, message="the session is still open")
         response = c.post("/v2/models/gru/infer", json=chunk_body(x, 1))
         assert response.status_code == 400
         assert "was evicted after 0.3 s idle" in response.json()["error"]

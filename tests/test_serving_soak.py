@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 
 import httpx
 import numpy as np
 import pytest
 
+from tests import children
 from tests.reference import SERVING_ATOL
 from tests.serving_models import make_rnn_model, serve_process
 
@@ -184,5 +184,5 @@ def test_serving_never_imports_tensorflow():
         "print(bad); sys.exit(1 if bad else 0)"
     )
     env = {**os.environ, "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    done = children.run([sys.executable, "-c", code], timeout=120, check=False, env=env)
     assert done.returncode == 0, f"importing keras_gates.serving loaded {done.stdout.strip()}"

@@ -13,23 +13,14 @@ import pytest
 
 from tests import triton_server
 from tests.reference import FP32_ATOL
-from tests.serving_models import free_port, serve_process
-from tests.test_triton_real import keras_models, reference, repo, sample, sources  # noqa: F401
+from tests.triton_fixtures import reference, sample
+
+pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
 if triton_server.unsupported():  # printed with -ra, the suite's default
     pytest.skip(f"no real Triton here: {triton_server.unsupported()}", allow_module_level=True)
 
 SERVERS = ("triton", "keras-gates")
-
-
-@pytest.fixture(scope="module")
-def grpc_urls(repo, tmp_path_factory):  # noqa: F811
-    log = tmp_path_factory.mktemp("triton_grpc_log") / "tritonserver.log"
-    ours = free_port()
-    flags = ("--max-batch-size", "64", "--grpc-port", str(ours), "--no-request-log")
-    with triton_server.TritonServer(repo, free_port(), free_port(), log) as triton:
-        with serve_process(repo, *flags):
-            yield {"triton": f"127.0.0.1:{triton.grpc_port}", "keras-gates": f"127.0.0.1:{ours}"}
 
 
 @pytest.fixture(params=SERVERS)
@@ -62,7 +53,7 @@ def test_health_and_metadata(client):
     assert {t["name"] for t in metadata["outputs"]} >= {"y", "y_steps"}
 
 
-def test_padded_batch(client, sources):  # noqa: F811
+def test_padded_batch(client, sources):
     x = sample((3, 7, 3), seed=61)
     lengths = np.array([7, 4, 2])
     result = client.infer("plain", _inputs(x, lengths))
@@ -70,7 +61,7 @@ def test_padded_batch(client, sources):  # noqa: F811
     np.testing.assert_allclose(result.as_numpy("y"), want["y"], atol=FP32_ATOL)
 
 
-def test_sequence_streamed_on_one_stream_equals_whole(client, sources):  # noqa: F811
+def test_sequence_streamed_on_one_stream_equals_whole(client, sources):
     x = sample((1, 9, 3), seed=62)
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put(error or result))

@@ -4,6 +4,7 @@
 folder. Answers agree within 1e-5 and with onnxruntime run directly on the file (or, for the two
 models the exporter wrote from Keras, with Keras on each request alone); both refuse the feeds the
 signature refuses (padding of a 'same' convolution's input, masked holes) with the same message.
+The repository and both servers are session fixtures of ``tests/triton_fixtures.py``.
 """
 
 from __future__ import annotations
@@ -16,172 +17,19 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from keras_gates.export import to_onnx
 from keras_gates.export.triton import write_triton_repo
 from tests import triton_server
-from tests.serving_models import free_port, make_rnn_model, run_direct, serve_process
+from tests.serving_models import make_rnn_model, run_direct
+from tests.triton_fixtures import HELD_ROWS, IDLE_S, reference, sample
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
 ATOL = 1e-5
 SERVERS = ("triton", "keras-gates")
-UNITS = 8
-IDLE_S = 3  # both servers drop a sequence idle this long
 
 if triton_server.unsupported():  # printed with -ra, the suite's default
     pytest.skip(f"no real Triton here: {triton_server.unsupported()}", allow_module_level=True)
-
-
-def make_two_sequence_model(path, units: int = 4, seed: int = 13):
-    """``a [B, T, 3], a_lengths, b [B, T, 2], b_lengths -> y``: an LSTM over each sequence input
-    with its own lengths (the exporter's ``<input>_lengths``), last hidden states concatenated."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from tests.serving_models import _finish
-
-    nodes, inits = [], []
-    for name, features in (("a", 3), ("b", 2)):
-        for weight, shape in (("W", (1, 4 * units, features)), ("R", (1, 4 * units, units))):
-            inits.append(
-                numpy_helper.from_array(sample(shape, seed + len(inits)) * 0.5, f"{name}{weight}")
-            )
-        inits.append(numpy_helper.from_array(np.zeros((1, 8 * units), np.float32), f"{name}B"))
-        nodes.append(helper.make_node("Transpose", [name], [f"{name}t"], perm=[1, 0, 2]))
-        lstm_inputs = [f"{name}t", f"{name}W", f"{name}R", f"{name}B", f"{name}_lengths"]
-        nodes.append(helper.make_node("LSTM", lstm_inputs, ["", f"{name}h"], hidden_size=units))
-        nodes.append(helper.make_node("Squeeze", [f"{name}h", "axis0"], [f"{name}last"]))
-    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
-    nodes.append(helper.make_node("Concat", ["alast", "blast"], ["y"], axis=1))
-    in_specs = [
-        ("a", "sequence", TensorProto.FLOAT, [None, None, 3]),
-        ("a_lengths", "lengths", TensorProto.INT32, [None]),
-        ("b", "sequence", TensorProto.FLOAT, [None, None, 2]),
-        ("b_lengths", "lengths", TensorProto.INT32, [None]),
-    ]
-    out_specs = [("y", "output", TensorProto.FLOAT, [None, 2 * units], False)]
-    path = _finish(path, nodes, inits, in_specs, out_specs, False, True)
-    return _measured_by_name(path)
-
-
-def _measured_by_name(path):
-    """Each ``<input>_lengths`` measures ``<input>`` (``sequence_input``: what the exporter
-    writes)."""
-    import dataclasses
-
-    import onnx
-    from onnx import helper
-
-    from keras_gates.signature import METADATA_KEY, read_signature
-
-    model = onnx.load(str(path))
-    signature = read_signature(model)
-    inputs = tuple(
-        dataclasses.replace(t, sequence_input=t.name.removesuffix("_lengths"))
-        if t.role == "lengths"
-        else t
-        for t in signature.inputs
-    )
-    del model.metadata_props[:]
-    helper.set_model_props(
-        model, {METADATA_KEY: dataclasses.replace(signature, inputs=inputs).to_json()}
-    )
-    onnx.save(model, str(path))
-    return path
-
-
-def conv_model():
-    """``x [B, T, 3]`` through a 'same' Conv1D, then a gated GRU: the export refuses to pad x."""
-    import keras
-
-    from keras_gates import GatedGRU
-
-    inp = keras.Input((None, 3), name="x")
-    h = keras.layers.Conv1D(4, 3, padding="same", name="conv")(inp)
-    return keras.Model(inp, keras.layers.Dense(2, name="dense")(GatedGRU(4, name="gru")(h)))
-
-
-def token_model():
-    """``tok [B, T]`` through ``Embedding(mask_zero=True)``: zeros are masked (``mask_value``)."""
-    import keras
-
-    from keras_gates import GatedLSTM
-
-    tok = keras.Input((None,), dtype="int32", name="tok")
-    h = GatedLSTM(4, name="lstm")(keras.layers.Embedding(10, 3, mask_zero=True)(tok))
-    return keras.Model(tok, keras.layers.Dense(2, name="dense")(h))
-
-
-@pytest.fixture(scope="module")
-def keras_models(tmp_path_factory):
-    """The two models exported from Keras (about 2 s): ``{name: (keras model, onnx path)}``."""
-    from tests.export_helpers import randomize
-
-    root = tmp_path_factory.mktemp("triton_keras")
-    out = {}
-    for name, build in (("conv", conv_model), ("tokens", token_model)):
-        model = randomize(build())
-        to_onnx(model, root / f"{name}.onnx", print_fn=None)
-        out[name] = (model, root / f"{name}.onnx")
-    return out
-
-
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory, keras_models):
-    root = tmp_path_factory.mktemp("triton_sources")
-    return {
-        "plain": make_rnn_model(root / "plain.onnx", seed=11),
-        "stream": make_rnn_model(root / "stream.onnx", streaming=True, seed=12),
-        "two": make_two_sequence_model(root / "two.onnx"),
-        **{name: path for name, (_, path) in keras_models.items()},
-    }
-
-
-BATCH_DELAY_US = 100_000  # Triton gathers conv's concurrent requests into execute() calls
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, sources):
-    env = triton_server.ensure()["env"]
-    root = tmp_path_factory.mktemp("triton_repo")
-    for name, path in sources.items():
-        write_triton_repo(
-            path,
-            root,
-            name,
-            backend="python",
-            execution_env=str(env),
-            idle_microseconds=IDLE_S * 1_000_000,
-        )
-    # The exporter sets allow_ragged_batch only where model.py can pad (plain, tokens); conv's
-    # input refuses padding, so it gets it here by hand, with a queue delay (a user's Triton
-    # settings; keras-gates serve ignores config.pbtxt): requests of different lengths then
-    # reach one execute() of model.py for sure, which must run each length on its own.
-    config = text_format.Parse(
-        (root / "conv" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
-    )
-    config.dynamic_batching.max_queue_delay_microseconds = BATCH_DELAY_US
-    for tensor in config.input:
-        tensor.allow_ragged_batch = True
-    (root / "conv" / "config.pbtxt").write_text(text_format.MessageToString(config))
-    return root
-
-
-@pytest.fixture(scope="module")
-def triton(repo, tmp_path_factory):
-    log = tmp_path_factory.mktemp("triton_log") / "tritonserver.log"
-    with triton_server.TritonServer(repo, free_port(), free_port(), log) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def keras_gates(repo):
-    flags = ("--max-batch-size", "64", "--session-idle-timeout-s", str(IDLE_S))
-    flags += ("--no-request-log", "--log-level", "warning")
-    with serve_process(repo, *flags) as (url, _):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def urls(triton, keras_gates):
-    return {"triton": triton, "keras-gates": keras_gates}
 
 
 @pytest.fixture(params=SERVERS)
@@ -189,14 +37,10 @@ def url(request, urls):
     return urls[request.param]
 
 
-def client_for(url: str):
+def client_for(url: str, concurrency: int = 4):
     import tritonclient.http as http
 
-    return http.InferenceServerClient(url.removeprefix("http://"), concurrency=4)
-
-
-def sample(shape, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return http.InferenceServerClient(url.removeprefix("http://"), concurrency=concurrency)
 
 
 def tensors(x: np.ndarray, lengths=None, binary=True):
@@ -219,13 +63,6 @@ def arrays(result) -> dict[str, np.ndarray]:
 def infer(client, model: str, x: np.ndarray, lengths=None, binary=True, **sequence):
     """The one client code both servers get."""
     return arrays(client.infer(model, **tensors(x, lengths, binary), **sequence))
-
-
-def reference(sources, model: str, x: np.ndarray, lengths: np.ndarray) -> dict:
-    feeds = {"x": x, "lengths": lengths.astype(np.int32)}
-    if model == "stream":
-        feeds |= {f"rnn.{s}_in": np.zeros((len(x), UNITS), np.float32) for s in "hc"}
-    return run_direct(sources[model], feeds)
 
 
 # ---- health, metadata, configuration, statistics ----------------------------------------------
@@ -282,11 +119,12 @@ def test_metadata_config_and_stats_agree(urls, model):
     assert set(stats_t["inference_stats"]) == set(stats_k["inference_stats"])
 
 
-def test_our_config_loads_in_triton(keras_gates, triton, repo):
+def test_our_config_loads_in_triton(keras_gates, triton, triton_repo):
+    repo = triton_repo
     """The /config keras-gates serve answers, given to a real Triton (Python backend)."""
     env = triton_server.ensure()["env"]
     for model in ("plain", "stream"):
-        doc = httpx.get(f"{keras_gates}/v2/models/{model}/config").json()
+        doc = httpx.get(f"{keras_gates.url}/v2/models/{model}/config").json()
         config = json_format.ParseDict(
             doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
         )
@@ -296,22 +134,22 @@ def test_our_config_loads_in_triton(keras_gates, triton, repo):
         config.parameters["EXECUTION_ENV_PATH"].string_value = str(env)
         shutil.copytree(repo / model / "1", repo / name / "1")
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
-        answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
+        answer = httpx.post(f"{triton.url}/v2/repository/models/{name}/load", timeout=60)
         assert answer.status_code == 200, answer.text
-        assert httpx.get(f"{triton}/v2/models/{name}/ready").status_code == 200
-        httpx.post(f"{triton}/v2/repository/models/{name}/unload", timeout=60)
+        assert httpx.get(f"{triton.url}/v2/models/{name}/ready").status_code == 200
+        httpx.post(f"{triton.url}/v2/repository/models/{name}/unload", timeout=60)
         shutil.rmtree(repo / name)
 
 
-def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, repo, sources, tmp_path):
+def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, triton_repo, sources):
     """The default flavour: Triton parses and validates its config (the sequence batcher's state
     and controls included) and loads it once its backend is swapped for the Python one; the
     onnxruntime backend itself is not in this Triton, so its own load stops at the backend."""
-    env = triton_server.ensure()["env"]
+    env, repo = triton_server.ensure()["env"], triton_repo
     for model in ("plain", "stream", "two"):
         path, name = sources[model], f"ort_{model}"
         write_triton_repo(path, repo, name)
-        answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
+        answer = httpx.post(f"{triton.url}/v2/repository/models/{name}/load", timeout=60)
         assert answer.status_code == 400 and "onnxruntime" in answer.text, answer.text
         config = text_format.Parse(
             (repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
@@ -322,9 +160,9 @@ def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, repo, sources, t
         for helper in ("model.py", "keras_gates_signature.py"):
             shutil.copy(repo / model / "1" / helper, repo / name / "1" / helper)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
-        answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
+        answer = httpx.post(f"{triton.url}/v2/repository/models/{name}/load", timeout=60)
         assert answer.status_code == 200, answer.text
-        httpx.post(f"{triton}/v2/repository/models/{name}/unload", timeout=60)
+        httpx.post(f"{triton.url}/v2/repository/models/{name}/unload", timeout=60)
         shutil.rmtree(repo / name)
 
 
@@ -425,39 +263,41 @@ def test_refused_padding_short_lengths_get_400(url, keras_models):
 def test_concurrent_different_lengths_of_a_refused_input(url, keras_models, urls):
     """Requests of different lengths reach one execute() of Triton's dynamic batcher (and one
     batch of keras-gates'): neither pads the conv model's input, each answer is Keras' on that
-    request alone (rows of one request share its length, so no row is padded there either)."""
+    request alone (rows of one request share its length, so no row is padded there either).
+    ``conv_held``'s config holds the requests until all their rows are queued (triton_fixtures)."""
     model = keras_models["conv"][0]
     cases = [sample((1 + i % 2, 2 + i % 4, 3), seed=110 + i) for i in range(8)]
-    client = client_for(url)
+    assert sum(len(x) for x in cases) == HELD_ROWS["conv_held"]
+    client = client_for(url, concurrency=len(cases))  # every request sent at once
     try:
-        before = client.get_inference_statistics("conv")["model_stats"][0]
-        pending = [client.async_infer("conv", **named_tensors({"x": x})) for x in cases]
+        before = client.get_inference_statistics("conv_held")["model_stats"][0]
+        pending = [client.async_infer("conv_held", **named_tensors({"x": x})) for x in cases]
         results = [handle.get_result().as_numpy("dense") for handle in pending]
-        after = client.get_inference_statistics("conv")["model_stats"][0]
+        after = client.get_inference_statistics("conv_held")["model_stats"][0]
     finally:
         client.close()
     for x, got in zip(cases, results):
         np.testing.assert_allclose(got, np.asarray(model(x)), atol=ATOL)
-    if url == urls["triton"]:  # the requests did share execute() calls: the mixed path ran
+    if url == urls["triton"]:  # all requests shared one execute() call: the mixed path ran
         executions = after["execution_count"] - before["execution_count"]
-        assert executions < len(cases), (before, after)
+        assert executions == 1, (before, after)
 
 
 def test_concurrent_different_lengths_share_calls(url, keras_models, urls):
     """The default export of a model whose rows can be padded: concurrent requests of different
     lengths share execute() calls on Triton (the exporter's allow_ragged_batch, model.py's
-    padding; no queue delay) and each answer is Keras' on that request alone."""
-    import tritonclient.http as http
-
+    padding) and each answer is Keras' on that request alone. ``tokens_held`` is that export
+    with a config that holds the requests until all their rows are queued (triton_fixtures)."""
     model = keras_models["tokens"][0]
     rng = np.random.default_rng(130)
     cases = [rng.integers(1, 10, (1 + i % 2, 3 + 2 * i), dtype=np.int32) for i in range(16)]
-    client = http.InferenceServerClient(url.removeprefix("http://"), concurrency=8)
+    assert sum(len(x) for x in cases) == HELD_ROWS["tokens_held"]
+    client = client_for(url, concurrency=len(cases))  # every request sent at once
     try:
-        before = client.get_inference_statistics("tokens")["model_stats"][0]
-        pending = [client.async_infer("tokens", **named_tensors({"tok": x})) for x in cases]
+        before = client.get_inference_statistics("tokens_held")["model_stats"][0]
+        pending = [client.async_infer("tokens_held", **named_tensors({"tok": x})) for x in cases]
         results = [handle.get_result().as_numpy("dense") for handle in pending]
-        after = client.get_inference_statistics("tokens")["model_stats"][0]
+        after = client.get_inference_statistics("tokens_held")["model_stats"][0]
     finally:
         client.close()
     for x, got in zip(cases, results):
@@ -466,7 +306,7 @@ def test_concurrent_different_lengths_share_calls(url, keras_models, urls):
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == sum(len(x) for x in cases), (before, after)
     if url == urls["triton"]:  # without allow_ragged_batch: one execution per request
-        assert executions < len(cases), (before, after)
+        assert executions == 1, (before, after)
 
 
 def test_masked_hole_gets_400(url, keras_models):
@@ -506,7 +346,7 @@ def test_refusals_name_the_same_reason_on_both(urls):
 def test_lengths_in_either_form_on_keras_gates(keras_gates, sources):
     x = sample((2, 5, 3), seed=3)
     want = reference(sources, "plain", x, np.array([5, 3]))
-    client = client_for(keras_gates)
+    client = client_for(keras_gates.url)
     try:
         for lengths in (np.array([[5], [3]], np.int32), np.array([5, 3], np.int32)):
             got = infer(client, "plain", x, lengths)
@@ -535,7 +375,13 @@ def test_streamed_chunks_equal_whole_sequence(url, sources):
         np.testing.assert_allclose(steps, want["y_steps"], atol=ATOL)
 
 
-def test_idle_sequence_is_dropped(url):
+def test_idle_sequence_is_dropped(url, urls):
+    """A sequence idle for longer than ``max_sequence_idle_microseconds`` is dropped.
+
+    The behaviour under test is a timeout, so this is the suite's one wait on the clock, and it
+    waits twice the idle time, not a margin: any further request on the sequence would keep it
+    alive, so Triton cannot be polled. keras-gates serve is polled on its open-sessions gauge.
+    """
     import time
 
     from tritonclient.utils import InferenceServerException
@@ -544,7 +390,11 @@ def test_idle_sequence_is_dropped(url):
     x = sample((1, 2, 3), seed=80)
     try:
         infer(client, "stream", x, sequence_id=77, sequence_start=True)
-        time.sleep(IDLE_S + 1.5)
+        if url == urls["keras-gates"]:
+            gone = 'keras_gates_active_sessions{model="stream",version="1"} 0.0'
+            wait_until(lambda: gone in httpx.get(f"{url}/metrics").text, message="not evicted")
+        else:
+            time.sleep(2 * IDLE_S)
         with pytest.raises(InferenceServerException) as caught:
             infer(client, "stream", x, sequence_id=77)
         assert caught.value.status() == "400"
@@ -634,18 +484,12 @@ def test_nan_is_refused_by_both(url):
 
 
 # ---- the model repository extension (last: it changes the repository) -------------------------
-def wait_for_state(client, model: str, state: str, seconds: float = 30) -> bool:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if {e["name"]: e.get("state") for e in client.get_model_repository_index()}[model] == state:
-            return True
-        time.sleep(0.05)
-    return False
+def model_state(client, model: str) -> str | None:
+    return {e["name"]: e.get("state") for e in client.get_model_repository_index()}[model]
 
 
-def test_load_unload_and_new_version(url, repo, sources):
+def test_load_unload_and_new_version(url, triton_repo, sources):
+    repo = triton_repo
     import tritonclient.http as http
     from tritonclient.utils import InferenceServerException
 
@@ -655,12 +499,13 @@ def test_load_unload_and_new_version(url, repo, sources):
         client.unload_model("plain")
         with pytest.raises(InferenceServerException):
             infer(client, "plain", x)
-        assert wait_for_state(client, "plain", "UNAVAILABLE")  # Triton unloads in the background
+        # Triton unloads in the background
+        wait_until(lambda: model_state(client, "plain") == "UNAVAILABLE", message="not unloaded")
         client.load_model("plain")
         want = reference(sources, "plain", x, np.array([4]))
         np.testing.assert_allclose(infer(client, "plain", x)["y"], want["y"], atol=ATOL)
         # A new version copied into the repository, then loaded: it answers by default.
-        other = make_rnn_model(repo.parent / f"v2_{free_port()}.onnx", seed=99)
+        other = make_rnn_model(repo.parent / f"v2_{url.rsplit(':', 1)[1]}.onnx", seed=99)
         shutil.copytree(repo / "plain" / "1", repo / "plain" / "2")
         shutil.copy(other, repo / "plain" / "2" / "model.onnx")
         client.load_model("plain")

@@ -4,7 +4,6 @@ them in ``test_triton_real.py``."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
@@ -13,6 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from keras_gates.export.triton import write_triton_repo
+from tests import children
 from tests.serving_models import make_dense_model, make_rnn_model
 
 
@@ -79,8 +79,7 @@ def test_python_flavour_checks_feeds_without_keras_gates(models, tmp_path):
             print(err)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = children.run([sys.executable, "-c", script], timeout=120)
     assert "expected values between 1 and the time length 4 of input 'x'" in done.stdout
 
 

@@ -108,16 +108,37 @@ class TritonServer:
     """``tritonserver`` on loopback serving ``repository``; a context manager.
 
     Models load explicitly (``--model-control-mode=explicit --load-model=*``), so the
-    repository extension's load/unload works as in ``keras-gates serve``.
+    repository extension's load/unload works as in ``keras-gates serve``. ``tritonserver``
+    cannot bind port 0 and say which port it took, so free ports are picked here; when another
+    process takes one first, Triton exits ("Address already in use") and is started again on
+    other ports (``ATTEMPTS`` times). Ready means ``/v2`` answers with Triton's own metadata, so
+    another server that took the port is never mistaken for it.
     """
 
-    def __init__(self, repository: Path, http_port: int, grpc_port: int, log: Path):
-        self.repository = Path(repository)
-        self.http_port, self.grpc_port, self.log = http_port, grpc_port, Path(log)
-        self.url = f"http://127.0.0.1:{http_port}"
+    ATTEMPTS = 3
+    READY_S = 120
+
+    def __init__(self, repository: Path, log: Path, http_port: int = 0, grpc_port: int = 0):
+        self.repository, self.log = Path(repository), Path(log)
+        self.wanted = (http_port, grpc_port)
+        self.http_port = self.grpc_port = 0
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
     def __enter__(self) -> TritonServer:
+        for _ in range(self.ATTEMPTS):
+            self.http_port, self.grpc_port = (p or _free_port() for p in self.wanted)
+            if self._start():
+                return self
+            if "Address already in use" not in self.log.read_text(errors="replace"):
+                break
+        raise RuntimeError(f"tritonserver did not start:\n{self.log.read_text()[-4000:]}")
+
+    def _start(self) -> bool:
+        """Start it; ``True`` once ready, ``False`` if it exited (the log says why)."""
         paths = ensure()
         command = [
             str(paths["binary"]),
@@ -135,18 +156,29 @@ class TritonServer:
         env = {**os.environ, "LD_LIBRARY_PATH": str(paths["libs"])}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + self.READY_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited:\n{self.log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
+                return False
+            if self._answers_as_triton():
+                return True
+            time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"tritonserver was not ready in 120 s:\n{self.log.read_text()[-4000:]}")
+        raise RuntimeError(
+            f"tritonserver was not ready in {self.READY_S} s:\n{self.log.read_text()[-4000:]}"
+        )
+
+    def _answers_as_triton(self) -> bool:
+        import json
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=5) as answer:
+                if answer.status != 200:
+                    return False
+            with urllib.request.urlopen(f"{self.url}/v2", timeout=5) as answer:
+                return json.load(answer).get("name") == "triton"
+        except (OSError, ValueError):
+            return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -159,6 +191,14 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":
