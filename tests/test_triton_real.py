@@ -119,6 +119,19 @@ def test_metadata_config_and_stats_agree(urls, model):
     assert set(stats_t["inference_stats"]) == set(stats_k["inference_stats"])
 
 
+def unload_fully(url: str, name: str) -> None:
+    """Unload ``name`` and wait until the server says it is: Triton unloads in the background,
+    and a folder removed under a model still unloading leaves the server not ready."""
+
+    def state() -> str | None:
+        index = httpx.post(f"{url}/v2/repository/index", json={}, timeout=60).json()
+        return {e["name"]: e.get("state") for e in index}.get(name)
+
+    answer = httpx.post(f"{url}/v2/repository/models/{name}/unload", timeout=60)
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: state() == "UNAVAILABLE", message=lambda: f"{name} is {state()}")
+
+
 def test_our_config_loads_in_triton(keras_gates, triton, triton_repo):
     repo = triton_repo
     """The /config keras-gates serve answers, given to a real Triton (Python backend)."""
@@ -137,7 +150,7 @@ def test_our_config_loads_in_triton(keras_gates, triton, triton_repo):
         answer = httpx.post(f"{triton.url}/v2/repository/models/{name}/load", timeout=60)
         assert answer.status_code == 200, answer.text
         assert httpx.get(f"{triton.url}/v2/models/{name}/ready").status_code == 200
-        httpx.post(f"{triton.url}/v2/repository/models/{name}/unload", timeout=60)
+        unload_fully(triton.url, name)
         shutil.rmtree(repo / name)
 
 
@@ -162,7 +175,7 @@ def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, triton_repo, sou
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         answer = httpx.post(f"{triton.url}/v2/repository/models/{name}/load", timeout=60)
         assert answer.status_code == 200, answer.text
-        httpx.post(f"{triton.url}/v2/repository/models/{name}/unload", timeout=60)
+        unload_fully(triton.url, name)
         shutil.rmtree(repo / name)
 
 
