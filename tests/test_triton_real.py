@@ -319,7 +319,7 @@ def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, repo, sources, t
         assert config.backend == "onnxruntime"
         config.backend = "python"
         config.parameters["EXECUTION_ENV_PATH"].string_value = str(env)
-        for helper in ("model.py", "keras_gates_signature.py"):
+        for helper in ("model.py", "keras_gates_signature.py", "keras_gates_batching.py"):
             shutil.copy(repo / model / "1" / helper, repo / name / "1" / helper)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         answer = httpx.post(f"{triton}/v2/repository/models/{name}/load", timeout=60)
