@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from keras_gates.export import to_onnx
 from keras_gates.export.triton import write_triton_repo
 from tests import triton_server
+from tests.export_helpers import keras_row
 from tests.serving_models import free_port, make_rnn_model, run_direct, serve_process
 
 ATOL = 1e-5
@@ -111,12 +112,12 @@ def token_model():
 
 @pytest.fixture(scope="module")
 def keras_models(tmp_path_factory):
-    """The two models exported from Keras (about 2 s): ``{name: (keras model, onnx path)}``."""
-    from tests.export_helpers import randomize
+    """The three models exported from Keras (a few seconds): ``{name: (keras model, path)}``."""
+    from tests.export_helpers import aligned_model, randomize
 
     root = tmp_path_factory.mktemp("triton_keras")
     out = {}
-    for name, build in (("conv", conv_model), ("tokens", token_model)):
+    for name, build in (("conv", conv_model), ("tokens", token_model), ("aligned", aligned_model)):
         model = randomize(build())
         to_onnx(model, root / f"{name}.onnx", print_fn=None)
         out[name] = (model, root / f"{name}.onnx")
@@ -161,6 +162,13 @@ def repo(tmp_path_factory, sources):
     for tensor in config.input:
         tensor.allow_ragged_batch = True
     (root / "conv" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    # aligned: the exporter's own allow_ragged_batch, with the same queue delay added so that
+    # concurrent requests of different lengths share execute() calls of model.py
+    config = text_format.Parse(
+        (root / "aligned" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    config.dynamic_batching.max_queue_delay_microseconds = BATCH_DELAY_US
+    (root / "aligned" / "config.pbtxt").write_text(text_format.MessageToString(config))
     return root
 
 
@@ -467,6 +475,54 @@ def test_concurrent_different_lengths_share_calls(url, keras_models, urls):
     assert inferences == sum(len(x) for x in cases), (before, after)
     if url == urls["triton"]:  # without allow_ragged_batch: one execution per request
         assert executions < len(cases), (before, after)
+
+
+def test_inputs_merged_step_by_step_are_padded_alike_on_both(urls, keras_models, repo):
+    """A Keras model with two inputs merged step by step and one lengths input: both servers
+    decide to pad (the signature's one rule: allow_ragged_batch on Triton, the scheduler's
+    padding on keras-gates serve), and concurrent requests of different lengths get Keras'
+    answer for each request alone from both."""
+    from keras_gates.signature import read_signature
+
+    model, path = keras_models["aligned"]
+    signature = read_signature(path)
+    (lengths,) = [t.name for t in signature.inputs_with("lengths")]
+    assert {t.aligned_with for t in signature.inputs_with("sequence")} == {None, "a"}
+    assert signature.pads_batches and signature.padded_inputs == {"a", "b"}
+    config_t = httpx.get(f"{urls['triton']}/v2/models/aligned/config").json()
+    config_k = httpx.get(f"{urls['keras-gates']}/v2/models/aligned/config").json()
+    assert {t["name"] for t in config_t["input"] if t.get("allow_ragged_batch")} == {
+        "a",
+        "b",
+        lengths,
+    }
+    assert config_k["dynamic_batching"]["keras_gates_pads_variable_lengths"] is True
+    rng = np.random.default_rng(140)
+    cases = []
+    for i in range(8):
+        rows, steps = 1 + i % 2, 2 + i
+        arrays = {
+            "a": rng.standard_normal((rows, steps, 3)).astype(np.float32),
+            "b": rng.standard_normal((rows, steps, 2)).astype(np.float32),
+        }
+        if rows == 2:  # a row shorter than its request too
+            arrays[lengths] = np.array([[steps], [1 + i // 2]], np.int32)
+        cases.append(arrays)
+    for server, url in urls.items():
+        client = client_for(url)
+        try:
+            pending = [client.async_infer("aligned", **named_tensors(c)) for c in cases]
+            results = [handle.get_result().as_numpy("dense") for handle in pending]
+        finally:
+            client.close()
+        for arrays, got in zip(cases, results):
+            steps = arrays["a"].shape[1]
+            assert got.shape == (len(arrays["a"]), steps, 2), server
+            row_lengths = arrays.get(lengths, np.full((len(got), 1), steps)).ravel()
+            for row, n in enumerate(row_lengths):
+                alone = [arrays[name][row : row + 1, :n] for name in ("a", "b")]
+                want = keras_row(model, *alone)
+                np.testing.assert_allclose(got[row, :n], want[0], atol=ATOL, err_msg=server)
 
 
 def test_masked_hole_gets_400(url, keras_models):
