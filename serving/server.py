@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import orjson
 
-from .codec import InferRequest
 from .errors import Unavailable
 from .metrics import ModelMetrics, ServingMetrics
 from .parameters import sequence_control
 from .repository import ModelRepository
 from .runtime import ModelRuntime
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
+from .tensors import InferRequest
 
 request_log = logging.getLogger("keras_gates.serving.requests")
 
