@@ -272,7 +272,8 @@ def test_metadata_config_and_stats_agree(urls, model):
     assert config_k["max_batch_size"] == config_t["max_batch_size"] == 64
     assert set(config_t) <= set(config_k), set(config_t) - set(config_k)
     # keras-gates describes the onnxruntime flavour (no ragged inputs there) and pads different
-    # lengths itself ("pads_variable_lengths"); the Python flavour lets Triton batch them.
+    # lengths itself ("keras_gates_pads_variable_lengths"); the Python flavour lets Triton batch
+    # them.
     ragged = {t["name"] for t in config_t["input"] if t.pop("allow_ragged_batch")}
     assert ragged == ({"x", "lengths"} if model == "plain" else set())
     for key in ("input", "output"):
