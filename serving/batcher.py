@@ -4,8 +4,10 @@ The event loop :meth:`Batcher.submit` s complete feeds and awaits a future; the 
 takes the oldest request plus every queued request with the same batch key (up to
 ``max_batch_size`` rows), pads sequence inputs to the longest along axis 1, runs the model once,
 cuts the outputs back per request (rows, and time for per-step outputs) and resolves the futures on
-the loop with one callback per batch. onnxruntime releases the GIL, so the loop keeps decoding new
-requests while a batch runs; they form the next batch.
+the loop with one callback per batch. The key, the padding and the cutting are
+:mod:`keras_gates.batching`'s, the layout Triton's ``model.py`` batches by too. onnxruntime
+releases the GIL, so the loop keeps decoding new requests while a batch runs; they form the next
+batch.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ class BatchLayout:
     Args:
         sequence_inputs: inputs padded along axis 1 to the longest request in a batch.
         per_step_outputs: outputs cut back along axis 1 to each request's time length.
-        can_pad: whether requests of different time lengths may share a batch (needs a lengths
-            input, filled by the caller per request).
+        can_pad: whether requests of different time lengths may share a batch, their sequence
+            inputs right-padded (:func:`keras_gates.signature.pads_batches` decides; the caller
+            fills each request's lengths inputs).
         max_batch_size: rows per model call; 1 turns batching off.
     """
 
