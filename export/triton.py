@@ -10,11 +10,13 @@
 * ``backend="python"``: for a Triton without the onnxruntime backend. ``VERSION/model.py`` runs
   the unchanged ``model.onnx`` with onnxruntime inside Triton's Python backend (see
   ``triton_python_model.py``), with the feed defaults and checks of ``Predictor`` and
-  ``keras-gates serve`` (from ``VERSION/keras_gates_signature.py``, a copy of ``signature.py``);
-  a streaming export keeps its state per correlation id there. Where the export can pad rows
-  exactly (``Signature.pads_batches``), the sequence input and its lengths input get
-  ``allow_ragged_batch: true``, so requests of different lengths reach one ``execute()`` and
-  share one padded onnxruntime call (the onnxruntime backend cannot take ragged inputs).
+  ``keras-gates serve`` (from ``VERSION/keras_gates_signature.py``, a copy of ``signature.py``)
+  and its batch layout (``VERSION/keras_gates_batching.py``, a copy of ``batching.py``); a
+  streaming export keeps its state per correlation id there. Where the export can pad rows
+  exactly (``Signature.pads_batches``, the rule ``keras-gates serve`` pads by), the sequence
+  inputs and their lengths inputs get ``allow_ragged_batch: true``, so requests of different
+  lengths reach one ``execute()`` and share one padded onnxruntime call (the onnxruntime backend
+  cannot take ragged inputs).
 
 The tensor contract is the one ``keras-gates serve`` advertises: every tensor with the batch axis
 only (such as each ``lengths`` input) is ``dims: [1]`` with ``reshape: { shape: [] }``, i.e.
@@ -29,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import keras_gates.batching as batching_module
 import keras_gates.signature as signature_module
 from keras_gates.signature import Signature, read_signature
 
@@ -42,10 +45,12 @@ CONTROLS = (
 CORRID = "CORRID"
 NAME_RULE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
-# model.py applies the signature's checks with a copy of signature.py (stdlib and numpy only)
+# model.py applies the signature's checks and batches requests with copies of signature.py and
+# batching.py (stdlib and numpy only), the code keras-gates serve runs
 PYTHON_FILES = {
     "model.py": PYTHON_MODEL,
     "keras_gates_signature.py": Path(signature_module.__file__),
+    "keras_gates_batching.py": Path(batching_module.__file__),
 }
 
 
@@ -171,11 +176,12 @@ def build_config(
 def _allow_ragged_batch(config: Any, signature: Signature) -> None:
     """Let Triton's dynamic batcher hand requests of different time lengths to one ``execute()``
     of model.py (each request still its own tensors), which pads them into one onnxruntime call:
-    only where the export can pad them exactly (``Signature.pads_batches``, model.py's rule)."""
-    if not signature.pads_batches:
+    only where the export can pad them exactly (``Signature.padded_inputs``, the rule of model.py
+    and ``keras-gates serve``): those inputs and the lengths inputs measuring them."""
+    padded = signature.padded_inputs
+    if not padded:
         return
-    sequence = signature.inputs_with("sequence")[0].name
-    ragged = {sequence, signature.lengths_for(sequence)}
+    ragged = padded | {t.name for t in signature.inputs_with("lengths")}
     for tensor in config.input:
         if tensor.name in ragged:
             tensor.allow_ragged_batch = True

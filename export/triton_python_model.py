@@ -3,9 +3,11 @@
 Runs ``model.onnx`` (beside this file) with onnxruntime inside Triton's Python backend, for a
 Triton without the onnxruntime backend. Self-contained: it needs only numpy and onnxruntime in the
 backend's Python environment. The tensor roles and the checks come from the keras-gates signature
-stored in the model's metadata, read by ``keras_gates_signature.py`` (a copy of
-``keras_gates/signature.py`` that the repository writer puts beside this file, loaded from
-this folder by path), so the folder still works when copied to a machine without keras-gates.
+stored in the model's metadata, read by ``keras_gates_signature.py``; requests are batched by
+``keras_gates_batching.py``, the layout ``keras-gates serve`` batches by. Both are copies of
+``keras_gates/signature.py`` and ``keras_gates/batching.py`` that the repository writer puts beside
+this file, loaded from this folder by path, so the folder still works when copied to a machine
+without keras-gates.
 
 * Every request gets the defaults and checks ``Predictor`` and ``keras-gates serve`` apply
   (``Signature.complete_feeds``/``check_feeds``): a missing ``lengths`` input is its sequence's
@@ -16,11 +18,12 @@ this folder by path), so the folder still works when copied to a machine without
 * Plain exports (``dynamic_batching``): the requests of one ``execute`` call that can share an
   onnxruntime call run as one batch; sequences of different lengths are right-padded (each
   request's ``lengths`` keeps the padding out of the result, per-step outputs are cut back) only
-  where the export can pad: requests of an input whose padding is refused (or with an output whose
-  time axis is not the input's) share a call only with requests of the same length, each group
-  runs on its own. Where it can pad (``Signature.pads_batches``), the exporter's config.pbtxt
-  sets ``allow_ragged_batch`` so that Triton hands requests of different lengths (each with its
-  own tensors) to one ``execute()``.
+  where the export can pad (``signature.pads_batches``, the rule of ``keras-gates serve``: every
+  sequence input padded, measured by a lengths input, its own or that of the input it is merged
+  with step by step). Elsewhere requests share a call only with requests of the same lengths, each
+  group runs on its own. Where it can pad, the exporter's config.pbtxt sets
+  ``allow_ragged_batch`` so that Triton hands requests of different lengths (each with its own
+  tensors) to one ``execute()``.
 * Streaming exports (``sequence_batching``): the recurrent state is kept here per correlation id
   (CORRID); START zeroes it, END drops it after the request, a sequence idle longer than the
   ``idle_seconds`` parameter is dropped.
@@ -37,7 +40,9 @@ import time
 import numpy as np
 
 SIGNATURE_KEY = "keras_gates.signature"
-SIGNATURE_MODULE = "keras_gates_signature.py"  # written beside this file by export/triton.py
+# written beside this file by export/triton.py: copies of keras_gates/signature.py and batching.py
+SIGNATURE_MODULE = "keras_gates_signature.py"
+BATCHING_MODULE = "keras_gates_batching.py"
 CONTROLS = ("START", "END", "READY", "CORRID")
 
 
@@ -61,16 +66,19 @@ class TritonPythonModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         if SIGNATURE_KEY not in meta:
             raise ValueError(f"{folder}/model.onnx has no keras-gates signature in its metadata.")
-        self.signature = _load_signature_module(folder).Signature.from_json(meta[SIGNATURE_KEY])
+        signature = _load_module(folder, SIGNATURE_MODULE)
+        self.batching = _load_module(folder, BATCHING_MODULE)
+        self.signature = signature.Signature.from_json(meta[SIGNATURE_KEY])
         inputs = self.signature.inputs
-        self.specs = {t.name: t for t in inputs}
         self.state_pairs = self.signature.state_pairs
-        self.sequences = [t.name for t in inputs if t.role == "sequence"]
+        sequences = [t.name for t in inputs if t.role == "sequence"]
+        self.time_input = sequences[0] if sequences else None  # per-step outputs follow its time
         self.lengths = {t.name for t in inputs if t.role == "lengths"}
         self.per_step = {t.name for t in self.signature.outputs if t.per_step}
-        # Like keras-gates serve: rows of different lengths share a call only where the export
-        # can pad them and every output with a time axis is the input's (cut back per request).
-        self.can_pad = self.signature.pads_batches
+        # The rule keras-gates serve pads by (Signature.padded_inputs, signature.pads_batches):
+        # none where a padded step could reach an answer; requests then share a call only with
+        # requests of the same lengths.
+        self.padded = self.signature.padded_inputs
         self.inputs = [i["name"] for i in config["input"]]
         self.required = [i["name"] for i in config["input"] if not i.get("optional")]
         self.outputs = [o["name"] for o in config["output"]]
@@ -144,50 +152,20 @@ class TritonPythonModel:
 
     # ---- batching --------------------------------------------------------------------------
     def _run(self, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        """One onnxruntime call per group of requests that can share it: same trailing shapes,
-        the time axis aside where the export can pad (then padded to the group's longest)."""
-        if len(feeds) == 1:
-            return [dict(zip(self.outputs, self.session.run(self.outputs, feeds[0])))]
-        groups: dict[tuple, list[int]] = {}
-        for i, f in enumerate(feeds):
-            groups.setdefault(self._key(f), []).append(i)
-        if len(groups) > 1:
-            results: list = [None] * len(feeds)
-            for members in groups.values():
-                for i, outputs in zip(members, self._run([feeds[i] for i in members])):
-                    results[i] = outputs
-            return results
-        steps = [f[self.sequences[0]].shape[1] if self.sequences else None for f in feeds]
-        longest = max(steps) if self.can_pad else None
-        batch = {}
-        for name in feeds[0]:
-            padded = longest is not None and name in self.sequences
-            parts = [_pad(f[name], longest) if padded else f[name] for f in feeds]
-            batch[name] = np.concatenate(parts, axis=0)
-        values = dict(zip(self.outputs, self.session.run(self.outputs, batch)))
-        results, start = [], 0
-        for f, step in zip(feeds, steps):
-            rows = next(iter(f.values())).shape[0]
-            results.append(
-                {
-                    name: value[start : start + rows, :step]
-                    if name in self.per_step
-                    else value[start : start + rows]
-                    for name, value in values.items()
-                }  # fmt: skip
-            )
-            start += rows
+        """One onnxruntime call per group of requests that can share it (equal batch keys: the
+        layout of ``keras_gates_batching.py``, the one ``keras-gates serve`` batches by); where
+        the export can pad, the sequence inputs are right-padded to the group's longest and the
+        per-step outputs cut back to each request's length."""
+        batching, results = self.batching, [None] * len(feeds)
+        for members in batching.group_by_key(feeds, self.padded):
+            parts = [feeds[i] for i in members]
+            values = self.session.run(self.outputs, batching.concat_feeds(parts, self.padded))
+            rows = [batching.rows_of(p) for p in parts]
+            steps = [batching.steps_of(p, self.time_input) for p in parts]
+            outputs = dict(zip(self.outputs, values))
+            for i, result in zip(members, batching.split_rows(outputs, rows, steps, self.per_step)):
+                results[i] = result
         return results
-
-    def _key(self, feeds: dict[str, np.ndarray]) -> tuple:
-        """Requests with equal keys share a call: the time axis counts unless it can be padded."""
-        key = []
-        for name in sorted(feeds):
-            shape = feeds[name].shape[1:]
-            if name in self.sequences and self.can_pad:
-                shape = shape[1:]
-            key.append((name, shape))
-        return tuple(key)
 
     # ---- answers ---------------------------------------------------------------------------
     def _respond(self, compute):
@@ -208,16 +186,17 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(error=error(str(err), code))
 
 
-def _load_signature_module(folder: str):
-    """``keras_gates_signature.py`` of this model's folder, by path (not through ``sys.path``,
-    where another model's copy or an installed keras-gates could answer instead)."""
-    path = os.path.join(folder, SIGNATURE_MODULE)
+def _load_module(folder: str, filename: str):
+    """A helper module of this model's folder (``keras_gates_signature.py``,
+    ``keras_gates_batching.py``), by path: not through ``sys.path``, where another model's copy or
+    an installed keras-gates could answer instead."""
+    path = os.path.join(folder, filename)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{path} is missing; expected the copy of keras-gates' signature.py that "
+            f"{path} is missing; expected the copy of keras-gates' {filename.split('_')[-1]} that "
             "write_triton_repo puts beside model.py. Rewrite the repository with keras-gates."
         )
-    name = f"keras_gates_signature_{abs(hash(os.path.abspath(path)))}"
+    name = f"{filename.removesuffix('.py')}_{abs(hash(os.path.abspath(path)))}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while building the classes
@@ -227,11 +206,3 @@ def _load_signature_module(folder: str):
 
 def _parameter(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
-
-
-def _pad(array: np.ndarray, steps: int) -> np.ndarray:
-    if array.shape[1] == steps:
-        return array
-    widths = [(0, 0)] * array.ndim
-    widths[1] = (0, steps - array.shape[1])
-    return np.pad(array, widths)

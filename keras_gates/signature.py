@@ -5,8 +5,10 @@ The exporter writes a :class:`Signature` as JSON into the model's ``metadata_pro
 are padded sequences, which one carries the per-sequence lengths, which inputs/outputs are
 recurrent state (and how they pair up), and which outputs have a time axis. It also builds and
 checks the feeds of such a model in the one way Predictor, validation and the server share
-(:func:`complete_feeds`, :func:`check_feeds`). This module imports only the standard library,
-numpy and ``onnx`` (lazily), so the serving process never loads TensorFlow.
+(:func:`complete_feeds`, :func:`check_feeds`), and decides for both servers when requests of
+different lengths may share one right-padded call (:func:`pads_batches`). This module imports
+only the standard library, numpy and ``onnx`` (lazily), so the serving process never loads
+TensorFlow.
 
 Conventions (all tensors batch-major, batch is axis 0):
   * ``role="sequence"``: float input ``[batch, time, features...]``, right-padded.
@@ -37,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -112,15 +114,13 @@ class Signature:
     @property
     def pads_batches(self) -> bool:
         """Whether requests of different time lengths can share one call, right-padded to the
-        longest: one sequence input, measured by a lengths input, whose padding is not refused,
-        and every output with a time axis per step (cut back to each request's length)."""
-        sequences = self.inputs_with("sequence")
-        return (
-            bool(self.inputs_with("lengths"))
-            and len(sequences) == 1
-            and sequences[0].padding_refused is None
-            and all(t.per_step or len(t.shape) < 3 for t in self.outputs_with("output"))
-        )
+        longest (see :func:`pads_batches`, the rule both servers apply)."""
+        return pads_batches(self.inputs, self.outputs)
+
+    @property
+    def padded_inputs(self) -> frozenset[str]:
+        """The inputs right-padded when requests share a call (see :func:`padded_inputs`)."""
+        return padded_inputs(self.inputs, self.outputs)
 
     def min_length(self, sequence: str) -> int:
         """The fewest steps a row of ``sequence`` needs (each gated layer gets at least one)."""
@@ -192,31 +192,7 @@ class FeedError(ValueError):
     export cannot pad or than a row needs, masked steps the RNN nodes cannot skip."""
 
 
-class InputSpec(Protocol):
-    """What the feed helpers read of an input: a :class:`TensorSpec` or the server's
-    ``TensorInfo``."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def dtype(self) -> Any: ...
-    @property
-    def shape(self) -> tuple[int | None, ...]: ...
-    @property
-    def sequence_input(self) -> str | None: ...
-    @property
-    def padding_refused(self) -> str | None: ...
-    @property
-    def min_length(self) -> int: ...
-    @property
-    def aligned_with(self) -> str | None: ...
-    @property
-    def mask_value(self) -> float | None: ...
-
-
-def measured_sequence(lengths: InputSpec, inputs: Sequence[InputSpec]) -> str | None:
+def measured_sequence(lengths: TensorSpec, inputs: Sequence[TensorSpec]) -> str | None:
     """The sequence input a lengths input measures (the first one in signatures written before
     ``sequence_input`` existed)."""
     if lengths.sequence_input:
@@ -224,7 +200,7 @@ def measured_sequence(lengths: InputSpec, inputs: Sequence[InputSpec]) -> str | 
     return next((t.name for t in inputs if t.role == "sequence"), None)
 
 
-def lengths_for(inputs: Sequence[InputSpec], sequence: str) -> str | None:
+def lengths_for(inputs: Sequence[TensorSpec], sequence: str) -> str | None:
     """The lengths input measuring sequence input ``sequence``, or ``None``."""
     found = [t.name for t in inputs if t.role == "lengths" and t.sequence_input == sequence]
     lengths = [t.name for t in inputs if t.role == "lengths"]
@@ -233,8 +209,62 @@ def lengths_for(inputs: Sequence[InputSpec], sequence: str) -> str | None:
     return found[0] if found else None
 
 
+# ---- batching: when requests of different lengths may share one right-padded call --------------
+def pads_batches(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
+    """Whether requests of different time lengths can share one call, each sequence input
+    right-padded with zeros to the longest request, and every request still get exactly its own
+    answer. The one rule of ``keras-gates serve``'s scheduler and Triton's ``model.py`` (whose
+    ``config.pbtxt`` then sets ``allow_ragged_batch``).
+
+    Padding is exact when a lengths input keeps every padded step out of the result:
+
+    * every sequence input has a free time axis (axis 1) that the export did not refuse to pad
+      (``padding_refused``), and is measured by a lengths input: its own, or that of the input it
+      is merged with step by step (``aligned_with``: the same steps, so the same lengths);
+    * every model output with a time axis is per step (cut back to each request's length; an
+      output whose time axis is not the input's, pooled or strided, cannot be);
+    * where there are per-step outputs, every sequence input shares one time axis (one lengths
+      input): the length the outputs are cut back to. Independent sequences each with its own
+      lengths (an encoder and a decoder) are padded each to its own longest when no output has a
+      time axis.
+    """
+    specs = {t.name: t for t in inputs}
+    sequences = [t for t in inputs if t.role == "sequence"]
+    if not sequences:
+        return False
+    measured_by = set()
+    for t in sequences:
+        free = len(t.shape) >= 2 and t.shape[1] is None and t.padding_refused is None
+        lengths = lengths_for(inputs, _step_root(t, specs).name)
+        if not free or lengths is None:
+            return False
+        measured_by.add(lengths)
+    timed = [t for t in outputs if t.role == "output" and len(t.shape) >= 3]
+    if not all(t.per_step for t in timed):
+        return False
+    return not timed or len(measured_by) == 1
+
+
+def padded_inputs(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> frozenset[str]:
+    """The sequence inputs right-padded when requests of different lengths share a call: all of
+    them where :func:`pads_batches` holds, none otherwise (requests then share a call only with
+    requests of the same time lengths)."""
+    if not pads_batches(inputs, outputs):
+        return frozenset()
+    return frozenset(t.name for t in inputs if t.role == "sequence")
+
+
+def _step_root(spec: TensorSpec, specs: Mapping[str, TensorSpec]) -> TensorSpec:
+    """The input ``spec`` is merged with step by step, followed to the end of the chain."""
+    seen = {spec.name}
+    while spec.aligned_with in specs and spec.aligned_with not in seen:
+        spec = specs[spec.aligned_with]
+        seen.add(spec.name)
+    return spec
+
+
 def complete_feeds(
-    inputs: Sequence[InputSpec], given: Mapping[str, np.ndarray]
+    inputs: Sequence[TensorSpec], given: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """``given`` with every input it leaves out that has a default, in input order.
 
@@ -257,7 +287,7 @@ def complete_feeds(
     return feeds
 
 
-def check_feeds(inputs: Sequence[InputSpec], feeds: Mapping[str, np.ndarray]) -> None:
+def check_feeds(inputs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:
     """Raise :class:`FeedError` for feeds the model would answer wrongly.
 
     Inputs merged step by step (``aligned_with``) need one time dimension. Each lengths input
@@ -282,7 +312,7 @@ def check_feeds(inputs: Sequence[InputSpec], feeds: Mapping[str, np.ndarray]) ->
             _check_holes(t.name, x, t.mask_value, np.asarray(lengths))
 
 
-def _batch(inputs: Sequence[InputSpec], given: Mapping[str, np.ndarray]) -> int:
+def _batch(inputs: Sequence[TensorSpec], given: Mapping[str, np.ndarray]) -> int:
     sequences = [given[t.name] for t in inputs if t.role == "sequence" and t.name in given]
     first = sequences[0] if sequences else next(iter(given.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else 1
@@ -300,7 +330,7 @@ def _check_aligned(name: str, x: np.ndarray, other: str, y: np.ndarray) -> None:
         )
 
 
-def _check_lengths(name: str, lengths: np.ndarray, sequence: InputSpec, x: np.ndarray) -> None:
+def _check_lengths(name: str, lengths: np.ndarray, sequence: TensorSpec, x: np.ndarray) -> None:
     batch, time, values = int(x.shape[0]), _steps(x), lengths.tolist()
     if lengths.dtype.kind not in "iu" and not np.array_equal(lengths, np.floor(lengths)):
         raise FeedError(

@@ -1,7 +1,7 @@
 """keras-gates inference service: the Open Inference Protocol (KServe v2) over HTTP and gRPC.
 
 Layers, each knowing only the next one's public surface: protocol (HTTP: :mod:`.app`,
-:mod:`.http_infer`, :mod:`.body`, :mod:`.codec`, :mod:`.responses`) -> scheduler
+:mod:`.http_infer`, :mod:`.body`, :mod:`.codec`, :mod:`.tensors`, :mod:`.responses`) -> scheduler
 (:mod:`.scheduler`, :mod:`.batcher`, :mod:`.sessions`) -> runtime (:mod:`.runtime`), the protocol
 vocabulary (datatypes, shapes) in :mod:`.datatypes`. :class:`InferenceServer` (:mod:`.server`) is
 the composition root: it builds the schedulers and metrics that the HTTP app and the gRPC

@@ -193,8 +193,10 @@ class ModelRoutes:
         entries = [documents.model_stats(*self.server.get(model_name, v)) for v in versions]
         return json_response({"model_stats": entries})
 
-    async def infer_route(self, request: Request) -> Response:
-        """Documented here; InferFastPath answers it before routing (same handler)."""
+    async def infer_for_openapi(self, request: Request) -> Response:
+        """The ``/infer`` route as the OpenAPI document lists it. InferFastPath answers every
+        ``/infer`` request before routing, with the same handler, so this runs only if that
+        middleware is bypassed."""
         status, payload, extra = await infer(
             self.server,
             request.path_params["model_name"],
@@ -213,7 +215,7 @@ def _add_model_routes(app: FastAPI, routes: ModelRoutes) -> None:
         ("/ready", "GET", "health", boundary(routes.model_ready)),
         ("/config", "GET", "metadata", boundary(routes.config)),
         ("/stats", "GET", "statistics", boundary(routes.stats)),
-        ("/infer", "POST", "inference", routes.infer_route),  # answers its own errors
+        ("/infer", "POST", "inference", routes.infer_for_openapi),  # answers its own errors
     ]
     for suffix, method, tag, endpoint in table:
         extra = {"openapi_extra": _INFER_DOC} if suffix == "/infer" else {}

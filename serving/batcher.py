@@ -4,8 +4,10 @@ The event loop :meth:`Batcher.submit` s complete feeds and awaits a future; the 
 takes the oldest request plus every queued request with the same batch key (up to
 ``max_batch_size`` rows), pads sequence inputs to the longest along axis 1, runs the model once,
 cuts the outputs back per request (rows, and time for per-step outputs) and resolves the futures on
-the loop with one callback per batch. onnxruntime releases the GIL, so the loop keeps decoding new
-requests while a batch runs; they form the next batch.
+the loop with one callback per batch. The key, the padding and the cutting are
+:mod:`keras_gates.batching`'s, the layout Triton's ``model.py`` batches by too. onnxruntime
+releases the GIL, so the loop keeps decoding new requests while a batch runs; they form the next
+batch.
 """
 
 from __future__ import annotations
@@ -14,16 +16,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .errors import Unavailable
+from keras_gates import batching
 
-log = logging.getLogger("keras_gates.serving")
+from .errors import Unavailable
 
 Feeds = dict[str, np.ndarray]
 
@@ -35,8 +36,9 @@ class BatchLayout:
     Args:
         sequence_inputs: inputs padded along axis 1 to the longest request in a batch.
         per_step_outputs: outputs cut back along axis 1 to each request's time length.
-        can_pad: whether requests of different time lengths may share a batch (needs a lengths
-            input, filled by the caller per request).
+        can_pad: whether requests of different time lengths may share a batch, their sequence
+            inputs right-padded (:func:`keras_gates.signature.pads_batches` decides; the caller
+            fills each request's lengths inputs).
         max_batch_size: rows per model call; 1 turns batching off.
     """
 
@@ -44,6 +46,12 @@ class BatchLayout:
     per_step_outputs: frozenset[str] = frozenset()
     can_pad: bool = False
     max_batch_size: int = 1
+
+    @property
+    def padded_inputs(self) -> frozenset[str]:
+        """The inputs right-padded along axis 1 when requests share a call (none: requests share
+        a call only with requests of the same time lengths)."""
+        return self.sequence_inputs if self.can_pad else frozenset()
 
 
 class Work:
@@ -136,7 +144,8 @@ class Batcher:
     def submit(self, feeds: Feeds, rows: int, steps: int | None) -> asyncio.Future:
         """Queue complete feeds (``rows`` on axis 0, ``steps`` on axis 1 of sequence inputs)."""
         loop = asyncio.get_running_loop()
-        work = Work(feeds, rows, steps, self._key(feeds), loop, loop.create_future())
+        key = batching.batch_key(feeds, self.layout.padded_inputs)
+        work = Work(feeds, rows, steps, key, loop, loop.create_future())
         with self._cond:
             if self._closed:
                 raise Unavailable(
@@ -158,13 +167,6 @@ class Batcher:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout)
-
-    def _key(self, feeds: Feeds) -> tuple:
-        """Requests share a batch when every non-batch dim matches (time too, unless padded)."""
-        if self.layout.can_pad:
-            seq = self.layout.sequence_inputs
-            return tuple(a.shape[2:] if n in seq else a.shape[1:] for n, a in feeds.items())
-        return tuple(a.shape[1:] for a in feeds.values())
 
     # ---- worker thread -------------------------------------------------------------------
     def _serve(self) -> None:
@@ -240,32 +242,16 @@ class Batcher:
         batch[0].loop.call_soon_threadsafe(self._deliver, batch, results, compute)
 
     def _assemble(self, batch: list[Work]) -> Feeds:
-        if len(batch) == 1:
-            return batch[0].feeds
-        feeds = {}
-        for name in batch[0].feeds:
-            parts = [w.feeds[name] for w in batch]
-            if name in self.layout.sequence_inputs and self.layout.can_pad:
-                feeds[name] = _pad_concat(parts)
-            else:
-                feeds[name] = np.concatenate(parts)
-        return feeds
+        return batching.concat_feeds([w.feeds for w in batch], self.layout.padded_inputs)
 
     def _split(self, batch: list[Work], outputs: Feeds) -> list[Feeds]:
-        if len(batch) == 1:
-            return [outputs]
-        per_step = self.layout.per_step_outputs
-        results, offset = [], 0
-        for work in batch:
-            part = {}
-            for name, value in outputs.items():
-                piece = value[offset : offset + work.rows]
-                if name in per_step and piece.shape[1] != work.steps:
-                    piece = piece[:, : work.steps]
-                part[name] = piece
-            results.append(part)
-            offset += work.rows
-        return results
+        padded = bool(self.layout.padded_inputs)  # else every request has the batch's steps
+        return batching.split_rows(
+            outputs,
+            [w.rows for w in batch],
+            [w.steps if padded else None for w in batch],
+            self.layout.per_step_outputs,
+        )
 
     def _deliver(self, batch: list[Work], results: list, compute: float) -> None:
         for work, result in zip(batch, results, strict=True):
@@ -277,17 +263,3 @@ class Batcher:
                 work.future.set_result(result)
         rows = sum(w.rows for w in batch)
         self._observer.batch_done(rows, [w.started - w.enqueued for w in batch], compute)
-
-
-def _pad_concat(parts: list[np.ndarray]) -> np.ndarray:
-    """Stack along axis 0, right-padding axis 1 with zeros to the longest part."""
-    steps = max(p.shape[1] for p in parts)
-    if all(p.shape[1] == steps for p in parts):
-        return np.concatenate(parts)
-    first = parts[0]
-    out = np.zeros((sum(p.shape[0] for p in parts), steps, *first.shape[2:]), first.dtype)
-    row = 0
-    for p in parts:
-        out[row : row + p.shape[0], : p.shape[1]] = p
-        row += p.shape[0]
-    return out

@@ -41,7 +41,7 @@ _WORKER_FLAGS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``serve`` subcommand's flags; the defaults are those of the config dataclasses."""
-    from .server import ServerConfig
+    from .server import MODEL_CONTROL_MODES, ServerConfig
 
     server = ServerConfig()
     scheduler = server.scheduler
@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-control-mode",
         default=server.model_control_mode,
-        choices=("explicit", "poll"),
+        choices=MODEL_CONTROL_MODES,
         help="explicit (default): POST /v2/repository/models/{m}/load and /unload (re)load "
         "models; poll: rescan the repository folder every --repository-poll-secs instead (each "
         "worker of --workers does)",
@@ -184,9 +184,9 @@ def run(args: argparse.Namespace) -> int:
     repository = _load(args)
     if args.workers > 1:
         _refuse_streaming(repository, args.workers)
-    for name, versions in repository.models.items():
+    for name in repository.names():
         logging.getLogger("keras_gates.serving").info(
-            "serving model %s versions %s", name, ", ".join(versions)
+            "serving model %s versions %s", name, ", ".join(repository.versions(name))
         )
     options = dict(
         host=args.host,

@@ -8,32 +8,17 @@ functions of bytes and arrays: no model, no HTTP framework.
 
 from __future__ import annotations
 
-import array as pyarray
 import math
 from typing import Any
 
 import numpy as np
 import orjson
 
-from .datatypes import NUMPY_TO_V2, V2_TO_NUMPY
+from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
+from .tensors import InferRequest, array_from_values, requested_outputs, tensor_header
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-_DATATYPES = ", ".join(V2_TO_NUMPY)
-_ARRAY_CODES = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
-
-
-class InferRequest:
-    """A decoded inference request."""
-
-    __slots__ = ("id", "inputs", "parameters", "outputs", "binary_outputs")
-
-    def __init__(self, id, inputs, parameters, outputs, binary_outputs):
-        self.id: str | None = id
-        self.inputs: dict[str, np.ndarray] = inputs
-        self.parameters: dict[str, Any] = parameters
-        self.outputs: list[str] | None = outputs  # None: every output
-        self.binary_outputs: set[str] | bool = binary_outputs  # True: all outputs in binary
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
@@ -66,7 +51,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     parameters = doc.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest('"parameters" must be a JSON object.')
-    outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters)
+    outputs, binary_outputs = requested_outputs(doc.get("outputs"), parameters)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f'"id" must be a string, got {request_id!r}.')
@@ -77,7 +62,7 @@ def _decode_inputs(items: list, binary) -> tuple[dict[str, np.ndarray], int]:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for item in items:
-        name, dtype, shape = _tensor_header(item)
+        name, dtype, shape = tensor_header(item)
         if name in inputs:
             raise BadRequest(f"Input {name!r} appears twice in the request; expected once.")
         params = item.get("parameters")
@@ -86,31 +71,12 @@ def _decode_inputs(items: list, binary) -> tuple[dict[str, np.ndarray], int]:
             inputs[name] = _from_binary(name, item["datatype"], dtype, shape, binary, offset, size)
             offset += size
         elif "data" in item:
-            inputs[name] = _from_json(name, item["datatype"], dtype, shape, item["data"])
+            inputs[name] = array_from_values(name, item["datatype"], dtype, shape, item["data"])
         else:
             raise BadRequest(
                 f'Input {name!r} has neither "data" nor parameters.binary_data_size; expected one.'
             )
     return inputs, offset
-
-
-def _tensor_header(item: Any) -> tuple[str, np.dtype, list[int]]:
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise BadRequest(f'Each input must be an object with a string "name", got {item!r:.80}.')
-    name = item["name"]
-    datatype = item.get("datatype")
-    dtype = V2_TO_NUMPY.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
-        raise BadRequest(f"Input {name!r} has datatype {datatype!r}, expected one of {_DATATYPES}.")
-    shape = item.get("shape")
-    if not isinstance(shape, list) or not all(
-        type(d) is int and d >= 0
-        for d in shape  # noqa: E721 - bool is not a dim
-    ):
-        raise BadRequest(
-            f"Input {name!r} has shape {shape!r}, expected a list of non-negative integers."
-        )
-    return name, dtype, shape
 
 
 def _from_binary(name, datatype, dtype, shape, binary, offset: int, size) -> np.ndarray:
@@ -129,55 +95,6 @@ def _from_binary(name, datatype, dtype, shape, binary, offset: int, size) -> np.
     if not array.flags.aligned:
         array = array.copy()
     return array.reshape(shape)
-
-
-def _from_json(name, datatype, dtype, shape, data) -> np.ndarray:
-    count = math.prod(shape)
-    if not isinstance(data, list):
-        raise BadRequest(f'Input {name!r}: "data" must be a list, got {type(data).__name__}.')
-    code = _ARRAY_CODES.get(dtype)
-    if code is not None and len(data) == count and data and type(data[0]) is not list:
-        try:  # flat numbers: the array module converts them twice as fast as numpy
-            return np.frombuffer(pyarray.array(code, data), dtype).reshape(shape)
-        except (TypeError, OverflowError):
-            pass  # not plain numbers: numpy below names the problem
-    try:
-        if dtype.kind in "iub":
-            kind = np.asarray(data).dtype.kind
-            if count and kind not in ("b" if dtype.kind == "b" else "iub"):
-                raise ValueError(f"got values of kind {kind!r}")
-        array = np.array(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as err:
-        raise BadRequest(
-            f"Input {name!r}: data is not a (nested) list of {datatype} values ({err})."
-        ) from None
-    if array.size != count:
-        raise BadRequest(
-            f"Input {name!r} has shape {shape}, which needs {count} values, but data holds "
-            f"{array.size}."
-        )
-    return array.reshape(shape)
-
-
-def _requested_outputs(items: Any, parameters: dict) -> tuple[list[str] | None, set | bool]:
-    binary_all = parameters.get("binary_data_output", False)
-    if not isinstance(binary_all, bool):
-        raise BadRequest(f"Parameter binary_data_output must be true or false, got {binary_all!r}.")
-    if items is None:
-        return None, binary_all
-    if not isinstance(items, list):
-        raise BadRequest('"outputs" must be a list of {"name": ...} objects.')
-    names, binary = [], set()
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise BadRequest(f'Each requested output must have a string "name", got {item!r:.80}.')
-        params = item.get("parameters") or {}
-        if params.get("classification"):
-            raise BadRequest("The classification extension is not supported; ask for raw outputs.")
-        if params.get("binary_data", binary_all):
-            binary.add(item["name"])
-        names.append(item["name"])
-    return names, binary
 
 
 def encode_response(

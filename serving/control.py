@@ -26,7 +26,6 @@ from .runtime import ModelRuntime
 from .server import InferenceServer
 
 log = logging.getLogger("keras_gates.serving")
-MODES = ("explicit", "poll")
 _DRAIN_S = 60.0  # the longest an unloaded model's in-flight requests may take to finish
 
 
@@ -79,7 +78,7 @@ def index(server: InferenceServer) -> list[dict]:
     on disk that were never loaded by name only."""
     state = "READY" if server.ready else "UNAVAILABLE"
     entries = [{"name": n, "version": v, "state": state} for n, v in server.schedulers]
-    for (name, version), reason in sorted(server.repository.unloaded.items()):
+    for name, version, reason in server.repository.unavailable():
         entries.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason})
     known = {e["name"] for e in entries}
     for name in sorted(set(_on_disk(server)) - known):
@@ -105,11 +104,11 @@ async def load(server: InferenceServer, name: str) -> None:
             f"{str(server.repository.root)!r}; expected {name}/VERSION/model.onnx."
         )
     repository = server.repository
-    loaded = repository.models.get(name, {})
+    loaded = repository.loaded(name)
     fresh = {}
     for version, path in found.items():
         current = loaded.get(version)
-        if current is None or _signature_of(current.path) != current.file_stamp:
+        if current is None or _file_stamp(current.path) != current.file_stamp:
             fresh[version] = await asyncio.to_thread(
                 ModelRuntime, path, name, version, repository.threads
             )
@@ -117,7 +116,6 @@ async def load(server: InferenceServer, name: str) -> None:
         await _retire(server, name, version, "unloaded (its folder left the repository)")
     for version, runtime in fresh.items():
         previous = server.attach(runtime)  # new requests go to the new copy at once
-        repository.unloaded.pop((name, version), None)
         log.info("loaded model %s version %s", name, version)
         if previous is not None:
             await _drain(previous)
@@ -125,9 +123,9 @@ async def load(server: InferenceServer, name: str) -> None:
 
 async def unload(server: InferenceServer, name: str) -> None:
     """Unload every version of ``name``; in-flight requests finish first."""
-    versions = list(server.repository.models.get(name, {}))
+    versions = list(server.repository.loaded(name))
     if not versions:
-        if any(n == name for n, _ in server.repository.unloaded):
+        if server.repository.was_unloaded(name):
             return  # already unloaded: nothing to do, as in Triton
         server.repository.resolve(name)  # raises the NotFound that names the server models
     for version in versions:
@@ -136,8 +134,7 @@ async def unload(server: InferenceServer, name: str) -> None:
 
 async def _retire(server: InferenceServer, name: str, version: str, reason: str) -> None:
     """Stop routing to a version, let its in-flight requests finish, stop its worker."""
-    scheduler = server.detach((name, version))
-    server.repository.unloaded[(name, version)] = reason
+    scheduler = server.detach((name, version), reason)
     await _drain(scheduler)
     log.info("unloaded model %s version %s", name, version)
 
@@ -149,7 +146,9 @@ async def _drain(scheduler) -> None:
     await asyncio.to_thread(scheduler.close)
 
 
-def _signature_of(path) -> tuple[int, int] | None:
+def _file_stamp(path) -> tuple[int, int] | None:
+    """``(mtime, size)`` of a model file now (``None``: gone), compared with the
+    ``ModelRuntime.file_stamp`` of what was loaded."""
     try:
         stat = path.stat()
     except OSError:
@@ -167,7 +166,7 @@ async def poll_forever(server: InferenceServer) -> None:
 async def poll_once(server: InferenceServer) -> None:
     """One scan: load new and changed models and versions, unload those gone from disk."""
     on_disk = _on_disk(server)
-    for name in sorted(set(on_disk) | set(server.repository.models)):
+    for name in sorted(set(on_disk) | set(server.repository.names())):
         try:
             if name in on_disk:
                 await load(server, name)

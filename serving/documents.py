@@ -112,7 +112,7 @@ def model_config(scheduler: ModelScheduler, num_versions: int) -> dict[str, Any]
                 "max_queue_size": config.max_queue_size,
             },
             "priority_queue_policy": {},
-            "pads_variable_lengths": scheduler.can_pad,
+            "keras_gates_pads_variable_lengths": scheduler.can_pad,
         }
     if streaming:
         doc["sequence_batching"] = _sequence_batching(scheduler)
@@ -164,7 +164,7 @@ def _sequence_batching(scheduler: ModelScheduler) -> dict[str, Any]:
         "control_input": [],
         "state": states,
         "iterative_sequence": False,
-        "pads_variable_lengths": scheduler.can_pad,
+        "keras_gates_pads_variable_lengths": scheduler.can_pad,
     }
 
 

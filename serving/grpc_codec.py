@@ -3,9 +3,9 @@
 The messages are the protocol's own generated stubs (``tritonclient.grpc.service_pb2``). Inputs
 arrive as ``raw_input_contents`` (little-endian bytes, one entry per input, as the stock clients
 send them) or as typed ``contents``; outputs always leave as ``raw_output_contents``. The checks
-and messages are those of the HTTP codec (:mod:`.codec`): an input named twice, an unknown
-datatype, a shape that is not a list of non-negative integers, a value count that does not match
-the shape all read the same on both transports.
+and messages are those of the HTTP codec (:mod:`.tensors`, which both codecs share): an input
+named twice, an unknown datatype, a shape that is not a list of non-negative integers, a value
+count that does not match the shape all read the same on both transports.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from .codec import InferRequest, _from_json, _requested_outputs, _tensor_header
 from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
+from .tensors import InferRequest, array_from_values, requested_outputs, tensor_header
 
 # The typed ``contents`` field each datatype's values travel in (FP16 has none: raw only).
 CONTENTS_FIELD = {
@@ -65,7 +65,7 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         header = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        name, dtype, shape = _tensor_header(header)
+        name, dtype, shape = tensor_header(header)
         if name in inputs:
             raise BadRequest(f"Input {name!r} appears twice in the request; expected once.")
         for key in _UNSUPPORTED_PARAMETERS:
@@ -82,7 +82,7 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
     requested = [
         {"name": o.name, "parameters": parameters_of(o.parameters)} for o in request.outputs
     ]
-    outputs, _ = _requested_outputs(requested or None, {})
+    outputs, _ = requested_outputs(requested or None, {})
     return InferRequest(request.id or None, inputs, parameters, outputs, True)
 
 
@@ -114,7 +114,8 @@ def _from_contents(name: str, tensor, dtype: np.dtype, shape: list[int]) -> np.n
             f"Input {name!r} has datatype {tensor.datatype}, so its values go in {where}; "
             f"got {got}."
         )
-    return _from_json(name, tensor.datatype, dtype, shape, list(getattr(tensor.contents, field)))
+    values = list(getattr(tensor.contents, field))
+    return array_from_values(name, tensor.datatype, dtype, shape, values)
 
 
 def encode_infer_response(

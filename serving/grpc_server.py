@@ -148,8 +148,8 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         try:
             return await self.infer(request, context, INFER_PATH)
-        except ServingError as err:
-            await context.abort(*_grpc_error(err, f"gRPC {INFER_PATH}"))
+        except ServingError as err:  # infer() mapped (and logged) every error already
+            await context.abort(grpc.StatusCode[grpc_code(err.status)], err.message)
 
     async def ModelStreamInfer(self, request_iterator, context):
         stream = _Stream(self, request_iterator, context)

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from .body import HEADER_LENGTH, header_length, read_body
-from .codec import InferRequest, decode_request, encode_response
+from .codec import decode_request, encode_response
 from .responses import error_answer
 from .scheduler import ModelScheduler
 from .server import InferenceServer, RequestRecord
+from .tensors import InferRequest
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _WANTED = frozenset((b"content-length", b"content-encoding", HEADER_LENGTH))

@@ -40,7 +40,8 @@ def discover(path: str | Path) -> dict[str, dict[str, Path]]:
 
 
 class ModelRepository:
-    """Loaded runtimes by name and version; resolves what a request names."""
+    """Loaded runtimes by name and version; resolves what a request names, and remembers why a
+    version was unloaded (the repository index and the 404 of a request say it)."""
 
     def __init__(
         self,
@@ -48,13 +49,13 @@ class ModelRepository:
         root: str | Path | None = None,
         threads: int = 1,
     ):
-        self.models = {
+        self._models = {
             name: dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
             for name, versions in sorted(models.items())
         }
         self.root = None if root is None else Path(root)  # where load/poll look (None: none)
         self.threads = threads
-        self.unloaded: dict[tuple[str, str], str] = {}  # (name, version) -> why
+        self._unloaded: dict[tuple[str, str], str] = {}  # (name, version) -> why
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> ModelRepository:
@@ -67,19 +68,39 @@ class ModelRepository:
 
     def put(self, runtime: ModelRuntime) -> None:
         """Serve ``runtime`` as its name and version (replacing a loaded copy)."""
-        versions = self.models.setdefault(runtime.name, {})
+        versions = self._models.setdefault(runtime.name, {})
         versions[runtime.version] = runtime
-        self.models[runtime.name] = dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
+        self._models[runtime.name] = dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
+        self._unloaded.pop((runtime.name, runtime.version), None)
 
-    def drop(self, name: str, version: str) -> None:
-        """Stop serving ``name`` version ``version``."""
-        versions = self.models.get(name, {})
+    def drop(self, name: str, version: str, reason: str | None = None) -> None:
+        """Stop serving ``name`` version ``version``; ``reason``: why, for the repository index
+        and the requests that still name it (``None``: a copy replaces it)."""
+        versions = self._models.get(name, {})
         versions.pop(version, None)
         if not versions:
-            self.models.pop(name, None)
+            self._models.pop(name, None)
+        if reason is not None:
+            self._unloaded[(name, version)] = reason
+
+    def names(self) -> list[str]:
+        """The names of the loaded models."""
+        return list(self._models)
+
+    def loaded(self, name: str) -> dict[str, ModelRuntime]:
+        """``{version: runtime}`` of the loaded versions of ``name`` (empty when none)."""
+        return dict(self._models.get(name, {}))
 
     def runtimes(self) -> list[ModelRuntime]:
-        return [rt for versions in self.models.values() for rt in versions.values()]
+        return [rt for versions in self._models.values() for rt in versions.values()]
+
+    def unavailable(self) -> list[tuple[str, str, str]]:
+        """``(name, version, why)`` of every unloaded version, sorted."""
+        return [(name, version, why) for (name, version), why in sorted(self._unloaded.items())]
+
+    def was_unloaded(self, name: str) -> bool:
+        """Whether some version of ``name`` was unloaded."""
+        return any(n == name for n, _ in self._unloaded)
 
     def versions(self, name: str) -> list[str]:
         return list(self._versions(name))
@@ -97,17 +118,17 @@ class ModelRepository:
         return name, version
 
     def _versions(self, name: str) -> dict[str, ModelRuntime]:
-        versions = self.models.get(name)
-        if versions is None and any(n == name for n, _ in self.unloaded):
+        versions = self._models.get(name)
+        if versions is None and self.was_unloaded(name):
             raise NotFound(
                 f"Model {name!r} is not loaded: it was {self._why(name)}; its open sequences "
                 f"ended. Load it with POST /v2/repository/models/{name}/load."
             )
         if versions is None:
             raise NotFound(
-                f"Unknown model {name!r}; available models: {', '.join(self.models) or 'none'}."
+                f"Unknown model {name!r}; available models: {', '.join(self._models) or 'none'}."
             )
         return versions
 
     def _why(self, name: str) -> str:
-        return next(reason for (n, _), reason in self.unloaded.items() if n == name)
+        return next(reason for (n, _), reason in self._unloaded.items() if n == name)

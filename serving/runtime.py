@@ -8,30 +8,48 @@ carries one) and runs a batch of feeds with :meth:`ModelRuntime.run`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from keras_gates.signature import Signature, read_signature
+from keras_gates.signature import Signature, TensorSpec, read_signature
 
 from .datatypes import ORT_TO_V2, V2_TO_NUMPY
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-    """One model input or output as the server sees it. ``None`` in ``shape`` is a free dim."""
+    """One model input or output as the server sees it: its keras-gates :class:`TensorSpec` (a
+    plain one, role ``"other"`` or ``"output"``, for a tensor the signature does not name) with
+    the shape the session runs (``None`` for a free dim), and its protocol datatype."""
 
-    name: str
+    spec: TensorSpec
     datatype: str
-    shape: tuple[int | None, ...]
-    role: str = "other"
-    per_step: bool = False
-    state_pair: str | None = None
-    sequence_input: str | None = None  # a lengths input: the sequence input it measures
-    padding_refused: str | None = None  # a sequence input: why its rows cannot be padded
-    min_length: int = 1  # a sequence input: the fewest steps a row needs
-    aligned_with: str | None = None  # a sequence input merged step by step with another
-    mask_value: float | None = None  # a sequence input: steps equal to it are masked
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+    @property
+    def shape(self) -> tuple[int | None, ...]:
+        return self.spec.shape
+
+    @property
+    def per_step(self) -> bool:
+        return self.spec.per_step
+
+    @property
+    def state_pair(self) -> str | None:
+        return self.spec.state_pair
+
+    @property
+    def aligned_with(self) -> str | None:
+        return self.spec.aligned_with
 
     @property
     def dtype(self) -> np.dtype:
@@ -44,11 +62,16 @@ class TensorInfo:
         return self.shape == (None,)
 
 
+def specs_of(tensors: Sequence[TensorInfo]) -> tuple[TensorSpec, ...]:
+    """The keras-gates specs of ``tensors``, for the signature's feed and batching rules."""
+    return tuple(t.spec for t in tensors)
+
+
 def _ort_shape(shape) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
 
 
-def _tensor_info(ort_arg, specs: dict, default_role: str) -> TensorInfo:
+def _tensor_info(ort_arg, specs: dict[str, TensorSpec], default_role: str) -> TensorInfo:
     """onnxruntime's description of one tensor, completed from the keras-gates signature."""
     datatype = ORT_TO_V2.get(ort_arg.type)
     if datatype is None:
@@ -57,24 +80,14 @@ def _tensor_info(ort_arg, specs: dict, default_role: str) -> TensorInfo:
             "expected a numeric tensor type."
         )
     shape = _ort_shape(ort_arg.shape)
+    dtype = V2_TO_NUMPY.get(datatype)
+    dtype_name = dtype.name if dtype is not None else datatype.lower()
     spec = specs.get(ort_arg.name)
     if spec is None:
-        return TensorInfo(ort_arg.name, datatype, shape, role=default_role)
+        return TensorInfo(TensorSpec(ort_arg.name, default_role, dtype_name, shape), datatype)
     if len(spec.shape) == len(shape):  # the signature may free dims onnxruntime pinned, never pin
         shape = tuple(o if s is not None else None for o, s in zip(shape, spec.shape, strict=True))
-    return TensorInfo(
-        ort_arg.name,
-        datatype,
-        shape,
-        spec.role,
-        spec.per_step,
-        spec.state_pair,
-        getattr(spec, "sequence_input", None),
-        getattr(spec, "padding_refused", None),
-        getattr(spec, "min_length", 1),
-        getattr(spec, "aligned_with", None),
-        getattr(spec, "mask_value", None),
-    )
+    return TensorInfo(dataclasses.replace(spec, shape=shape, dtype=dtype_name), datatype)
 
 
 class ModelRuntime:

@@ -14,12 +14,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from keras_gates.signature import complete_feeds
+from keras_gates.signature import complete_feeds, padded_inputs
 
 from . import validation
 from .batcher import Batcher, BatchLayout, BatchObserver
 from .errors import BadRequest
-from .runtime import ModelRuntime, TensorInfo
+from .runtime import ModelRuntime, TensorInfo, specs_of
 from .sessions import SequenceId, SessionManager
 
 
@@ -83,9 +83,9 @@ class ModelScheduler:
         self.name, self.version = runtime.name, runtime.version
         self.inputs, self.outputs = runtime.inputs, runtime.outputs
         self._specs = {t.name: t for t in self.inputs}
+        self._specs_in = specs_of(self.inputs)
         self._sequences = tuple(t for t in self.inputs if t.role == "sequence")
         self._lengths_inputs = tuple(t for t in self.inputs if t.role == "lengths")
-        self._lengths = self._lengths_inputs[0] if len(self._lengths_inputs) == 1 else None
         self._states = tuple(t for t in self.inputs if t.role == "state")
         self._state_pairs = tuple((t.name, t.state_pair) for t in self._states)
         self._optional = validation.optional_inputs(self.inputs) if self._sequences else frozenset()
@@ -94,22 +94,13 @@ class ModelScheduler:
         self._batch_only_outputs = frozenset(t.name for t in self.outputs if t.batch_only)
         self.batchable = _batchable(self.inputs) and _batchable(self.outputs)
         self.max_batch_size = self.config.max_batch_size if self.batchable else 1
-        can_pad = (
-            self._lengths is not None
-            and all(
-                len(t.shape) >= 2 and t.shape[1] is None and t.padding_refused is None
-                for t in self._sequences
-            )
-            # an output with a time axis not the input's (pooled...) cannot be cut per request
-            and all(t.per_step or len(t.shape) < 3 for t in self.outputs if t.role == "output")
-        )
+        self.padded_inputs = padded_inputs(self._specs_in, specs_of(self.outputs))
         layout = BatchLayout(
             sequence_inputs=frozenset(t.name for t in self._sequences),
             per_step_outputs=frozenset(t.name for t in self.outputs if t.per_step),
-            can_pad=can_pad,
+            can_pad=bool(self.padded_inputs),
             max_batch_size=self.max_batch_size,
         )
-        self.can_pad = can_pad
         self._batcher = Batcher(
             runtime.run,
             layout,
@@ -134,6 +125,12 @@ class ModelScheduler:
     @property
     def streaming(self) -> bool:
         return self.sessions is not None
+
+    @property
+    def can_pad(self) -> bool:
+        """Whether requests of different time lengths share a call, right-padded to the longest
+        (:func:`keras_gates.signature.pads_batches`, the rule Triton's model.py applies too)."""
+        return bool(self.padded_inputs)
 
     @property
     def in_flight(self) -> int:
@@ -205,7 +202,7 @@ class ModelScheduler:
         rows = validation.check_batch(self.name, inputs)
         independent = len(self._lengths_inputs) > 1
         steps = validation.check_sequences(self.name, self._sequences, inputs, independent)
-        feeds = complete_feeds(self.inputs, inputs)
+        feeds = complete_feeds(self._specs_in, inputs)
         validation.check_feeds(self.name, self.inputs, feeds)
         return feeds, rows, steps
 

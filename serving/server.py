@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import orjson
 
-from .codec import InferRequest
 from .errors import Unavailable
 from .metrics import ModelMetrics, ServingMetrics
 from .parameters import sequence_control
 from .repository import ModelRepository
 from .runtime import ModelRuntime
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
+from .tensors import InferRequest
 
 request_log = logging.getLogger("keras_gates.serving.requests")
 
@@ -33,6 +33,9 @@ _NOT_READY = {
     "lifespan (uvicorn does unless started with --lifespan off); retry in a moment.",
     "stopping": "The server is shutting down; retry on another instance.",
 }
+
+
+MODEL_CONTROL_MODES = ("explicit", "poll")  # see serving/control.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +57,10 @@ class ServerConfig:
     repository_poll_s: float = 15.0
 
     def __post_init__(self):
-        if self.model_control_mode not in ("explicit", "poll"):
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(
-                "Received an invalid value for argument `model_control_mode`, expected "
-                f"'explicit' or 'poll', got {self.model_control_mode!r}."
+                "Received an invalid value for argument `model_control_mode`, expected one of "
+                f"{MODEL_CONTROL_MODES}, got {self.model_control_mode!r}."
             )
         if not self.repository_poll_s > 0:
             raise ValueError(
@@ -117,9 +120,10 @@ class InferenceServer:
         self.model_metrics[key], self.schedulers[key] = metrics, scheduler
         return previous
 
-    def detach(self, key: tuple[str, str]) -> ModelScheduler:
-        """Stop routing requests to ``key``; returns its scheduler (to be drained and closed)."""
-        self.repository.drop(*key)
+    def detach(self, key: tuple[str, str], reason: str | None = None) -> ModelScheduler:
+        """Stop routing requests to ``key`` (``reason``: why it was unloaded, for the index and
+        the requests that still name it); returns its scheduler (to be drained and closed)."""
+        self.repository.drop(*key, reason)
         self.model_metrics.pop(key)
         return self.schedulers.pop(key)
 

@@ -14,7 +14,7 @@ from keras_gates import signature
 
 from .datatypes import NUMPY_TO_V2, protocol_shape
 from .errors import BadRequest
-from .runtime import TensorInfo
+from .runtime import TensorInfo, specs_of
 
 
 def describe(tensors: Sequence[TensorInfo]) -> str:
@@ -113,6 +113,6 @@ def check_feeds(model: str, inputs: Sequence[TensorInfo], feeds: dict[str, np.nd
     refused padding; no masked step before an unmasked one (the checks
     :func:`keras_gates.signature.check_feeds` shares with ``Predictor``)."""
     try:
-        signature.check_feeds(inputs, feeds)
+        signature.check_feeds(specs_of(inputs), feeds)
     except signature.FeedError as err:
         raise BadRequest(f"Model {model!r}: {err}") from err

@@ -30,3 +30,17 @@ def dense(model, y):
     """The model's ``dense`` layer applied in numpy (after the reference recurrence)."""
     kernel, bias = model.get_layer("dense").get_weights()
     return y @ kernel + bias
+
+
+def aligned_model():
+    """``a [B, T, 3]`` and ``b [B, T, 2]`` merged step by step (``b`` projected, then concatenated
+    with ``a`` on the feature axis) into a GatedGRU, then a per-step ``dense``: the export has one
+    lengths input (``a``'s) and ``b`` ``aligned_with`` ``a``, so both servers pad the two alike."""
+    import keras
+
+    from keras_gates import GatedGRU
+
+    a, b = keras.Input((None, 3), name="a"), keras.Input((None, 2), name="b")
+    merged = keras.layers.Concatenate()([a, keras.layers.Dense(3, name="project_b")(b)])
+    y = GatedGRU(4, return_sequences=True, name="gru")(merged)
+    return keras.Model([a, b], keras.layers.Dense(2, name="dense")(y))

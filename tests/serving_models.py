@@ -121,7 +121,46 @@ def make_rnn_model(
     return _finish(path, nodes, inits, in_specs, out_specs, streaming, metadata)
 
 
-def _finish(path, nodes, inits, in_specs, out_specs, streaming, metadata) -> Path:
+def make_aligned_model(path: str | Path, *, units: int = 8, seed: int = 0) -> Path:
+    """Two sequence inputs merged step by step and one lengths input:
+    ``a [B, T, 3], b [B, T, 2], lengths -> y, y_steps``, an LSTM over ``concat(a, b)`` on the
+    feature axis. The signature says what the exporter writes for such a model: ``lengths``
+    measures ``a`` and ``b`` is ``aligned_with`` it, so both servers pad the two alike.
+    """
+    rng = np.random.default_rng(seed)
+    inits, rnn = _rnn_node("lstm", units, 5, rng, streaming=False)
+    inits += [
+        numpy_helper.from_array(_weights(rng, (units, 2), units), "Wd"),
+        numpy_helper.from_array(_weights(rng, (2,), 1), "bd"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["x"], axis=2),
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+        rnn,
+        helper.make_node("Squeeze", ["Y_h", "axis0"], ["h_last"]),
+        helper.make_node("MatMul", ["h_last", "Wd"], ["y_mm"]),
+        helper.make_node("Add", ["y_mm", "bd"], ["y"]),
+        helper.make_node("Squeeze", ["Y", "axis1"], ["Y3"]),
+        helper.make_node("Transpose", ["Y3"], ["Yb"], perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["Yb", "Wd"], ["ys_mm"]),
+        helper.make_node("Add", ["ys_mm", "bd"], ["y_steps"]),
+    ]
+    in_specs = [
+        ("a", "sequence", TensorProto.FLOAT, [None, None, 3]),
+        ("b", "sequence", TensorProto.FLOAT, [None, None, 2]),
+        ("lengths", "lengths", TensorProto.INT32, [None]),
+    ]
+    out_specs = [
+        ("y", "output", TensorProto.FLOAT, [None, 2], False),
+        ("y_steps", "output", TensorProto.FLOAT, [None, None, 2], True),
+    ]
+    facts = {"b": {"aligned_with": "a"}, "lengths": {"sequence_input": "a"}}
+    return _finish(path, nodes, inits, in_specs, out_specs, False, True, facts)
+
+
+def _finish(path, nodes, inits, in_specs, out_specs, streaming, metadata, facts=None) -> Path:
     def value_info(name, elem, shape):
         dims = [d if d is not None else f"d{name}{i}" for i, d in enumerate(shape)]
         return helper.make_tensor_value_info(name, elem, dims)
@@ -136,12 +175,13 @@ def _finish(path, nodes, inits, in_specs, out_specs, streaming, metadata) -> Pat
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     if metadata:
-        signature = _signature(in_specs, out_specs, streaming)
+        signature = _signature(in_specs, out_specs, streaming, facts or {})
         helper.set_model_props(model, {METADATA_KEY: signature.to_json()})
     return _save(model, path)
 
 
-def _signature(in_specs, out_specs, streaming) -> Signature:
+def _signature(in_specs, out_specs, streaming, facts: dict[str, dict]) -> Signature:
+    """The signature of a test model; ``facts`` adds fields by tensor name (``aligned_with``...)."""
     dtypes = {TensorProto.FLOAT: "float32", TensorProto.INT32: "int32"}
 
     def pair(name: str) -> str | None:
@@ -152,7 +192,14 @@ def _signature(in_specs, out_specs, streaming) -> Signature:
         return None
 
     inputs = tuple(
-        TensorSpec(n, r, dtypes[e], tuple(s), state_pair=pair(n) if r == "state" else None)
+        TensorSpec(
+            n,
+            r,
+            dtypes[e],
+            tuple(s),
+            state_pair=pair(n) if r == "state" else None,
+            **facts.get(n, {}),
+        )
         for n, r, e, s in in_specs
     )
     outputs = tuple(

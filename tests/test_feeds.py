@@ -11,7 +11,7 @@ import pytest
 
 from keras_gates.serving import validation
 from keras_gates.serving.errors import BadRequest
-from keras_gates.serving.runtime import TensorInfo
+from keras_gates.serving.runtime import TensorInfo, specs_of
 from keras_gates.signature import FeedError, Signature, TensorSpec, complete_feeds
 
 # enc [B, T, 3] with enc_lengths; dec [B, T', 2] with dec_lengths, masked where 0, at least 2
@@ -50,20 +50,7 @@ def _data(batch: int = 2, enc: int = 5, dec: int = 3) -> dict[str, np.ndarray]:
 
 def _server_view(signature: Signature) -> tuple[TensorInfo, ...]:
     """The inputs as the server describes them (``TensorInfo``, datatypes by protocol name)."""
-    return tuple(
-        TensorInfo(
-            t.name,
-            DATATYPES[t.dtype],
-            t.shape,
-            t.role,
-            sequence_input=t.sequence_input,
-            padding_refused=t.padding_refused,
-            min_length=t.min_length,
-            aligned_with=t.aligned_with,
-            mask_value=t.mask_value,
-        )
-        for t in signature.inputs
-    )
+    return tuple(TensorInfo(t, DATATYPES[t.dtype]) for t in signature.inputs)
 
 
 def test_defaults_are_each_sequences_own_time_and_zero_states_in_input_order():
@@ -94,7 +81,8 @@ def test_given_lengths_and_states_are_kept_and_unknown_names_come_last():
 
 def test_the_servers_tensor_descriptions_get_the_same_defaults():
     given = _data(batch=3, enc=4, dec=7)
-    ours, theirs = SIGNATURE.complete_feeds(given), complete_feeds(_server_view(SIGNATURE), given)
+    ours = SIGNATURE.complete_feeds(given)
+    theirs = complete_feeds(specs_of(_server_view(SIGNATURE)), given)
     assert list(ours) == list(theirs)
     for name in ours:
         assert ours[name].dtype == theirs[name].dtype
@@ -187,10 +175,10 @@ def test_inputs_merged_step_by_step_need_one_time_dimension():
 
 def test_the_server_answers_the_same_checks_with_400_naming_the_model():
     inputs = _server_view(SIGNATURE)
-    feeds = complete_feeds(inputs, {**_data(), "enc_lengths": np.array([9, 5], np.int32)})
+    feeds = complete_feeds(specs_of(inputs), {**_data(), "enc_lengths": np.array([9, 5], np.int32)})
     with pytest.raises(BadRequest) as info:
         validation.check_feeds("encdec", inputs, feeds)
     assert info.value.status == 400
     assert info.value.message.startswith("Model 'encdec': Received an invalid value for `lengths`")
     assert "expected values between 1 and the time length 5" in info.value.message
-    validation.check_feeds("encdec", inputs, complete_feeds(inputs, _data()))
+    validation.check_feeds("encdec", inputs, complete_feeds(specs_of(inputs), _data()))

@@ -212,3 +212,58 @@ def test_graceful_shutdown_finishes_in_flight_requests(repo):
     np.testing.assert_allclose(outputs_of(result["response"].json())["y"], expected, atol=ATOL)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/v2/health/live")
+
+
+def test_inputs_merged_step_by_step_are_padded_together(tmp_path):
+    """Two sequence inputs merged step by step (``aligned_with``) and one lengths input: the
+    scheduler pads both (the signature's rule, which Triton's model.py applies too:
+    test_triton_real.py). Requests of different lengths queued behind a held call share the next
+    call, padded to the longest, and each gets its answer alone."""
+    from keras_gates.serving.scheduler import ModelScheduler
+    from keras_gates.signature import read_signature
+    from tests.serving_models import make_aligned_model
+
+    path = make_aligned_model(tmp_path / "aligned.onnx", seed=21)
+    assert read_signature(path).padded_inputs == {"a", "b"}
+    runtime = ModelRuntime(path, "aligned")
+    shapes = []
+    run = runtime.run
+    runtime.run = lambda feeds: shapes.append(feeds["b"].shape) or run(feeds)
+    gate = Gate(runtime)  # outermost: the worker waits before the call is recorded
+    scheduler = ModelScheduler(runtime, SchedulerConfig(max_batch_size=16, max_queue_delay_ms=0))
+    assert scheduler.can_pad and scheduler.padded_inputs == {"a", "b"}
+    rng = np.random.default_rng(5)
+    requests = []
+    for rows, steps in ((1, 2), (2, 6), (1, 4), (2, 3)):
+        inputs = {
+            "a": rng.standard_normal((rows, steps, 3)).astype(np.float32),
+            "b": rng.standard_normal((rows, steps, 2)).astype(np.float32),
+        }
+        if rows == 2:  # a padded row inside the request too
+            inputs["lengths"] = np.array([steps, 1], np.int32)
+        requests.append(inputs)
+    held = {"a": np.ones((1, 1, 3), np.float32), "b": np.ones((1, 1, 2), np.float32)}
+
+    async def scenario():
+        first = asyncio.create_task(scheduler.infer(dict(held)))
+        await asyncio.to_thread(gate.entered.wait, 30)  # the worker holds the first call
+        tasks = [asyncio.create_task(scheduler.infer(dict(r))) for r in requests]
+        for _ in range(1000):  # each task queues its request at its first step
+            if scheduler.queued == len(requests):
+                break
+            await asyncio.sleep(0)
+        gate.release.set()
+        return await first, await asyncio.gather(*tasks)
+
+    try:
+        _, results = asyncio.run(scenario())
+    finally:
+        scheduler.close()
+    assert shapes == [(1, 1, 2), (6, 6, 2)]  # the four requests: one call, padded to 6 steps
+    for inputs, got in zip(requests, results, strict=True):
+        rows, steps = inputs["a"].shape[:2]
+        lengths = inputs.get("lengths", np.full(rows, steps, np.int32))
+        want = run_direct(path, {**inputs, "lengths": lengths})  # the request alone
+        assert got["y_steps"].shape == (rows, steps, 2)
+        for name in ("y", "y_steps"):
+            np.testing.assert_allclose(got[name], want[name], atol=ATOL, err_msg=name)

@@ -42,7 +42,7 @@ def test_tritonclient_health_and_metadata(server):
         config = client.get_model_config("lstm")
         assert config["max_batch_size"] == 8
         assert config["input"][0]["dims"] == [-1, 3]
-        assert config["sequence_batching"]["pads_variable_lengths"] is True
+        assert config["sequence_batching"]["keras_gates_pads_variable_lengths"] is True
         assert config["sequence_batching"]["state"][0] == {
             "input_name": "rnn.h_in",
             "output_name": "rnn.h_out",

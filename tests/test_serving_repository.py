@@ -154,7 +154,7 @@ def test_cli_poll_mode(small_repo):
 
 
 def test_in_memory_models_have_no_repository_to_load_from(small_repo):
-    runtime = ModelRepository.load(small_repo).models["gru"]["1"]
+    runtime = ModelRepository.load(small_repo).loaded("gru")["1"]
     app = create_app(ModelRepository({"gru": {"1": runtime}}))
     with ServerThread(app) as server:
         answer = httpx.post(f"{server.url}/v2/repository/models/gru/load")

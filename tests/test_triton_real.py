@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 
 from keras_gates.export.triton import write_triton_repo
 from tests import triton_server
+from tests.export_helpers import keras_row
 from tests.serving_models import make_rnn_model, run_direct
 from tests.triton_fixtures import HELD_ROWS, IDLE_S, reference, sample
 from tests.waiting import wait_until
@@ -101,7 +102,8 @@ def test_metadata_config_and_stats_agree(urls, model):
     assert config_k["max_batch_size"] == config_t["max_batch_size"] == 64
     assert set(config_t) <= set(config_k), set(config_t) - set(config_k)
     # keras-gates describes the onnxruntime flavour (no ragged inputs there) and pads different
-    # lengths itself ("pads_variable_lengths"); the Python flavour lets Triton batch them.
+    # lengths itself ("keras_gates_pads_variable_lengths"); the Python flavour lets Triton batch
+    # them.
     ragged = {t["name"] for t in config_t["input"] if t.pop("allow_ragged_batch")}
     assert ragged == ({"x", "lengths"} if model == "plain" else set())
     for key in ("input", "output"):
@@ -170,7 +172,7 @@ def test_onnxruntime_flavour_as_far_as_this_triton_goes(triton, triton_repo, sou
         assert config.backend == "onnxruntime"
         config.backend = "python"
         config.parameters["EXECUTION_ENV_PATH"].string_value = str(env)
-        for helper in ("model.py", "keras_gates_signature.py"):
+        for helper in ("model.py", "keras_gates_signature.py", "keras_gates_batching.py"):
             shutil.copy(repo / model / "1" / helper, repo / name / "1" / helper)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         answer = httpx.post(f"{triton.url}/v2/repository/models/{name}/load", timeout=60)
@@ -320,6 +322,54 @@ def test_concurrent_different_lengths_share_calls(url, keras_models, urls):
     assert inferences == sum(len(x) for x in cases), (before, after)
     if url == urls["triton"]:  # without allow_ragged_batch: one execution per request
         assert executions == 1, (before, after)
+
+
+def test_inputs_merged_step_by_step_are_padded_alike_on_both(urls, keras_models):
+    """A Keras model with two inputs merged step by step and one lengths input: both servers
+    decide to pad (the signature's one rule: allow_ragged_batch on Triton, the scheduler's
+    padding on keras-gates serve), and concurrent requests of different lengths get Keras'
+    answer for each request alone from both."""
+    from keras_gates.signature import read_signature
+
+    model, path = keras_models["aligned"]
+    signature = read_signature(path)
+    (lengths,) = [t.name for t in signature.inputs_with("lengths")]
+    assert {t.aligned_with for t in signature.inputs_with("sequence")} == {None, "a"}
+    assert signature.pads_batches and signature.padded_inputs == {"a", "b"}
+    config_t = httpx.get(f"{urls['triton']}/v2/models/aligned/config").json()
+    config_k = httpx.get(f"{urls['keras-gates']}/v2/models/aligned/config").json()
+    assert {t["name"] for t in config_t["input"] if t.get("allow_ragged_batch")} == {
+        "a",
+        "b",
+        lengths,
+    }
+    assert config_k["dynamic_batching"]["keras_gates_pads_variable_lengths"] is True
+    rng = np.random.default_rng(140)
+    cases = []
+    for i in range(8):
+        rows, steps = 1 + i % 2, 2 + i
+        arrays = {
+            "a": rng.standard_normal((rows, steps, 3)).astype(np.float32),
+            "b": rng.standard_normal((rows, steps, 2)).astype(np.float32),
+        }
+        if rows == 2:  # a row shorter than its request too
+            arrays[lengths] = np.array([[steps], [1 + i // 2]], np.int32)
+        cases.append(arrays)
+    for server, url in urls.items():
+        client = client_for(url)
+        try:
+            pending = [client.async_infer("aligned", **named_tensors(c)) for c in cases]
+            results = [handle.get_result().as_numpy("dense") for handle in pending]
+        finally:
+            client.close()
+        for arrays, got in zip(cases, results):
+            steps = arrays["a"].shape[1]
+            assert got.shape == (len(arrays["a"]), steps, 2), server
+            row_lengths = arrays.get(lengths, np.full((len(got), 1), steps)).ravel()
+            for row, n in enumerate(row_lengths):
+                alone = [arrays[name][row : row + 1, :n] for name in ("a", "b")]
+                want = keras_row(model, *alone)
+                np.testing.assert_allclose(got[row, :n], want[0], atol=ATOL, err_msg=server)
 
 
 def test_masked_hole_gets_400(url, keras_models):

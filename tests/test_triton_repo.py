@@ -34,7 +34,12 @@ def test_python_flavour(models, tmp_path):
     plain = parse(write_triton_repo(models["plain"], tmp_path, "plain", backend="python"))
     assert plain.backend == "python" and plain.HasField("dynamic_batching")
     files = {p.name for p in (tmp_path / "plain" / "1").iterdir()}
-    assert files == {"model.onnx", "model.py", "keras_gates_signature.py"}
+    assert files == {
+        "model.onnx",
+        "model.py",
+        "keras_gates_signature.py",
+        "keras_gates_batching.py",
+    }
     lengths = {t.name: t for t in plain.input}["lengths"]
     assert list(lengths.dims) == [1] and lengths.HasField("reshape") and lengths.optional
     folder = write_triton_repo(
@@ -53,11 +58,14 @@ def test_python_flavour(models, tmp_path):
 def test_python_flavour_checks_feeds_without_keras_gates(models, tmp_path):
     """model.py loads the signature module beside it by path; with keras_gates and onnx
     unimportable it still completes and checks feeds as Predictor and the server do."""
+    import keras_gates.batching as batching
     import keras_gates.signature as signature
 
     folder = write_triton_repo(models["plain"], tmp_path, "plain", backend="python") / "1"
     copy = folder / "keras_gates_signature.py"
     assert copy.read_bytes() == open(signature.__file__, "rb").read()
+    batching_copy = folder / "keras_gates_batching.py"  # the layout keras-gates serve batches by
+    assert batching_copy.read_bytes() == open(batching.__file__, "rb").read()
     script = textwrap.dedent(
         f"""
         import sys
@@ -66,7 +74,7 @@ def test_python_flavour_checks_feeds_without_keras_gates(models, tmp_path):
         import model
         import numpy as np
         import onnxruntime as ort
-        module = model._load_signature_module({str(folder)!r})
+        module = model._load_module({str(folder)!r}, model.SIGNATURE_MODULE)
         assert "keras_gates_signature" not in sys.modules  # loaded by path, under its own name
         meta = ort.InferenceSession({str(folder / "model.onnx")!r}).get_modelmeta()
         sig = module.Signature.from_json(meta.custom_metadata_map[model.SIGNATURE_KEY])
@@ -77,6 +85,9 @@ def test_python_flavour_checks_feeds_without_keras_gates(models, tmp_path):
             sig.check_feeds(feeds)
         except module.FeedError as err:
             print(err)
+        batching = model._load_module({str(folder)!r}, model.BATCHING_MODULE)
+        parts = [{{"x": np.ones((1, 2, 3), np.float32)}}, {{"x": np.ones((2, 4, 3), np.float32)}}]
+        assert batching.concat_feeds(parts, sig.padded_inputs)["x"].shape == (3, 4, 3)
         """
     )
     done = children.run([sys.executable, "-c", script], timeout=120)

@@ -119,13 +119,13 @@ def token_model():
 
 @pytest.fixture(scope="session")
 def keras_models(tmp_path_factory):
-    """The two models exported from Keras (about 2 s): ``{name: (keras model, onnx path)}``."""
+    """The three models exported from Keras (a few seconds): ``{name: (keras model, path)}``."""
     from keras_gates.export import to_onnx  # TensorFlow: only where these tests run
-    from tests.export_helpers import randomize
+    from tests.export_helpers import aligned_model, randomize
 
     root = tmp_path_factory.mktemp("triton_keras")
     out = {}
-    for name, build in (("conv", conv_model), ("tokens", token_model)):
+    for name, build in (("conv", conv_model), ("tokens", token_model), ("aligned", aligned_model)):
         model = randomize(build())
         to_onnx(model, root / f"{name}.onnx", print_fn=None)
         out[name] = (model, root / f"{name}.onnx")
@@ -181,6 +181,13 @@ def triton_repo(tmp_path_factory, sources):
         return edit
 
     _edit_config(root / "conv_held", hold(HELD_ROWS["conv_held"], ragged=True))
+
+    # aligned: the exporter's own allow_ragged_batch, and a short queue delay so that concurrent
+    # requests of different lengths tend to share execute() calls (no test counts them)
+    def delay(config) -> None:
+        config.dynamic_batching.max_queue_delay_microseconds = 100_000
+
+    _edit_config(root / "aligned", delay)
     _edit_config(root / "tokens_held", hold(HELD_ROWS["tokens_held"], ragged=False))
     return root
 
