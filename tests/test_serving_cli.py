@@ -51,6 +51,10 @@ def test_bad_arguments_name_the_flag(tmp_path):
         serve_cli.run(parse(str(tmp_path), "--max-queue-delay-ms", "-1"))
     with pytest.raises(ValueError, match="--repository-poll-secs, expected a number > 0, got 0"):
         serve_cli.run(parse(str(tmp_path), "--repository-poll-secs", "0"))
+    with pytest.raises(ValueError, match="--port, expected 1-65535 \\(or 0: any free port\\)"):
+        serve_cli.run(parse(str(tmp_path), "--port", "-1"))
+    with pytest.raises(ValueError, match="--grpc-port 0 with --workers 2: each worker would"):
+        serve_cli.run(parse(str(tmp_path), "--workers", "2", "--grpc-port", "0"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         serve_cli.run(parse(str(tmp_path / "missing.onnx")))
     with pytest.raises(ValueError, match="No models found"):

@@ -275,6 +275,20 @@ def test_refused_padding_short_lengths_get_400(url, keras_models):
     np.testing.assert_allclose(full, np.asarray(model(x)), atol=ATOL)
 
 
+def stats_counting(client, model: str, before: dict, rows: int) -> dict:
+    """The model's statistics once they count ``rows`` more inferences than ``before``: a
+    server may record them just after it answered."""
+
+    def stats() -> dict:
+        return client.get_inference_statistics(model)["model_stats"][0]
+
+    def counted() -> dict | None:
+        now = stats()
+        return now if int(now["inference_count"]) - int(before["inference_count"]) >= rows else None
+
+    return wait_until(counted, message=lambda: f"{model} statistics: {stats()}")
+
+
 def test_concurrent_different_lengths_of_a_refused_input(url, keras_models, urls):
     """Requests of different lengths reach one execute() of Triton's dynamic batcher (and one
     batch of keras-gates'): neither pads the conv model's input, each answer is Keras' on that
@@ -288,7 +302,7 @@ def test_concurrent_different_lengths_of_a_refused_input(url, keras_models, urls
         before = client.get_inference_statistics("conv_held")["model_stats"][0]
         pending = [client.async_infer("conv_held", **named_tensors({"x": x})) for x in cases]
         results = [handle.get_result().as_numpy("dense") for handle in pending]
-        after = client.get_inference_statistics("conv_held")["model_stats"][0]
+        after = stats_counting(client, "conv_held", before, sum(len(x) for x in cases))
     finally:
         client.close()
     for x, got in zip(cases, results):
@@ -312,7 +326,7 @@ def test_concurrent_different_lengths_share_calls(url, keras_models, urls):
         before = client.get_inference_statistics("tokens_held")["model_stats"][0]
         pending = [client.async_infer("tokens_held", **named_tensors({"tok": x})) for x in cases]
         results = [handle.get_result().as_numpy("dense") for handle in pending]
-        after = client.get_inference_statistics("tokens_held")["model_stats"][0]
+        after = stats_counting(client, "tokens_held", before, sum(len(x) for x in cases))
     finally:
         client.close()
     for x, got in zip(cases, results):
