@@ -15,9 +15,12 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # export traces on the CPU path
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+from keras_gates.native_logs import quiet_native_logs  # noqa: E402
+
+quiet_native_logs(verbose=False)  # TensorFlow's C++ log, as `keras-gates export` hides it
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,7 +40,7 @@ def train(data: Windows, epochs: int, out: Path) -> keras.Model:
     banner(f"train GatedLSTM(16) on sunspots 1700-{data.years_test[0] - 1}")
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((WINDOW, 1)), GatedLSTM(16, name="gated_lstm"), keras.layers.Dense(1)],
+        [keras.Input((None, 1)), GatedLSTM(16, name="gated_lstm"), keras.layers.Dense(1)],
         name="sunspots",
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", metrics=["mae"])

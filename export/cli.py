@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the Keras model file (.keras) to export")
@@ -36,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--atol", type=float, default=1e-5, help="max abs error allowed by validation (1e-5)"
     )
+    add_verbose_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_native_logs(args.verbose)  # before anything imports TensorFlow
     from keras_gates.export.exporter import to_onnx
     from keras_gates.export.triton import NAME_RULE, write_triton_repo
 

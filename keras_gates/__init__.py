@@ -12,6 +12,10 @@ The layers (and with them Keras and its backend) load on first use, so that
 imported by (``import keras``, ``import tensorflow``, ``tf.keras``; before or after
 ``keras_gates``): if Keras is already loaded the layers register at once, otherwise right after
 Keras finishes loading. Code that loads models can also call :func:`register_layers` itself.
+
+The subpackages load on first use too: ``keras_gates.export`` (ONNX export, :class:`Predictor`,
+Triton repositories), ``keras_gates.inspect`` (gate inspection) and ``keras_gates.serving`` (the
+inference server, which never loads TensorFlow or Keras).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ _LAYERS = {
     "GatedLSTMCell": "keras_gates.lstm",
 }
 
+# Reached as attributes (``keras_gates.export.to_onnx``), imported on first use. Not in __all__:
+# ``from keras_gates import *`` would import each one, and with it its optional extras.
+_SUBPACKAGES = ("export", "inspect", "serving")
+
 __all__ = [*sorted(_LAYERS), "__version__", "gates", "register_layers"]
 
 _BACKEND_HINT = (
@@ -42,9 +50,13 @@ _BACKEND_HINT = (
 def __getattr__(name: str):
     if name in _LAYERS:
         return getattr(_import_layer_module(_LAYERS[name]), name)
-    if name == "gates":
-        return importlib.import_module("keras_gates.gates")
+    if name == "gates" or name in _SUBPACKAGES:
+        return importlib.import_module(f"keras_gates.{name}")
     raise AttributeError(f"module 'keras_gates' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})
 
 
 def _import_layer_module(module: str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,7 +31,10 @@ NEWEST_KERAS = "3.15.1"
 def _private(module: str, name: str) -> Any:
     """``module.name`` from ``keras.src``, or an ImportError naming the Keras version."""
     try:
-        return getattr(importlib.import_module(module), name)
+        # Loaded modules from sys.modules: rnn_loop runs inside tf.function, where AutoGraph
+        # would warn that it cannot convert importlib's internals.
+        loaded = sys.modules.get(module) or importlib.import_module(module)
+        return getattr(loaded, name)
     except (ImportError, AttributeError) as err:
         raise ImportError(
             f"keras-gates needs `{module}.{name}`, which Keras {keras.__version__} does not have "

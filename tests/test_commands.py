@@ -147,6 +147,24 @@ def test_inspect_command(saved, tmp_path):
     assert (report / "index.html").is_file()
 
 
+NATIVE_LOG = ("E0000", "W0000", "I0000", "WARNING: All log messages before absl")
+
+
+@pytest.mark.parametrize("command", ["export", "inspect"])
+def test_commands_print_no_tensorflow_log(command, saved, tmp_path):
+    """Without TF_CPP_MIN_LOG_LEVEL or --verbose, TensorFlow's C++ log stays out of stderr."""
+    model, samples = str(saved / "model.keras"), str(saved / "samples.npy")
+    argv = {
+        "export": ["-o", str(tmp_path / "m.onnx")],
+        "inspect": ["--input", samples, "--out", str(tmp_path / "report")],
+    }[command]
+    env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = children.run([KERAS_GATES, command, model, *argv], timeout=600, env=env)
+    printed = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in printed if line.startswith(NATIVE_LOG) or "cuInit" in line]
+    assert "AutoGraph could not transform" not in done.stderr
+
+
 def test_serve_command_answers_a_request(saved, tmp_path):
     run(KERAS_GATES, "export", str(saved / "model.keras"), "-o", str(tmp_path / "m.onnx"))
     x = np.load(saved / "samples.npy")

@@ -10,96 +10,85 @@ Computing (:func:`trace_model`, :func:`inspect_model`, :mod:`.stats`) returns pl
 plotting (:mod:`.plots`) and writing (:func:`write_report`) are separate. The memory horizon:
 retention and half-life per unit from the hold gates (:mod:`.horizon`), gradient norm against
 lag for any Keras model (:mod:`.gradients`), their plots (:mod:`.horizon_plots`).
+
+The names below load on first use (module ``__getattr__``), so that importing this package (and
+``keras_gates.inspect.cli``, which builds ``keras-gates inspect --help``) loads neither Keras nor
+matplotlib.
 """
 
-from keras_gates.inspect.gradients import (
-    DEFAULT_FRACTION,
-    find_recurrent_layers,
-    gradient_flow,
-    state_gradient_flow,
-)
-from keras_gates.inspect.horizon import (
-    hold_gate_name,
-    lag_below,
-    layer_retention,
-    memory_retention,
-    retention_curve,
-    retention_matrix,
-)
-from keras_gates.inspect.horizon_plots import (
-    plot_gradient_flow,
-    plot_half_lives,
-    plot_retention,
-)
-from keras_gates.inspect.htmlpage import render_html
-from keras_gates.inspect.plots import (
-    plot_gate_heatmaps,
-    plot_saturation,
-    plot_state_trajectories,
-    plot_weight_norms,
-    save_figure,
-)
-from keras_gates.inspect.report import write_plots, write_report, write_report_files
-from keras_gates.inspect.stats import (
-    DEFAULT_HIGH,
-    DEFAULT_LOW,
-    aggregate_stats,
-    layer_stats,
-    saturation_stats,
-    spectral_radius,
-    weight_summary,
-)
-from keras_gates.inspect.summary import (
-    SUMMARY_FORMAT,
-    build_summary,
-    format_table,
-    inspect_model,
-)
-from keras_gates.inspect.trace import (
-    GatedLayerRef,
-    find_gated_layers,
-    gate_value_ranges,
-    input_mask_from_value,
-    trace_model,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_FRACTION",
-    "DEFAULT_HIGH",
-    "DEFAULT_LOW",
-    "SUMMARY_FORMAT",
-    "aggregate_stats",
-    "build_summary",
-    "find_gated_layers",
-    "find_recurrent_layers",
-    "format_table",
-    "gate_value_ranges",
-    "GatedLayerRef",
-    "gradient_flow",
-    "hold_gate_name",
-    "input_mask_from_value",
-    "inspect_model",
-    "lag_below",
-    "layer_retention",
-    "layer_stats",
-    "memory_retention",
-    "plot_gate_heatmaps",
-    "plot_gradient_flow",
-    "plot_half_lives",
-    "plot_retention",
-    "plot_saturation",
-    "plot_state_trajectories",
-    "plot_weight_norms",
-    "render_html",
-    "retention_curve",
-    "retention_matrix",
-    "saturation_stats",
-    "save_figure",
-    "spectral_radius",
-    "state_gradient_flow",
-    "trace_model",
-    "weight_summary",
-    "write_plots",
-    "write_report",
-    "write_report_files",
-]
+import importlib
+
+# submodule -> the names it exports here
+_EXPORTS = {
+    "gradients": (
+        "DEFAULT_FRACTION",
+        "find_recurrent_layers",
+        "gradient_flow",
+        "state_gradient_flow",
+    ),
+    "horizon": (
+        "hold_gate_name",
+        "lag_below",
+        "layer_retention",
+        "memory_retention",
+        "retention_curve",
+        "retention_matrix",
+    ),
+    "horizon_plots": (
+        "plot_gradient_flow",
+        "plot_half_lives",
+        "plot_retention",
+    ),
+    "htmlpage": ("render_html",),
+    "plots": (
+        "plot_gate_heatmaps",
+        "plot_saturation",
+        "plot_state_trajectories",
+        "plot_weight_norms",
+        "save_figure",
+    ),
+    "report": (
+        "write_plots",
+        "write_report",
+        "write_report_files",
+    ),
+    "stats": (
+        "DEFAULT_HIGH",
+        "DEFAULT_LOW",
+        "aggregate_stats",
+        "layer_stats",
+        "saturation_stats",
+        "spectral_radius",
+        "weight_summary",
+    ),
+    "summary": (
+        "SUMMARY_FORMAT",
+        "build_summary",
+        "format_table",
+        "inspect_model",
+    ),
+    "trace": (
+        "GatedLayerRef",
+        "find_gated_layers",
+        "gate_value_ranges",
+        "input_mask_from_value",
+        "trace_model",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 from keras_gates.saving import load_model
 
 
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1024,
         help="inspect at most this many samples of the input (default 1024)",
     )
+    add_verbose_flag(parser)
 
 
 def _require_file(path: str, argument: str, fix: str) -> None:
@@ -94,6 +96,7 @@ def load_samples(path: str, max_samples: int):
 
 def run(args: argparse.Namespace) -> int:
     """Inspect the model, write the report and print the saturation table."""
+    quiet_native_logs(args.verbose, ("keras",))  # Keras imports its backend
     from keras_gates.inspect.report import write_report_files
     from keras_gates.inspect.summary import format_table, inspect_model
 
