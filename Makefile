@@ -27,18 +27,18 @@ $(TRITON): $(STAMP) tests/triton_server.py
 # installed by tests/torch_cache.py into $KERAS_GATES_CACHE (~/.cache/keras-gates), outside the
 # venv. Where it cannot be installed (offline) the torch tests skip and say why.
 # The whole suite, as CI runs it: two workers; the tests of a module share a worker (and its
-# fixtures), the real-Triton modules one worker and one Triton (tests/conftest.py).
+# fixtures), the real-Triton modules one worker and one Triton (the scheduler: tests/conftest.py).
 PYTEST_WORKERS ?= 2
 test: $(STAMP) $(TRITON)
 	$(PY) -m tests.torch_cache || echo "torch could not be installed: the torch tests will skip"
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 # The inner loop: lint and every test not marked slow (no subprocess suites, installs, real
 # Triton or README run-through), in under two minutes. make test before you push.
 check: $(STAMP)
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
 demo: $(STAMP)
 	$(PY) examples/demo.py --out $(ARTIFACTS) $(DEMO_ARGS)

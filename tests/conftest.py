@@ -32,19 +32,32 @@ if os.environ["KERAS_BACKEND"] == "tensorflow":
     )
 
 
-# Under ``pytest -n`` (``make test``, ``--dist loadgroup``): the tests of one module run in one
-# worker, so a module's fixtures (servers, exports, the demo, a built wheel) are made once; the
-# two real-Triton modules share one worker and so one Triton (``tests/triton_fixtures.py``).
-# The modules listed in SPREAD hold independent long tests with nothing to share, and are
-# spread test by test.
+# Under ``pytest -n`` (``make test``): the tests of one module run in one worker, so a module's
+# fixtures (servers, exports, the demo, a built wheel) are made once, and the two real-Triton
+# modules share one worker and so one Triton (``tests/triton_fixtures.py``). The modules in
+# SPREAD hold independent long tests with nothing to share and are spread test by test.
+# (xdist's own ``--dist loadgroup`` marks do not group under pytest 9: xdist rewrites
+# ``item._nodeid``, which pytest 9 no longer reads. Its scheduler hook does the grouping here.)
 TOGETHER = {"test_triton_real": "triton", "test_triton_grpc": "triton"}
 SPREAD = {"test_backends", "test_examples", "test_gradient_backends", "test_export"}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else None
-        if module is None or module in SPREAD or item.get_closest_marker("xdist_group"):
-            continue
-        item.add_marker(pytest.mark.xdist_group(TOGETHER.get(module, module)))
+def work_unit(nodeid: str) -> str:
+    """The scope a test is scheduled with: its module, its group, or (SPREAD) itself."""
+    module = nodeid.split("::", 1)[0]
+    name = module.rsplit("/", 1)[-1].removesuffix(".py")
+    if name in SPREAD:
+        return nodeid
+    return TOGETHER.get(name, module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """xdist's load-by-scope scheduling, with :func:`work_unit` as the scope."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ModuleScheduling(config, log)
