@@ -295,7 +295,7 @@ def convert_traced(model: Any, streaming: bool, opset: int, dynamic_time: bool) 
     io = model_io(model, cuts, dynamic_time, padded)
     specs = _specs(io, cuts)
     cut_function = _CutFunction(functional_of(model), streaming, io, cuts, specs)
-    onnx_model = function_to_onnx(tf.function(cut_function.trace, autograph=False), specs, opset)
+    onnx_model = function_to_onnx(tf.function(cut_function.fn, autograph=False), specs, opset)
     return Converted(onnx_model, cuts, io, _final_names(io), cut_function.facts)
 
 
@@ -335,7 +335,7 @@ def _specs(io: ModelIO, cuts: list[Cut]) -> list[tf.TensorSpec]:
 
 
 class _CutFunction:
-    """The function tf2onnx converts (:meth:`trace`, inputs: :func:`_specs`), and the
+    """The function tf2onnx converts (:meth:`fn`, inputs: :func:`_specs`), and the
     :class:`LengthFacts` its trace learned."""
 
     def __init__(self, functional: Any, streaming: bool, io: ModelIO, cuts: list[Cut], specs):
@@ -347,7 +347,8 @@ class _CutFunction:
         self.placeholder_names = [spec.name for spec in specs[n_in + n_states :]]
         self.facts = LengthFacts()  # set by the trace
 
-    def trace(self, *flat: tf.Tensor) -> dict[str, tf.Tensor]:
+    def fn(self, *flat: tf.Tensor) -> dict[str, tf.Tensor]:
+        # (the ONNX graph's doc_string names it: "converted from __inference_fn_<n>")
         io = self.io
         n_data, n_in, n_states = len(io.data_inputs), len(io.inputs), len(io.state_inputs)
         lengths = dict(zip(io.lengths_of.values(), flat[n_data:n_in]))
