@@ -57,8 +57,7 @@ def call(run: Any, op: Any, args: tuple, kwargs: dict) -> Any:
         prefix = (
             f"{op.name}.{'backward' if direction == 'reverse' else 'forward'}" if bidi else op.name
         )
-        lens = gated.seq_lens
-        results.append(_chain(run, op, rnn, cells, direction, prefix, gated.x, lens, per_cell))
+        results.append(_chain(run, op, rnn, cells, direction, prefix, gated, per_cell))
     if bidi:
         (y, states), (y_rev, states_rev) = results
         outputs = [*merge_directions(op.merge_mode, y, y_rev), *states, *states_rev]
@@ -77,9 +76,10 @@ def _handler(cell: Any) -> Handler:
     return handler
 
 
-def _chain(run, op, rnn, cells, direction, prefix, x, lens, initial) -> tuple[Any, list]:
-    """One direction: a node per cell, each reading the previous node's aligned ``Y``."""
-    h, states, ph = x, [], {}
+def _chain(run, op, rnn, cells, direction, prefix, gated, initial) -> tuple[Any, list]:
+    """One direction: a node per cell, each reading the previous node's aligned ``Y``
+    (``gated``: the call, a ``cutting.GatedCall``)."""
+    h, states, ph = gated.x, [], {}
     for k, cell in enumerate(cells):
         last = k == len(cells) - 1
         name = prefix if len(cells) == 1 else f"{prefix}.cell{k}"
@@ -88,7 +88,7 @@ def _chain(run, op, rnn, cells, direction, prefix, x, lens, initial) -> tuple[An
             return _plan(run.streaming, op, rnn, cell, index, direction, name, last)
 
         cut = run.next_cut(op, plan, h, initial[k])
-        ph = run.connect(cut, h, lens, initial[k])
+        ph = run.connect(cut, h, gated.seq_lens, initial[k])
         if "Y" in cut.outputs:
             h = tf.transpose(ph["Y"][:, 0], [1, 0, 2])
         if rnn.return_state:

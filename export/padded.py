@@ -46,13 +46,7 @@ def padded_rows(
     batch = fixed_batch or len(PADDED_LENGTHS)
     rng = np.random.default_rng(7)
     for case in cases:
-        lengths = {  # rolled per input, so that rows pad their inputs differently
-            m: np.resize(
-                np.roll(padded_lengths(max(signature.min_length(x) for x in groups[n])), -k), batch
-            )
-            for k, n in enumerate(case)
-            for m in groups[n]
-        }
+        lengths = _case_lengths(signature, case, groups, batch)
         time = max(int(v.max()) for v in lengths.values())
         inputs = [
             padded_input(x, batch, time, lengths.get(t.name), rng) for t, x in zip(data, template)
@@ -78,6 +72,20 @@ def _cases(
     candidates = [n for n in groups if n not in fixed_time]
     cases = [(n,) for n in candidates] + ([tuple(candidates)] if len(candidates) > 1 else [])
     return groups, cases
+
+
+def _case_lengths(
+    signature: Signature, case: tuple[str, ...], groups: dict[str, list[str]], batch: int
+) -> dict[str, np.ndarray]:
+    """``{input: [batch] lengths}`` for the inputs of ``case`` and those merged with them;
+    rolled per input, so that rows pad their inputs differently."""
+    return {
+        m: np.resize(
+            np.roll(padded_lengths(max(signature.min_length(x) for x in groups[n])), -k), batch
+        )
+        for k, n in enumerate(case)
+        for m in groups[n]
+    }
 
 
 def _refuse(
