@@ -156,7 +156,10 @@ class _Run:
 
     def cut(self, op: Any, handler: Handler, args: tuple, kwargs: dict) -> Any:
         call = self.enter_call(op, args, kwargs)
-        plan = lambda index: handler.plan(op, index, self.streaming)  # noqa: E731
+
+        def plan(index: int) -> Cut:
+            return handler.plan(op, index, self.streaming)
+
         cut = self.next_cut(op, plan, call.x, call.initial)
         ph = self.connect(cut, call.x, call.seq_lens, call.initial)
         outputs = handler.rebuild(cut, ph, call.seq_lens)
