@@ -11,19 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import tensorflow as tf
 
-from keras_gates import _internals
-
 from .errors import ExportError
-from .handlers import Handler, _merge, check_exportable, find_handler
-from .lengths import seq_lens as lengths_of_cut
+from .handlers import Cut, Handler, check_exportable, find_handler, merge_directions
 
 
 def gated_cells(layer: Any) -> list[Any] | None:
     """The gated cells of a plain ``keras.layers.RNN`` made only of them, else ``None``."""
-    import keras
-
     if not isinstance(layer, keras.layers.RNN) or find_handler(layer) is not None:
         return None  # a gated layer converts by its own handler
     cell = layer.cell
@@ -35,26 +31,16 @@ def gated_cells(layer: Any) -> list[Any] | None:
 
 def is_cell_rnn(layer: Any) -> bool:
     """``RNN`` over gated cells, or ``Bidirectional`` around one."""
-    import keras
-
     if isinstance(layer, keras.layers.Bidirectional):
         return gated_cells(layer.forward_layer) is not None
     return gated_cells(layer) is not None
 
 
 def call(run: Any, op: Any, args: tuple, kwargs: dict) -> Any:
-    """Run ``op`` (see :func:`is_cell_rnn`) as chains of cut nodes; returns Keras' outputs."""
-    import keras
-
-    x = args[0]
-    mask = kwargs.get("mask")
-    if mask is None:
-        mask = _internals.get_keras_mask(x)
-    found = run.tracker.get(x)
-    xf = tf.cast(x, tf.float32)
-    lens = lengths_of_cut(run.tracker, xf, found, mask)
-    initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
-    flat_initial = tf.nest.flatten(initial) if initial is not None else None
+    """Run ``op`` (see :func:`is_cell_rnn`) as chains of cut nodes in ``run`` (a
+    ``cutting._Run``); returns Keras' outputs."""
+    gated = run.enter_call(op, args, kwargs)
+    flat_initial = tf.nest.flatten(gated.initial) if gated.initial is not None else None
     bidi = isinstance(op, keras.layers.Bidirectional)
     if bidi:
         chains = [(op.forward_layer, "forward"), (op.backward_layer, "reverse")]
@@ -71,20 +57,16 @@ def call(run: Any, op: Any, args: tuple, kwargs: dict) -> Any:
         prefix = (
             f"{op.name}.{'backward' if direction == 'reverse' else 'forward'}" if bidi else op.name
         )
-        results.append(_chain(run, op, rnn, cells, direction, prefix, xf, lens, per_cell))
+        results.append(_chain(run, op, rnn, cells, direction, prefix, gated, per_cell))
     if bidi:
         (y, states), (y_rev, states_rev) = results
-        outputs = [*_merge(op.merge_mode, y, y_rev), *states, *states_rev]
+        outputs = [*merge_directions(op.merge_mode, y, y_rev), *states, *states_rev]
     else:
         (y, states) = results[0]
         if op.return_sequences and op.go_backwards:  # Keras returns steps in processing order
-            y = tf.reverse_sequence(y, lens, seq_axis=1, batch_axis=0)
+            y = tf.reverse_sequence(y, gated.seq_lens, seq_axis=1, batch_axis=0)
         outputs = [y, *states]
-    run.set_masks(op, x, mask, outputs)
-    for tensor in outputs:
-        if found is not None and tensor.shape.rank == 3:
-            run.tracker.set(tensor, found)
-    return outputs[0] if len(outputs) == 1 else outputs
+    return run.leave_call(op, gated, outputs)
 
 
 def _handler(cell: Any) -> Handler:
@@ -94,9 +76,10 @@ def _handler(cell: Any) -> Handler:
     return handler
 
 
-def _chain(run, op, rnn, cells, direction, prefix, x, lens, initial) -> tuple[Any, list]:
-    """One direction: a node per cell, each reading the previous node's aligned ``Y``."""
-    h, states, ph = x, [], {}
+def _chain(run, op, rnn, cells, direction, prefix, gated, initial) -> tuple[Any, list]:
+    """One direction: a node per cell, each reading the previous node's aligned ``Y``
+    (``gated``: the call, a ``cutting.GatedCall``)."""
+    h, states, ph = gated.x, [], {}
     for k, cell in enumerate(cells):
         last = k == len(cells) - 1
         name = prefix if len(cells) == 1 else f"{prefix}.cell{k}"
@@ -105,20 +88,17 @@ def _chain(run, op, rnn, cells, direction, prefix, x, lens, initial) -> tuple[An
             return _plan(run.streaming, op, rnn, cell, index, direction, name, last)
 
         cut = run.next_cut(op, plan, h, initial[k])
-        ph = run.connect(cut, h, lens, initial[k])
+        ph = run.connect(cut, h, gated.seq_lens, initial[k])
         if "Y" in cut.outputs:
             h = tf.transpose(ph["Y"][:, 0], [1, 0, 2])
         if rnn.return_state:
             states.extend(ph[f"Y_{s}"][0] for s in _handler(cell).state_names)
-        for s in cut.state_names:
-            run.state_outputs[f"{cut.name}.{s}_out"] = ph[f"Y_{s}"][0]
+        run.add_state_outputs(cut, ph)
     y = h if rnn.return_sequences else ph["Y_h"][0]
     return y, states
 
 
-def _plan(streaming, op, rnn, cell, index, direction, name, last):
-    from .handlers import Cut
-
+def _plan(streaming, op, rnn, cell, index, direction, name, last) -> Cut:
     check_exportable(op)
     check_exportable(cell)
     if streaming and direction == "reverse":

@@ -7,14 +7,21 @@ model outputs, the streaming state outputs and, per cut, the time-major RNN inpu
 ``sequence_lens`` and initial states. Lengths travel with the tensors (:mod:`.lengths`). A first,
 cheap discovery pass (zeros instead of placeholders) finds the cuts in execution order and which
 sequence inputs reach them; each :class:`~.handlers.Cut` is made once, there, and read after.
+What the trace learns about lengths comes back as one frozen :class:`~.lengths.LengthFacts`.
+
+:func:`convert` is the exporter's convert stage: it traces with a dynamic time axis (with the
+model's own fixed one if the model cannot), converts with tf2onnx and fails naming the Keras
+layer whose ops tf2onnx left unconverted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import keras
+import onnx
 import tensorflow as tf
 
 from keras_gates import _internals
@@ -23,9 +30,8 @@ from . import cells
 from .calls import inference_call, is_time_distributed, time_distributed_call
 from .errors import ExportError
 from .graph import ModelIO, functional_of, model_io
-from .handlers import Cut, find_handler
-from .lengths import Lengths, Tracker
-from .lengths import seq_lens as lengths_of_cut
+from .handlers import Cut, Handler, find_handler
+from .lengths import LengthFacts, Lengths, Tracker
 from .tf2onnx_bridge import function_to_onnx
 
 
@@ -38,7 +44,7 @@ def contains_gated(layer: Any) -> bool:
     return any(find_handler(sub) is not None for sub in _internals.flatten_layers(layer))
 
 
-def fixed_time_refusal(name: str, steps: int) -> str:
+def fixed_time_refusal(steps: int) -> str:
     return (
         f"its time axis is fixed at {steps} steps in the Keras model, so a shorter row has no "
         f"Keras answer to match; send rows of {steps} steps (rebuild the model with "
@@ -69,7 +75,7 @@ class _Run:
             if role != "sequence":
                 continue
             steps = self.io.fixed_time.get(name)
-            refusal = fixed_time_refusal(name, steps) if steps is not None else None
+            refusal = fixed_time_refusal(steps) if steps is not None else None
             value = self.lengths.get(name)  # none: the input reaches no gated layer
             value = tf.fill(tf.shape(x)[:1], tf.shape(x)[1]) if value is None else value
             self.tracker.set(x, Lengths(value, name, refusal=refusal))
@@ -123,24 +129,47 @@ class _Run:
             lengths_source=found.source if found else None,
         )
 
-    def cut(self, op: Any, handler: Any, args: tuple, kwargs: dict) -> Any:
+    def enter_call(self, op: Any, args: tuple, kwargs: dict) -> GatedCall:
+        """What a gated call brings (its input, mask, lengths and initial state), with the
+        ``sequence_lens`` its node(s) get."""
         x = tf.cast(args[0], tf.float32)
-        initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
-        cut = self.next_cut(op, lambda index: handler.plan(op, index, self.streaming), x, initial)
         mask = kwargs.get("mask")
         if mask is None:
             mask = _internals.get_keras_mask(args[0])
         found = self.tracker.get(args[0])
-        seq_lens = lengths_of_cut(self.tracker, x, found, mask)
-        ph = self.connect(cut, x, seq_lens, initial)
-        outputs = handler.rebuild(cut, ph, seq_lens)
+        return GatedCall(
+            arg=args[0],
+            x=x,
+            mask=mask,
+            found=found,
+            seq_lens=self.tracker.record_lengths(x, found, mask),
+            initial=kwargs.get("initial_state", args[1] if len(args) > 1 else None),
+        )
+
+    def leave_call(self, op: Any, call: GatedCall, outputs: list) -> Any:
+        """``op``'s Keras outputs, with the masks Keras would set and the call's lengths."""
+        self.set_masks(op, call.arg, call.mask, outputs)
+        for tensor in outputs:
+            if call.found is not None and tensor.shape.rank == 3:
+                self.tracker.set(tensor, call.found)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def cut(self, op: Any, handler: Handler, args: tuple, kwargs: dict) -> Any:
+        call = self.enter_call(op, args, kwargs)
+
+        def plan(index: int) -> Cut:
+            return handler.plan(op, index, self.streaming)
+
+        cut = self.next_cut(op, plan, call.x, call.initial)
+        ph = self.connect(cut, call.x, call.seq_lens, call.initial)
+        outputs = handler.rebuild(cut, ph, call.seq_lens)
+        self.add_state_outputs(cut, ph)
+        return self.leave_call(op, call, outputs)
+
+    def add_state_outputs(self, cut: Cut, ph: dict[str, tf.Tensor]) -> None:
+        """Streaming: the node's last states become the model's ``<cut>.<s>_out`` outputs."""
         for s in cut.state_names:
             self.state_outputs[f"{cut.name}.{s}_out"] = ph[f"Y_{s}"][0]
-        self.set_masks(op, args[0], mask, outputs)
-        for tensor in outputs:
-            if found is not None and tensor.shape.rank == 3:
-                self.tracker.set(tensor, found)
-        return outputs[0] if len(outputs) == 1 else outputs
 
     def connect(self, cut: Cut, x: tf.Tensor, seq_lens: tf.Tensor, initial: Any) -> dict:
         """Hand ``x`` (batch-major), ``seq_lens`` and initial states to the node of ``cut``;
@@ -190,9 +219,8 @@ class _Run:
     def _placeholders(self, cut: Cut, x: tf.Tensor) -> dict[str, tf.Tensor]:
         if self.placeholders is not None:
             return {o: self.placeholders[cut.tensor(o)] for o in cut.outputs}
-        t, b, d = tf.shape(x)[1], tf.shape(x)[0], cut.num_directions
-        shapes = {"Y": [t, d, b, cut.units], "Y_h": [d, b, cut.units], "Y_c": [d, b, cut.units]}
-        return {o: tf.zeros(tf.stack(shapes[o])) for o in cut.outputs}
+        time, batch = tf.shape(x)[1], tf.shape(x)[0]
+        return {o: tf.zeros(tf.stack(cut.onnx_output_shape(o, time, batch))) for o in cut.outputs}
 
 
 def discover(model: Any, streaming: bool, dynamic_time: bool) -> list[Cut]:
@@ -217,38 +245,86 @@ def discover(model: Any, streaming: bool, dynamic_time: bool) -> list[Cut]:
     return cuts
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class GatedCall:
+    """One call of a gated layer (or ``RNN`` over gated cells), as :meth:`_Run.enter_call`
+    found it."""
+
+    arg: Any  # the first argument, as Keras passed it (its mask and lengths are keyed by it)
+    x: tf.Tensor  # that argument as float32
+    mask: Any  # the Keras mask reaching the call, or None
+    found: Lengths | None  # the lengths the argument carries
+    seq_lens: tf.Tensor  # [B] the sequence_lens of the call's node(s)
+    initial: Any  # the initial_state the graph passes, or None
+
+
+@dataclasses.dataclass(frozen=True)
 class Converted:
-    model: Any  # onnx.ModelProto with the cuts still open
+    """The convert stage's result: the tf2onnx model with one open cut per gated layer call."""
+
+    model: onnx.ModelProto  # the cuts still open; splice.build_onnx closes them (in place)
     cuts: list[Cut]
     io: ModelIO
     rename: dict[str, str]  # internal tensor name -> final name
-    refusals: dict[str, str]  # sequence input -> why its rows cannot be padded (structural)
-    min_lengths: dict[str, int]  # sequence input -> shortest row its gated layers can run
-    ties: dict[str, str]  # sequence input -> the input whose time axis it shares (merged)
-    mask_values: dict[str, float]  # sequence input -> the value whose steps its mask skips
+    lengths: LengthFacts  # what the trace learned about the sequence inputs and outputs
 
 
-def convert(model: Any, streaming: bool, opset: int, dynamic_time: bool = True) -> Converted:
+def convert(model: Any, streaming: bool, opset: int) -> Converted:
+    """Trace with a dynamic time axis; if the model cannot, with its own fixed one. Fails naming
+    the Keras layer whose ops tf2onnx left unconverted.
+
+    When both traces fail, the dynamic-time error is raised (the fixed-time one is its cause);
+    an :class:`ExportError` of either trace is raised as it is.
+    """
+    try:
+        converted = convert_traced(model, streaming, opset, dynamic_time=True)
+    except ExportError:
+        raise
+    except Exception as dynamic_error:  # a layer that needs its static time axis while tracing
+        try:
+            converted = convert_traced(model, streaming, opset, dynamic_time=False)
+        except ExportError:
+            raise
+        except Exception as fixed_error:
+            raise dynamic_error from fixed_error
+    check_supported(converted.model, model)
+    return converted
+
+
+def convert_traced(model: Any, streaming: bool, opset: int, dynamic_time: bool) -> Converted:
     """Discover the cuts, trace the cut model and convert it with tf2onnx."""
     cuts = discover(model, streaming, dynamic_time)
     padded = sorted({c.lengths_source for c in cuts if c.lengths_source is not None})
     io = model_io(model, cuts, dynamic_time, padded)
     specs = _specs(io, cuts)
-    traced: dict[str, Any] = {}
-    fn = _cut_function(functional_of(model), streaming, io, cuts, specs, traced)
-    onnx_model = function_to_onnx(tf.function(fn, autograph=False), specs, opset)
-    io.output_steps = traced["steps"]
-    return Converted(
-        onnx_model,
-        cuts,
-        io,
-        _final_names(io),
-        traced["refusals"],
-        traced["min_lengths"],
-        traced["ties"],
-        traced["mask_values"],
-    )
+    cut_function = _CutFunction(functional_of(model), streaming, io, cuts, specs)
+    onnx_model = function_to_onnx(tf.function(cut_function.fn, autograph=False), specs, opset)
+    return Converted(onnx_model, cuts, io, _final_names(io), cut_function.facts)
+
+
+def check_supported(onnx_model: onnx.ModelProto, model: Any) -> None:
+    """Fail naming the Keras layer whose ops tf2onnx left unconverted."""
+    for node in onnx_model.graph.node:
+        domain = node.domain or ""
+        known = domain in ("", "ai.onnx") and onnx.defs.has(node.op_type, domain)
+        if not known:
+            layer = layer_of(node.name, model)
+            where = f"layer {layer.name!r} ({type(layer).__name__})" if layer else "the model"
+            raise ExportError(
+                f"Cannot export {where}: neither a native RNN handler nor tf2onnx converts its "
+                f"operation {node.op_type!r} (node {node.name!r}). Replace that layer with "
+                "standard Keras layers, or remove it before exporting."
+            )
+
+
+def layer_of(node_name: str, model: Any) -> Any | None:
+    """The layer whose name scope produced ``node_name`` (Keras may suffix scopes ``_1``)."""
+    layers = {layer.name: layer for layer in _internals.flatten_layers(model)}
+    parts = list(reversed(node_name.split("/")))
+    for candidate in parts + [re.sub(r"_\d+$", "", p) for p in parts]:
+        if candidate in layers:
+            return layers[candidate]
+    return None
 
 
 def _specs(io: ModelIO, cuts: list[Cut]) -> list[tf.TensorSpec]:
@@ -261,31 +337,34 @@ def _specs(io: ModelIO, cuts: list[Cut]) -> list[tf.TensorSpec]:
     return [spec for _, spec, _ in io.inputs] + states + placeholders
 
 
-def _cut_function(functional, streaming: bool, io: ModelIO, cuts, specs, traced: dict):
-    """The function tf2onnx converts (inputs: :func:`_specs`); what its trace learns about
-    lengths and per-step outputs is left in ``traced``."""
-    n_data, n_in = len(io.data_inputs), len(io.inputs)
-    n_states = len(io.state_inputs)
-    placeholder_names = [spec.name for spec in specs[n_in + n_states :]]
+class _CutFunction:
+    """The function tf2onnx converts (:meth:`fn`, inputs: :func:`_specs`), and the
+    :class:`LengthFacts` its trace learned."""
 
-    def fn(*flat):
+    def __init__(self, functional: Any, streaming: bool, io: ModelIO, cuts: list[Cut], specs):
+        self.functional = functional
+        self.streaming = streaming
+        self.io = io
+        self.cuts = cuts
+        n_in, n_states = len(io.inputs), len(io.state_inputs)
+        self.placeholder_names = [spec.name for spec in specs[n_in + n_states :]]
+        self.facts = LengthFacts()  # set by the trace
+
+    def fn(self, *flat: tf.Tensor) -> dict[str, tf.Tensor]:
+        # (the ONNX graph's doc_string names it: "converted from __inference_fn_<n>")
+        io = self.io
+        n_data, n_in, n_states = len(io.data_inputs), len(io.inputs), len(io.state_inputs)
         lengths = dict(zip(io.lengths_of.values(), flat[n_data:n_in]))
         states = {(cut.index, s): flat[n_in + k] for k, (_, cut, s) in enumerate(io.state_inputs)}
-        ph = dict(zip(placeholder_names, flat[n_in + n_states :]))
-        run = _Run(streaming, io, lengths, states, ph, cuts)
-        flat_out = run.run_model(functional, list(flat[:n_data]))
-        traced["steps"] = [_aligned(run.tracker.get(t)) for t in flat_out]
-        traced["refusals"] = dict(run.tracker.refusals)
-        traced["min_lengths"] = dict(run.tracker.min_lengths)
-        traced["ties"] = run.tracker.ties
-        traced["mask_values"] = run.tracker.mask_values
+        ph = dict(zip(self.placeholder_names, flat[n_in + n_states :]))
+        run = _Run(self.streaming, io, lengths, states, ph, self.cuts)
+        flat_out = run.run_model(self.functional, list(flat[:n_data]))
+        self.facts = run.tracker.facts(flat_out)
         result = {f"kg_out{i}": tf.identity(t) for i, t in enumerate(flat_out)}
         result.update({f"kg_stateout_{k}": tf.identity(t) for k, t in run.state_outputs.items()})
         result.update({k: tf.identity(t) for k, t in run.cut_outputs.items()})
         result.update({f"kg_keep_{n}": tf.identity(t) for n, t in lengths.items()})
         return result
-
-    return fn
 
 
 def _final_names(io: ModelIO) -> dict[str, str]:
@@ -296,8 +375,3 @@ def _final_names(io: ModelIO) -> dict[str, str]:
     for _, cut, s in io.state_inputs:
         rename[f"kg_stateout_{cut.name}.{s}_out"] = f"{cut.name}.{s}_out"
     return rename
-
-
-def _aligned(lengths: Lengths | None) -> str | None:
-    """The input whose time axis an output keeps step for step (``None``: no such input)."""
-    return lengths.source if lengths is not None and lengths.identity else None

@@ -1,4 +1,16 @@
-"""``to_onnx``: a Keras model with gated layers -> one ONNX file with native LSTM/GRU nodes."""
+"""``to_onnx``: a Keras model with gated layers -> one ONNX file with native LSTM/GRU nodes.
+
+``to_onnx`` only orchestrates; each stage lives in its own module and returns a typed value:
+
+- load: :func:`keras_gates.saving.load_model`, a Keras model;
+- convert: :func:`.cutting.convert`, a :class:`~.cutting.Converted`;
+- splice: :func:`.splice.build_onnx`, the ONNX model and the gate layouts;
+- describe: :func:`.metadata.build_signature`, a :class:`~keras_gates.signature.Signature`;
+- validate: :func:`.samples.validation_samples` and :func:`.validate.run`, a
+  :class:`~.validation_result.ValidationResult` (:func:`.validate.report` prints it and fails
+  beyond ``atol``);
+- write: :func:`.metadata.write`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +20,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from keras_gates.atomic import write_bytes
-from keras_gates.saving import load_model
+import keras
+from tf2onnx import constants as tf2onnx_constants
 
-from .errors import ExportError
+from keras_gates import _internals
+from keras_gates.saving import load_model
 from keras_gates.signature import Signature
+
+from . import cutting, metadata, splice
+from . import validate as validation
+from .errors import ExportError
+from .samples import validation_samples
+from .validation_result import ValidationResult, refusal_lines
 
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-5
@@ -25,12 +44,12 @@ class ExportResult:
     path: Path
     signature: Signature
     op_counts: dict[str, int]
-    validation: Any | None  # ValidationResult, None when validate=False
+    validation: ValidationResult | None  # None when validate=False
     gate_layout: dict[str, Any]
 
 
 def to_onnx(
-    model: Any,
+    model: keras.Model | str | os.PathLike,
     path: str | os.PathLike,
     *,
     opset: int | None = None,
@@ -70,50 +89,25 @@ def to_onnx(
     Returns:
         An :class:`ExportResult` (path, signature, op counts, validation result, gate layout).
     """
-    import onnx
-
-    from . import splice as splicing
-    from .metadata import build_signature, set_metadata
-    from .validate import refusal_lines
-
     path = Path(path)
     _check_output_path(path)
     model = load_model(model)
     streaming = _resolve_streaming(model, streaming)
     opset = _check_opset(opset)
-    converted = _convert(model, streaming, opset)
-    _check_supported(converted.model, model)
-    layouts = splicing.splice(converted.model, converted.cuts)
-    splicing.rename_tensors(converted.model.graph, converted.rename)
-    onnx_model = _finish(converted.model)
-    signature = build_signature(model, converted, streaming)
+    converted = cutting.convert(model, streaming, opset)
+    onnx_model, layouts = splice.build_onnx(converted)
+    signature = metadata.build_signature(model, converted, streaming)
     result = None
     if validate:
-        result = _validate(model, onnx_model, signature, converted, samples, atol, path, print_fn)
+        inputs = validation_samples(model, converted, samples)
+        result = validation.run(model, onnx_model.SerializeToString(), signature, inputs, atol)
+        validation.report(result, path, print_fn)
         signature = signature.with_refusals(result.refusals)
     if print_fn is not None:
         for line in refusal_lines(signature.padding_refusals):
             print_fn(line)
-    set_metadata(onnx_model, model, signature, layouts, result)
-    onnx.checker.check_model(onnx_model, full_check=True)
-    write_bytes(path, onnx_model.SerializeToString())
-    return ExportResult(path, signature, splicing.count_ops(onnx_model), result, layouts)
-
-
-def _validate(model, onnx_model, signature, converted, samples, atol, path, print_fn) -> Any:
-    """Run the validation, print its table, raise :class:`ValidationError` beyond ``atol``."""
-    from .validate import ValidationError, validate, validation_samples
-
-    samples = validation_samples(model, converted, samples)
-    result = validate(model, onnx_model.SerializeToString(), signature, samples, atol)
-    if print_fn is not None:
-        print_fn(result.table())
-    if not result.passed:
-        raise ValidationError(
-            f"The exported model differs from Keras by up to {result.max_error:.3g}, above the "
-            f"tolerance `atol={atol:g}`; nothing was written to {str(path)!r}.\n{result.table()}"
-        )
-    return result
+    metadata.write(path, onnx_model, model, signature, layouts, result)
+    return ExportResult(path, signature, splice.count_ops(onnx_model), result, layouts)
 
 
 def _check_output_path(path: Path) -> None:
@@ -127,9 +121,7 @@ def _check_output_path(path: Path) -> None:
 
 def _check_opset(opset: int | None) -> int:
     """The opset to use, from 13 (tested lowest) to the newest tf2onnx writes."""
-    from tf2onnx import constants
-
-    newest = max(constants.OPSET_TO_IR_VERSION)
+    newest = max(tf2onnx_constants.OPSET_TO_IR_VERSION)
     value = DEFAULT_OPSET if opset is None else opset
     if not isinstance(value, int) or not 13 <= value <= newest:
         raise ExportError(
@@ -139,9 +131,7 @@ def _check_opset(opset: int | None) -> int:
     return value
 
 
-def _resolve_streaming(model: Any, streaming: bool | None) -> bool:
-    from keras_gates import _internals
-
+def _resolve_streaming(model: keras.Model, streaming: bool | None) -> bool:
     stateful = [
         layer.name
         for layer in _internals.flatten_layers(model)
@@ -155,61 +145,3 @@ def _resolve_streaming(model: Any, streaming: bool | None) -> bool:
             "state can only be carried as ONNX inputs/outputs. Pass streaming=True (or None)."
         )
     return bool(streaming)
-
-
-def _convert(model: Any, streaming: bool, opset: int) -> Any:
-    """Trace with a dynamic time axis; if the model cannot, with its own fixed one."""
-    from .cutting import convert
-
-    try:
-        return convert(model, streaming, opset, dynamic_time=True)
-    except ExportError:
-        raise
-    except Exception:  # a layer that needs its static time axis while tracing
-        return convert(model, streaming, opset, dynamic_time=False)
-
-
-def _check_supported(onnx_model: Any, model: Any) -> None:
-    """Fail naming the Keras layer whose ops tf2onnx left unconverted."""
-    import onnx
-
-    for node in onnx_model.graph.node:
-        domain = node.domain or ""
-        known = domain in ("", "ai.onnx") and onnx.defs.has(node.op_type, domain)
-        if not known:
-            layer = _layer_of(node.name, model)
-            where = f"layer {layer.name!r} ({type(layer).__name__})" if layer else "the model"
-            raise ExportError(
-                f"Cannot export {where}: neither a native RNN handler nor tf2onnx converts its "
-                f"operation {node.op_type!r} (node {node.name!r}). Replace that layer with "
-                "standard Keras layers, or remove it before exporting."
-            )
-
-
-def _layer_of(node_name: str, model: Any) -> Any | None:
-    """The layer whose name scope produced ``node_name`` (Keras may suffix scopes ``_1``)."""
-    import re
-
-    from keras_gates import _internals
-
-    layers = {layer.name: layer for layer in _internals.flatten_layers(model)}
-    parts = list(reversed(node_name.split("/")))
-    for candidate in parts + [re.sub(r"_\d+$", "", p) for p in parts]:
-        if candidate in layers:
-            return layers[candidate]
-    return None
-
-
-def _finish(onnx_model: Any) -> Any:
-    """Shape inference, IR version onnxruntime/Triton accept, producer fields."""
-    import onnx
-
-    from keras_gates.version import __version__
-
-    onnx_model.producer_name = "keras-gates"
-    onnx_model.producer_version = __version__
-    onnx_model.ir_version = onnx.helper.find_min_ir_version_for(
-        list(onnx_model.opset_import), ignore_unknown=True
-    )
-    del onnx_model.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(onnx_model, strict_mode=True)

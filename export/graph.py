@@ -27,15 +27,10 @@ class ModelIO:
     state_inputs: list[tuple[str, Cut, str]]  # (final name, cut, "h"|"c")
     lengths_of: dict[str, str] = dataclasses.field(default_factory=dict)  # lengths -> sequence
     fixed_time: dict[str, int] = dataclasses.field(default_factory=dict)  # sequence -> Keras T
-    output_steps: list[str | None] = dataclasses.field(default_factory=list)  # aligned input
 
     @property
     def data_inputs(self) -> list[tuple[str, tf.TensorSpec, str]]:
         return [entry for entry in self.inputs if entry[2] != "lengths"]
-
-    @property
-    def lengths_inputs(self) -> list[tuple[str, tf.TensorSpec, str]]:
-        return [entry for entry in self.inputs if entry[2] == "lengths"]
 
 
 functional_of = _internals.functional_of

@@ -75,10 +75,17 @@ class Cut:
         """Internal name of one tensor of the cut (``X``, ``seq_lens``, ``h0``, ``Y``, ...)."""
         return f"kg_cut{self.index}_{part}"
 
-    def placeholder_specs(self) -> list[tf.TensorSpec]:
+    def onnx_output_shape(self, output: str, time: Any = None, batch: Any = None) -> list[Any]:
+        """The shape of the node's ONNX output ``output``: ``Y`` ``[T, D, B, U]``, ``Y_h`` and
+        ``Y_c`` ``[D, B, U]`` (``time``/``batch``: sizes, tensors, or ``None`` for unknown)."""
         d, u = self.num_directions, self.units
-        shapes = {"Y": [None, d, None, u], "Y_h": [d, None, u], "Y_c": [d, None, u]}
-        return [tf.TensorSpec(shapes[o], tf.float32, name=self.tensor(o)) for o in self.outputs]
+        return [time, d, batch, u] if output == "Y" else [d, batch, u]
+
+    def placeholder_specs(self) -> list[tf.TensorSpec]:
+        return [
+            tf.TensorSpec(self.onnx_output_shape(o), tf.float32, name=self.tensor(o))
+            for o in self.outputs
+        ]
 
 
 class Handler:
@@ -244,15 +251,15 @@ class BidirectionalHandler(Handler):
             y, y_rev = (tf.transpose(ph["Y"][:, d], [1, 0, 2]) for d in (0, 1))
         else:
             y, y_rev = ph["Y_h"][0], ph["Y_h"][1]
-        merged = _merge(layer.merge_mode, y, y_rev)
+        merged = merge_directions(layer.merge_mode, y, y_rev)
         states = []
         if layer.return_state:
             states = [ph[f"Y_{s}"][d] for d in (0, 1) for s in self.state_names]
         return [*merged, *states]
 
 
-def _merge(mode: str | None, y: tf.Tensor, y_rev: tf.Tensor) -> list[tf.Tensor]:
-    """Keras ``Bidirectional`` merge modes."""
+def merge_directions(mode: str | None, y: tf.Tensor, y_rev: tf.Tensor) -> list[tf.Tensor]:
+    """Forward and backward outputs merged like Keras ``Bidirectional`` (``merge_mode``)."""
     if mode == "concat":
         return [tf.concat([y, y_rev], axis=-1)]
     if mode == "sum":

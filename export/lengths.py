@@ -5,7 +5,8 @@ traced, each tensor with a time axis carries the :class:`Lengths` of the input i
 a Keras mask): per-step layers pass them on, layers that change the time axis rescale them with
 their own output-length formula where each row's valid steps stay exactly those of the row alone,
 and mark them *refused* (with the reason) where a padded batch cannot match the row alone. A gated
-layer turns them into its node's ``sequence_lens``.
+layer turns them into its node's ``sequence_lens``. What the trace learns about the inputs comes
+out as one frozen :class:`LengthFacts` (:meth:`Tracker.facts`).
 """
 
 from __future__ import annotations
@@ -117,6 +118,25 @@ MERGES = frozenset(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class LengthFacts:
+    """What a trace learned about the model's sequence inputs and outputs.
+
+    Args:
+        refusals: sequence input -> why its rows cannot be padded (found while tracing).
+        min_lengths: sequence input -> shortest row every gated node it reaches can run.
+        ties: sequence input -> the input whose time axis it shares (merged step by step).
+        mask_values: sequence input -> the value whose steps its mask skips.
+        output_steps: per model output, the input whose time axis it keeps step for step.
+    """
+
+    refusals: dict[str, str] = dataclasses.field(default_factory=dict)
+    min_lengths: dict[str, int] = dataclasses.field(default_factory=dict)
+    ties: dict[str, str] = dataclasses.field(default_factory=dict)
+    mask_values: dict[str, float] = dataclasses.field(default_factory=dict)
+    output_steps: tuple[str | None, ...] = ()
+
+
 class Tracker:
     """The :class:`Lengths` of traced tensors, keyed by the tensor objects Keras passes around."""
 
@@ -128,6 +148,16 @@ class Tracker:
         self._inputs: dict[int, tuple[Any, str]] = {}  # the model inputs' tensors
         self._mask_values: dict[str, float | None] = {}  # input -> value masking its steps
         self._masked: set[str] = set()  # inputs whose mask reaches a gated layer
+
+    def facts(self, outputs: list[Any]) -> LengthFacts:
+        """What this trace learned, with the model's (flat) ``outputs``."""
+        return LengthFacts(
+            refusals=dict(self.refusals),
+            min_lengths=dict(self.min_lengths),
+            ties=self.ties,
+            mask_values=self.mask_values,
+            output_steps=tuple(_aligned(self.get(t)) for t in outputs),
+        )
 
     def set(self, tensor: Any, lengths: Lengths | None) -> None:
         if lengths is not None and isinstance(tensor, tf.Tensor):
@@ -222,6 +252,27 @@ class Tracker:
         if lengths.refusal is not None:
             self.refusals.setdefault(lengths.source, lengths.refusal)
 
+    def record_lengths(self, x: tf.Tensor, lengths: Lengths | None, mask: Any) -> tf.Tensor:
+        """A gated layer's ``sequence_lens``: its input's lengths (and mask), else every step.
+        Records the shortest row the layer can run, a refusal its lengths carry, and that the
+        input's mask reaches a gated layer."""
+        steps = tf.shape(x)[1]
+        full = tf.fill(tf.shape(x)[:1], steps)
+        if lengths is not None:
+            known = self.min_lengths.get(lengths.source, 1)
+            self.min_lengths[lengths.source] = max(known, lengths.shortest())
+        if lengths is None or lengths.refusal is not None:
+            if lengths is not None:
+                self.refuse(lengths)
+            result = full
+        else:
+            result = tf.minimum(tf.cast(lengths.value, tf.int32), steps)
+        if mask is not None:
+            if lengths is not None:
+                self._masked.add(lengths.source)
+            result = tf.minimum(result, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
+        return result
+
 
 def _has_time_axis(tensor: Any) -> bool:
     if not isinstance(tensor, tf.Tensor):
@@ -230,21 +281,6 @@ def _has_time_axis(tensor: Any) -> bool:
     return rank is not None and (rank >= 3 or (rank == 2 and tensor.dtype.is_integer))
 
 
-def seq_lens(tracker: Tracker, x: tf.Tensor, lengths: Lengths | None, mask: Any) -> tf.Tensor:
-    """A gated layer's ``sequence_lens``: its input's lengths (and mask), else every step."""
-    steps = tf.shape(x)[1]
-    full = tf.fill(tf.shape(x)[:1], steps)
-    if lengths is not None:
-        known = tracker.min_lengths.get(lengths.source, 1)
-        tracker.min_lengths[lengths.source] = max(known, lengths.shortest())
-    if lengths is None or lengths.refusal is not None:
-        if lengths is not None:
-            tracker.refuse(lengths)
-        result = full
-    else:
-        result = tf.minimum(tf.cast(lengths.value, tf.int32), steps)
-    if mask is not None:
-        if lengths is not None:
-            tracker._masked.add(lengths.source)
-        result = tf.minimum(result, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
-    return result
+def _aligned(lengths: Lengths | None) -> str | None:
+    """The input whose time axis a tensor keeps step for step (``None``: no such input)."""
+    return lengths.source if lengths is not None and lengths.identity else None

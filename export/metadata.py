@@ -1,20 +1,30 @@
-"""What an export records about itself: the signature and the metadata."""
+"""What an export records about itself: the signature (the describe stage) and the metadata,
+checked and written with the model (the write stage)."""
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
+import onnx
+
+from keras_gates.atomic import write_bytes
 from keras_gates.signature import METADATA_KEY, Signature, TensorSpec
+from keras_gates.version import __version__
+
+from .cutting import Converted
+from .graph import functional_of
+from .validation_result import ValidationResult
 
 
-def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
+def build_signature(model: Any, converted: Converted, streaming: bool) -> Signature:
     """Inputs/outputs of the exported model with their roles (see :mod:`.signature`).
 
     Sequence inputs whose padding the trace already knows to be inexact (a fixed time axis, a
     'same' pooling before a gated layer...) refuse padding; validation may add more.
     """
-    io = converted.io
+    io, facts = converted.io, converted.lengths
     inputs = [
         TensorSpec(
             name,
@@ -22,16 +32,16 @@ def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
             spec.dtype.name,
             tuple(spec.shape.as_list()),
             sequence_input=io.lengths_of.get(name),
-            padding_refused=converted.refusals.get(name),
-            min_length=converted.min_lengths.get(name, 1),
-            aligned_with=converted.ties.get(name),
-            mask_value=converted.mask_values.get(name),
+            padding_refused=facts.refusals.get(name),
+            min_length=facts.min_lengths.get(name, 1),
+            aligned_with=facts.ties.get(name),
+            mask_value=facts.mask_values.get(name),
         )
         for name, spec, role in io.inputs
     ]
     outputs = []
-    steps = io.output_steps or [None] * len(io.outputs)
-    for name, tensor, aligned in zip(io.outputs, _functional_outputs(model), steps):
+    steps = facts.output_steps or (None,) * len(io.outputs)
+    for name, tensor, aligned in zip(io.outputs, functional_of(model).outputs, steps):
         shape = (None, *tensor.shape[1:])
         per_step = len(shape) >= 3 and aligned is not None
         outputs.append(TensorSpec(name, "output", "float32", shape, per_step=per_step))
@@ -43,16 +53,28 @@ def build_signature(model: Any, converted: Any, streaming: bool) -> Signature:
     return Signature(tuple(inputs), tuple(outputs), streaming=streaming, model_name=name)
 
 
-def _functional_outputs(model: Any) -> list[Any]:
-    from .graph import functional_of
+def write(
+    path: str | os.PathLike,
+    onnx_model: onnx.ModelProto,
+    model: Any,
+    signature: Signature,
+    layouts: dict[str, Any],
+    validation: ValidationResult | None,
+) -> None:
+    """Record the metadata in ``onnx_model``, check it, and write it to ``path`` atomically."""
+    set_metadata(onnx_model, model, signature, layouts, validation)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    write_bytes(path, onnx_model.SerializeToString())
 
-    return list(functional_of(model).outputs)
 
-
-def set_metadata(onnx_model, model, signature, layouts, validation) -> None:
+def set_metadata(
+    onnx_model: onnx.ModelProto,
+    model: Any,
+    signature: Signature,
+    layouts: dict[str, Any],
+    validation: ValidationResult | None,
+) -> None:
     """keras-gates version, source model, signature, gate layout and validation result."""
-    from keras_gates.version import __version__
-
     props = {
         "keras_gates.version": __version__,
         "keras_gates.source_model": getattr(model, "name", ""),

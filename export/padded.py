@@ -13,15 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from keras_gates.signature import Signature
-from .validate import (
-    PADDED_LENGTHS,
-    Row,
-    ValidationResult,
-    _feeds,
-    _max_error,
-    keras_outputs,
-)
+from keras_gates.signature import Signature, TensorSpec
+
+from .samples import PADDED_LENGTHS, keras_outputs, onnx_feeds, padded_input, padded_lengths
+from .validation_result import Row, ValidationResult, row_error
 
 
 def padded_rows(
@@ -40,90 +35,97 @@ def padded_rows(
         for t, tensor in zip(data, model.inputs)
         if t.role == "sequence" and tensor.shape[1] is not None
     }
-    aligned = {t.name: t.aligned_with for t in signature.inputs_with("sequence") if t.aligned_with}
-    padded = [
-        t.name
-        for t in signature.inputs_with("sequence")
-        if signature.lengths_for(t.name) and t.name not in aligned
-    ]
-
-    def group(name: str) -> list[str]:  # an input and those merged with it step by step
-        return [name, *(n for n, root in aligned.items() if root == name)]
-
-    for name in padded:
+    groups, cases = _cases(signature, fixed_time)
+    for name in groups:
         if name in fixed_time:  # no row alone to compare with: shown as refused
             label = f"padded {name}: time axis fixed at {fixed_time[name]}"
             result.rows.extend(
                 Row(n, 0, fixed_time[name], float("nan"), label, (name,)) for n in names
             )
-    candidates = [n for n in padded if n not in fixed_time]
-    cases = [(n,) for n in candidates] + ([tuple(candidates)] if len(candidates) > 1 else [])
     fixed_batch = next((int(t.shape[0]) for t in model.inputs if t.shape[0] is not None), None)
     batch = fixed_batch or len(PADDED_LENGTHS)
     rng = np.random.default_rng(7)
     for case in cases:
-        lengths = {  # rolled per input, so that rows pad their inputs differently
-            m: np.resize(
-                np.roll(_lengths(max(signature.min_length(x) for x in group(n))), -k), batch
-            )
-            for k, n in enumerate(case)
-            for m in group(n)
-        }
+        lengths = _case_lengths(signature, case, groups, batch)
         time = max(int(v.max()) for v in lengths.values())
         inputs = [
-            _padded_input(t, x, batch, time, lengths.get(t.name), rng)
-            for t, x in zip(data, template)
+            padded_input(x, batch, time, lengths.get(t.name), rng) for t, x in zip(data, template)
         ]
         errors, failure = _compare(model, session, signature, names, data, inputs, lengths)
-        label = "padded " + ", ".join(f"{'+'.join(group(n))} {lengths[n].tolist()}" for n in case)
-        members = tuple(m for n in case for m in group(n))
+        label = "padded " + ", ".join(f"{'+'.join(groups[n])} {lengths[n].tolist()}" for n in case)
+        members = tuple(m for n in case for m in groups[n])
         result.rows.extend(Row(n, batch, time, errors[n], label, members) for n in names)
-        worst_name = max(errors, key=lambda n: errors[n])
-        worst = errors[worst_name]
-        if failure or not np.isfinite(worst) or worst > result.atol:
-            reason = failure or (
-                f"padded rows differ from the row alone in Keras by up to {worst:.2g} (output "
-                f"{worst_name!r}): a layer between this input and that output reads past each "
-                "row's length (e.g. a 'same' convolution or pooling, attention, global pooling "
-                "or a Flatten over time)"
-            )
-            # all inputs at once: only news when each passed alone (else that one is the cause)
-            if len(case) == 1 or not any(n in result.refusals for n in case):
-                for n in case:
-                    for m in group(n):
-                        result.refusals.setdefault(m, reason)
+        _refuse(result, case, groups, errors, failure)
 
 
-def _lengths(shortest: int) -> np.ndarray:
-    """``PADDED_LENGTHS``, shifted up when rows need more steps (pooling, 'valid' windows)."""
-    shift = max(0, shortest - min(PADDED_LENGTHS))
-    return np.array(PADDED_LENGTHS, np.int32) + shift
+def _cases(
+    signature: Signature, fixed_time: dict[str, int]
+) -> tuple[dict[str, list[str]], list[tuple[str, ...]]]:
+    """``({padded input: it and the inputs merged with it step by step}, cases)``: each input
+    that can be compared with its rows alone on its own, then all of them at once."""
+    aligned = {t.name: t.aligned_with for t in signature.inputs_with("sequence") if t.aligned_with}
+    groups = {
+        t.name: [t.name, *(n for n, root in aligned.items() if root == t.name)]
+        for t in signature.inputs_with("sequence")
+        if signature.lengths_for(t.name) and t.name not in aligned
+    }
+    candidates = [n for n in groups if n not in fixed_time]
+    cases = [(n,) for n in candidates] + ([tuple(candidates)] if len(candidates) > 1 else [])
+    return groups, cases
 
 
-def _padded_input(spec, template: np.ndarray, batch: int, time: int, lengths, rng):
-    """A random input like ``template`` with ``batch`` rows; garbage past ``lengths``."""
-    shape = [batch, *template.shape[1:]]
-    if lengths is not None:
-        shape[1] = time
-    x = _random(shape, template.dtype, rng)
-    if lengths is not None:
-        garbage = _random(shape, template.dtype, rng, scale=4.0, shift=3.0)
-        steps = np.arange(time)[None, :] >= lengths[:, None]
-        x[steps] = garbage[steps]
-    return x
+def _case_lengths(
+    signature: Signature, case: tuple[str, ...], groups: dict[str, list[str]], batch: int
+) -> dict[str, np.ndarray]:
+    """``{input: [batch] lengths}`` for the inputs of ``case`` and those merged with them;
+    rolled per input, so that rows pad their inputs differently."""
+    return {
+        m: np.resize(
+            np.roll(padded_lengths(max(signature.min_length(x) for x in groups[n])), -k), batch
+        )
+        for k, n in enumerate(case)
+        for m in groups[n]
+    }
 
 
-def _random(shape, dtype, rng, scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
-    if np.issubdtype(dtype, np.integer):  # token ids from 1: mask_zero masks nothing
-        return rng.integers(1, 5, size=shape).astype(dtype)
-    return (rng.normal(size=shape) * scale + shift).astype(dtype)
+def _refuse(
+    result: ValidationResult,
+    case: tuple[str, ...],
+    groups: dict[str, list[str]],
+    errors: dict[str, float],
+    failure: str | None,
+) -> None:
+    """Record why the inputs of ``case`` cannot be padded, when their padded rows differ."""
+    worst_name = max(errors, key=lambda n: errors[n])
+    worst = errors[worst_name]
+    if not failure and np.isfinite(worst) and worst <= result.atol:
+        return
+    reason = failure or (
+        f"padded rows differ from the row alone in Keras by up to {worst:.2g} (output "
+        f"{worst_name!r}): a layer between this input and that output reads past each "
+        "row's length (e.g. a 'same' convolution or pooling, attention, global pooling "
+        "or a Flatten over time)"
+    )
+    # all inputs at once: only news when each passed alone (else that one is the cause)
+    if len(case) == 1 or not any(n in result.refusals for n in case):
+        for n in case:
+            for m in groups[n]:
+                result.refusals.setdefault(m, reason)
 
 
-def _compare(model, session, signature, names, data, inputs, lengths):
+def _compare(
+    model: Any,
+    session: Any,
+    signature: Signature,
+    names: list[str],
+    data: list[TensorSpec],
+    inputs: list[np.ndarray],
+    lengths: dict[str, np.ndarray],
+) -> tuple[dict[str, float], str | None]:
     """Max error per output over the rows, and why it could not be measured (or ``None``)."""
     errors = {n: 0.0 for n in names}
     try:
-        got = session.run(names, _feeds(signature, inputs, lengths=lengths))
+        got = session.run(names, onnx_feeds(signature, inputs, lengths=lengths))
     except Exception as err:  # onnxruntime raises its own types
         return {n: float("inf") for n in names}, f"onnxruntime rejects a padded batch ({err})"
     batch = inputs[0].shape[0]
@@ -143,13 +145,5 @@ def _compare(model, session, signature, names, data, inputs, lengths):
                 f"Keras cannot run a row of {steps} steps alone ({type(err).__name__}: {err})"
             )
         for name, e, g in zip(names, expected, got):
-            errors[name] = max(errors[name], _row_error(e[:1], g[r : r + 1]))
+            errors[name] = max(errors[name], row_error(e[:1], g[r : r + 1]))
     return errors, None
-
-
-def _row_error(expected: np.ndarray, got: np.ndarray) -> float:
-    """Error on what the row alone returns: its own steps of a longer per-step output."""
-    same_tail = expected.ndim == got.ndim >= 3 and expected.shape[2:] == got.shape[2:]
-    if same_tail and expected.shape[1] <= got.shape[1]:
-        got = got[:, : expected.shape[1]]
-    return _max_error(expected, got)

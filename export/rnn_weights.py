@@ -19,7 +19,8 @@ from .activations import OnnxActivation, to_onnx_activation
 
 @dataclasses.dataclass
 class DirectionWeights:
-    """W ``(G*U, I)``, R ``(G*U, U)``, B ``(2*G*U,)``, P ``(3*U,)`` or ``None``, activations."""
+    """W ``(G*U, I)``, R ``(G*U, U)``, B ``(2*G*U,)``, P ``(P*U,)`` (``P`` peephole gates) or
+    ``None``, activations."""
 
     W: np.ndarray
     R: np.ndarray
@@ -100,8 +101,8 @@ def stack_directions(directions: list[DirectionWeights]) -> dict[str, np.ndarray
         for key in ("W", "R", "B")
     }
     if any(d.P is not None for d in directions):
-        units = directions[0].R.shape[1]
+        size = len(gate_orders.ONNX_LSTM_PEEPHOLES) * directions[0].R.shape[1]
         arrays["P"] = np.stack(
-            [d.P if d.P is not None else np.zeros(3 * units, np.float32) for d in directions]
+            [d.P if d.P is not None else np.zeros(size, np.float32) for d in directions]
         ).astype(np.float32)
     return arrays

@@ -3,7 +3,8 @@
 Each cut left the graph with an extra output per RNN input (``X``, ``seq_lens``, ``h0``, ``c0``)
 and an extra input per RNN output (``Y``, ``Y_h``, ``Y_c``). The node connects them; the extra
 inputs/outputs are removed, nodes are sorted topologically and the internal names are replaced
-by the final ones.
+by the final ones. :func:`build_onnx` is the exporter's splice stage: splice, rename, then shape
+inference and the producer fields.
 """
 
 from __future__ import annotations
@@ -13,9 +14,31 @@ from typing import Any
 import onnx
 from onnx import helper, numpy_helper
 
+from keras_gates.version import __version__
+
 from .activations import activation_attributes
+from .cutting import Converted
 from .handlers import Cut
 from .rnn_weights import stack_directions
+
+
+def build_onnx(converted: Converted) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The finished ONNX model of ``converted`` (whose model it splices in place) and the gate
+    layout of every node by name."""
+    layouts = splice(converted.model, converted.cuts)
+    rename_tensors(converted.model.graph, converted.rename)
+    return finish(converted.model), layouts
+
+
+def finish(onnx_model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference, IR version onnxruntime/Triton accept, producer fields."""
+    onnx_model.producer_name = "keras-gates"
+    onnx_model.producer_version = __version__
+    onnx_model.ir_version = onnx.helper.find_min_ir_version_for(
+        list(onnx_model.opset_import), ignore_unknown=True
+    )
+    del onnx_model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(onnx_model, strict_mode=True)
 
 
 def rnn_node(
@@ -71,7 +94,8 @@ def splice(model: onnx.ModelProto, cuts: list[Cut]) -> dict[str, Any]:
         graph.node.append(node)
         graph.initializer.extend(inits)
         cut_inputs.update(cut.tensor(o) for o in cut.outputs)
-        cut_outputs.update(cut.tensor(p) for p in ("X", "seq_lens", "h0", "c0"))
+        opened = ("X", "seq_lens", *(f"{s}0" for s in cut.handler.state_names))
+        cut_outputs.update(cut.tensor(p) for p in opened)
     _keep(graph.input, lambda v: v.name not in cut_inputs)
     _keep(
         graph.output,  # kg_keep_*: kept lengths inputs alive through tf2onnx, not outputs

@@ -119,3 +119,35 @@ def test_user_samples_are_validated(tmp_path):
     full = [(r.batch, r.time) for r in result.validation.rows if not r.padded]
     assert full == [(2, 4), (1, 3)]
     assert any(r.padded == ("input",) for r in result.validation.rows)
+
+
+def test_fixed_time_retry_failing_too_raises_the_dynamic_time_error(tmp_path, monkeypatch):
+    from keras_gates.export import cutting
+
+    def trace(model, streaming, opset, dynamic_time):
+        if dynamic_time:
+            raise TypeError("the dynamic-time trace failed")
+        raise RuntimeError("the fixed-time trace failed")
+
+    monkeypatch.setattr(cutting, "convert_traced", trace)
+    with pytest.raises(TypeError, match="dynamic-time trace failed") as info:
+        to_onnx(_small(), tmp_path / "x.onnx", print_fn=None)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "fixed-time trace failed" in str(info.value.__cause__)
+    assert not list(tmp_path.iterdir())
+
+
+def test_fixed_time_retry_is_used_when_the_dynamic_trace_fails(tmp_path, monkeypatch):
+    from keras_gates.export import cutting
+
+    original, calls = cutting.convert_traced, []
+
+    def trace(model, streaming, opset, dynamic_time):
+        calls.append(dynamic_time)
+        if dynamic_time:
+            raise TypeError("needs its static time axis")
+        return original(model, streaming, opset, dynamic_time)
+
+    monkeypatch.setattr(cutting, "convert_traced", trace)
+    result = to_onnx(_small(), tmp_path / "x.onnx", print_fn=None)
+    assert calls == [True, False] and result.validation.passed

@@ -35,9 +35,9 @@ from keras_gates.inspect.horizon import lag_below
 from keras_gates.inspect.trace import (
     BIDIRECTIONAL_DIRECTIONS,
     GatedLayerRef,
-    _combine_masks,
     capture_layer_calls,
     check_input_shape,
+    combine_masks,
     input_mask_from_value,
 )
 from keras_gates.stateful import states_preserved
@@ -121,7 +121,7 @@ def model_mask(model, x: np.ndarray, mask_value: float | None = None) -> np.ndar
     for ref in refs:
         record = captured[ref.key]
         if np.shape(record["inputs"])[:2] == x.shape[:2] and record["mask"] is not None:
-            return _combine_masks(ref.key, record["mask"], derived)
+            return combine_masks(ref.key, record["mask"], derived)
     return np.ones(x.shape[:2], bool) if derived is None else derived
 
 
@@ -242,7 +242,7 @@ def _layer_inputs(ref: GatedLayerRef, record: dict, derived) -> tuple:
     inputs = record["inputs"]
     inputs = np.asarray(inputs[0] if isinstance(inputs, list) else inputs)
     fits = derived is not None and inputs.shape[:2] == derived.shape
-    mask = _combine_masks(ref.key, record["mask"], derived if fits else None)
+    mask = combine_masks(ref.key, record["mask"], derived if fits else None)
     mask = np.ones(inputs.shape[:2], bool) if mask is None else mask
     state = record["initial_state"]
     if state is None and getattr(layer, "stateful", False) and layer.states is not None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from keras_gates.inspect.horizon import HALF, INV_E
-from keras_gates.inspect.plots import _new_figure
+from keras_gates.inspect.plots import new_figure
 
 FLOOR = 1e-12  # log axes: values at or below this are drawn at it
 
@@ -22,7 +22,7 @@ def _positive(values: np.ndarray) -> np.ndarray:
 
 def plot_retention(retention: Mapping, title: str = ""):
     """Mean retention against lag, one line per unit (log y), with the 0.5 and 1/e levels."""
-    fig = _new_figure(8.0, 4.5)
+    fig = new_figure(8.0, 4.5)
     ax = fig.subplots()
     lags, mean = retention["lags"], retention["mean"]
     colors = _unit_colors(mean.shape[1])
@@ -48,7 +48,7 @@ def _unit_colors(units: int):
 
 def plot_half_lives(retention: Mapping, title: str = ""):
     """Half-life per unit as bars (hatched: never fell below 0.5, "≥ T"), 1/e lag as dots."""
-    fig = _new_figure(8.0, 3.8)
+    fig = new_figure(8.0, 3.8)
     ax = fig.subplots()
     half, censored = retention["half_life"], retention["half_life_censored"]
     units = np.arange(len(half))
@@ -78,7 +78,7 @@ def plot_gradient_flow(flow: Mapping | None, state_flows: Mapping[str, Mapping],
     ‖∂h_T/∂s_t‖ of each recurrent layer relative to lag 0 (right), with the reach threshold."""
     panels = (["input"] if flow is not None else []) + (["layers"] if state_flows else [])
     fraction = (flow or next(iter(state_flows.values()), {})).get("fraction", 1e-3)
-    fig = _new_figure(5.0 * max(len(panels), 1) + 1.0, 4.2)
+    fig = new_figure(5.0 * max(len(panels), 1) + 1.0, 4.2)
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
     for ax, panel in zip(axes, panels, strict=False):
         if panel == "input":

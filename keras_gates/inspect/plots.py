@@ -23,7 +23,8 @@ _WEIGHT_BARS = (
 )
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches at the report's DPI."""
     try:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -73,7 +74,7 @@ def plot_gate_heatmaps(
     """
     gates = gate_names_of(trace)
     steps = valid_steps(trace, sample)
-    fig = _new_figure(8.0, 1.2 + 1.8 * len(gates))
+    fig = new_figure(8.0, 1.2 + 1.8 * len(gates))
     axes = fig.subplots(len(gates), 1, squeeze=False)[:, 0]
     for ax, gate in zip(axes, gates, strict=True):
         values = np.asarray(trace[gate][sample])[steps].T  # (units, valid steps)
@@ -102,7 +103,7 @@ def plot_saturation(
     title: str = "",
 ):
     """Karpathy et al. scatter: per unit, fraction left- vs right-saturated, one colour per gate."""
-    fig = _new_figure(6.0, 6.0)
+    fig = new_figure(6.0, 6.0)
     ax = fig.subplots()
     for gate, gate_stats in stats.items():
         left, right = np.asarray(gate_stats["left_saturated"]), gate_stats["right_saturated"]
@@ -128,7 +129,7 @@ def plot_saturation(
 def plot_weight_norms(weights: Mapping[str, Mapping[str, float | None]], title: str = ""):
     """Per gate: bars of the input kernel, recurrent kernel and bias norms, and spectral radius."""
     gates = list(weights)
-    fig = _new_figure(8.0, 4.0)
+    fig = new_figure(8.0, 4.0)
     norms_ax, radius_ax = fig.subplots(1, 2, width_ratios=(2, 1))
     positions = np.arange(len(gates))
     width = 0.8 / len(_WEIGHT_BARS)
@@ -159,7 +160,7 @@ def plot_state_trajectories(
     key = "cell" if "cell" in trace else "hidden"
     steps = valid_steps(trace, sample)
     values = np.asarray(trace[key][sample])[steps]  # (valid steps, units)
-    fig = _new_figure(8.0, 4.0)
+    fig = new_figure(8.0, 4.0)
     ax = fig.subplots()
     for unit in most_active_units(values, top_k):
         ax.plot(steps, values[:, unit], marker=".", label=f"unit {unit}")

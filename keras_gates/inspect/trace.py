@@ -205,7 +205,9 @@ def _from_wrapper(ref: GatedLayerRef, records: dict[int, dict]) -> dict | None:
     return {**record, "initial_state": state}
 
 
-def _combine_masks(key: str, captured, derived: np.ndarray | None):
+def combine_masks(key: str, captured, derived: np.ndarray | None):
+    """The mask of gated layer ``key``: the one Keras passed it (``captured``, the sequences'
+    when a list) and the one derived from ``mask_value`` (``derived``), both where both exist."""
     if isinstance(captured, list):  # a mask per input tensor: the sequences' comes first
         captured = captured[0] if captured else None
     if derived is None:
@@ -260,7 +262,7 @@ def trace_model(
     traces = {}
     for ref in refs:
         record = captured[ref.key]
-        mask = _combine_masks(ref.key, record["mask"], derived)
+        mask = combine_masks(ref.key, record["mask"], derived)
         trace = ref.layer.trace(record["inputs"], mask=mask, initial_state=record["initial_state"])
         traces[ref.key] = {key: np.asarray(value) for key, value in trace.items()}
     return traces
