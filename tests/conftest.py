@@ -8,8 +8,6 @@ any import of TensorFlow fails, proving that those paths never need it.
 import os
 import sys
 
-import pytest
-
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -24,12 +24,6 @@ PACKAGES = {  # package -> its directory (pyproject.toml [tool.setuptools.packag
     "keras_gates.serving": ROOT / "serving",
 }
 SANCTIONED_PRIVATE_MODULES = {"keras_gates._internals"}
-# serving/grpc_codec.py still borrows these codec helpers; serving/tensors.py (a parallel change)
-# makes them public. Delete this set when that lands.
-PENDING_PRIVATE_IMPORTS = {
-    ("keras_gates.serving.grpc_codec", name)
-    for name in ("_from_json", "_requested_outputs", "_tensor_header")
-}
 # ``obj._name`` outside ``self``/``cls``: only _internals (private Keras API) and these.
 PRIVATE_ATTRIBUTES_ALLOWED = {
     ("keras_gates.cli", "args._run"),  # the argparse default this module sets itself
@@ -209,8 +203,7 @@ def _private_uses(module: str) -> list[str]:
     for node in _imports(tree):
         for target, name in _targets(module, node):
             if name is not None and _private(name):
-                if (module, name) not in PENDING_PRIVATE_IMPORTS:
-                    found.append(f"{module}:{node.lineno} imports {name} from {target}")
+                found.append(f"{module}:{node.lineno} imports {name} from {target}")
             elif name is None and _private(target.rsplit(".", 1)[-1]):
                 if target not in SANCTIONED_PRIVATE_MODULES:
                     found.append(f"{module}:{node.lineno} imports the module {target}")
