@@ -76,15 +76,24 @@ def _env(backend: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int = 900):
+def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int = 540):
     return children.run(command, timeout, cwd=cwd, env=env)
 
 
+# One child per JAX test file (JAX compiles every loop: the files run in parallel under
+# ``pytest -n``); PyTorch's child runs them all, after one torch import.
+CHILD_SUITES = [("jax", [tests], JAX_DESELECT) for tests in LAYER_TESTS]
+CHILD_SUITES.append(("torch", [*LAYER_TESTS, "tests/test_gate_orders.py"], TORCH_DESELECT))
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize(
-    "backend, deselect", [("jax", JAX_DESELECT), ("torch", TORCH_DESELECT)], ids=["jax", "torch"]
+    "backend, tests, deselect",
+    CHILD_SUITES,
+    ids=[f"{b}-{Path(t[0]).stem}" if b == "jax" else b for b, t, _ in CHILD_SUITES],
 )
-def test_layer_suite_on_backend(backend, deselect):
+def test_layer_suite_on_backend(backend, tests, deselect):
     env = _env(backend, KERAS_GATES_NO_TENSORFLOW="1")
     if backend == "torch":  # the venv's torch, else tests/torch_cache.py's folder
         env = torch_cache.pythonpath(env)
@@ -92,8 +101,8 @@ def test_layer_suite_on_backend(backend, deselect):
             pytest.skip(torch_cache.absent_reason())
     elif importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
-    flags = [arg for test in deselect for arg in ("--deselect", test)]
-    tests = [*LAYER_TESTS, *(["tests/test_gate_orders.py"] if backend == "torch" else [])]
+    chosen = [test for test in deselect if test.split("::")[0] in tests]
+    flags = [arg for test in chosen for arg in ("--deselect", test)]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     result = _run([*command, *flags], env)
     summary = result.stdout.strip().splitlines()[-1]
