@@ -4,8 +4,13 @@ Layers, each knowing only the next one's public surface: protocol (HTTP: :mod:`.
 :mod:`.http_infer`, :mod:`.body`, :mod:`.codec`, :mod:`.tensors`, :mod:`.responses`) -> scheduler
 (:mod:`.scheduler`, :mod:`.batcher`, :mod:`.sessions`) -> runtime (:mod:`.runtime`), the protocol
 vocabulary (datatypes, shapes) in :mod:`.datatypes`. :class:`InferenceServer` (:mod:`.server`) is
-the composition root: it builds the schedulers and metrics that the HTTP app and the gRPC
-transport (:mod:`.grpc_server`, :mod:`.grpc_codec`), a second protocol layer, both serve.
+the composition root: it builds the schedulers and metrics (:mod:`.metrics`) that the HTTP app
+and the gRPC transport (:mod:`.grpc_server`, :mod:`.grpc_codec`), a second protocol layer, both
+serve. Beside the layers: the models on disk (:mod:`.repository`) and the repository extension
+that loads and unloads them (:mod:`.control`); the checks on a request's tensors
+(:mod:`.validation`); the metadata and config documents (:mod:`.documents`); the one error
+mapping of both transports (:mod:`.errors`). The padding rule and batch layout are
+:mod:`keras_gates.signature` and :mod:`keras_gates.batching`, shared with Triton's ``model.py``.
 Importing this package never imports TensorFlow, Keras or grpcio.
 
 Example::

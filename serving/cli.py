@@ -19,24 +19,6 @@ WORKER_ENV = "KERAS_GATES_SERVE_ARGS"  # the flags, as JSON, for the worker proc
 _MIB = 1024 * 1024
 # The flag of each config field whose name differs (the others are the field's name with dashes).
 _FLAG_OF_FIELD = {"repository_poll_s": "repository-poll-secs", "max_body_bytes": "max-body-mb"}
-_WORKER_FLAGS = (
-    "path",
-    "threads",
-    "max_batch_size",
-    "max_queue_delay_ms",
-    "max_queue_size",
-    "max_sessions",
-    "session_idle_timeout_s",
-    "max_body_mb",
-    "log_level",
-    "no_request_log",
-    "model_control_mode",
-    "repository_poll_secs",
-    "host",
-    "grpc_port",
-    "graceful_timeout_s",
-    "workers",
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -201,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         app = uvicorn.Config(create_app(repository, config, _grpc_config(args)), **options)
     else:
         del repository  # each worker loads its own copy
-        os.environ[WORKER_ENV] = json.dumps({flag: getattr(args, flag) for flag in _WORKER_FLAGS})
+        flags = {name: value for name, value in vars(args).items() if not callable(value)}
+        os.environ[WORKER_ENV] = json.dumps(flags)  # every flag, whatever the parser holds
         app = uvicorn.Config(
             f"{__name__}:worker_app", factory=True, workers=args.workers, **options
         )
