@@ -22,6 +22,8 @@ from tests import children
 from tests.reference import FP32_ATOL
 from tests.serving_models import serve_process
 
+pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
+
 KERAS_GATES = str(Path(sys.executable).with_name("keras-gates"))  # the script pip installed
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -30,8 +32,6 @@ import sys
 import keras
 import numpy as np
 from keras_gates import GatedGRU, GatedGRUCell, GatedLSTM, GatedLSTMCell
-
-pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
 folder = sys.argv[1]
 keras.utils.set_random_seed(0)
