@@ -1,9 +1,13 @@
-"""Shared by the gRPC transport tests: a ``keras-gates serve --grpc-port`` subprocess of the
-serving test repository, stock ``tritonclient`` clients of both transports, and a stream helper."""
+"""Shared by the gRPC transport tests and ``benchmarks/grpc_stream_stress.py``: a ``keras-gates
+serve --grpc-port`` subprocess of the serving test repository, stock ``tritonclient`` clients of
+both transports, and stream helpers whose every wait has a timeout."""
 
 from __future__ import annotations
 
 import queue
+import sys
+import threading
+import traceback
 
 import numpy as np
 import pytest
@@ -65,6 +69,35 @@ def grpc_error(call, *args, **kwargs) -> InferenceServerException:
     return caught.value
 
 
+def thread_stacks() -> str:
+    """Every thread's Python stack (what a stuck wait is waiting on)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"--- thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame))}"
+        for ident, frame in sys._current_frames().items()
+    )
+
+
+def within(timeout: float, what: str, call, *args) -> None:
+    """``call(*args)`` in a daemon thread; fails naming ``what`` and every thread's stack when it
+    has not returned after ``timeout`` seconds (a hang becomes a failure, not a stuck suite)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call(*args)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+            errors.append(err)
+
+    worker = threading.Thread(target=run, name=what, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise AssertionError(f"{what} did not return within {timeout:g} s\n{thread_stacks()}")
+    if errors:
+        raise errors[0]
+
+
 class Stream:
     """A ``start_stream`` of a fresh client whose callback fills a queue."""
 
@@ -79,9 +112,15 @@ class Stream:
     def get(self, timeout: float = 30):
         return self.results.get(timeout=timeout)
 
-    def close(self) -> None:
-        self.client.stop_stream()
-        self.client.close()
+    def stop(self, timeout: float = 30) -> None:
+        """``stop_stream``: half-close, then wait until the server has answered and ended it."""
+        within(timeout, "stop_stream", self.client.stop_stream)
+
+    def close(self, timeout: float = 30) -> None:
+        """Stop the stream and close the client's channel (before the interpreter exits: see
+        the README's gRPC section), each within ``timeout``."""
+        self.stop(timeout)
+        within(timeout, "InferenceServerClient.close", self.client.close)
 
 
 def send_sequence(stream: Stream, model: str, seq_id, parts: list[np.ndarray], **kwargs) -> None:
@@ -95,3 +134,33 @@ def send_sequence(stream: Stream, model: str, seq_id, parts: list[np.ndarray], *
             request_id=f"{seq_id}/{i}",
             **kwargs,
         )
+
+
+def stream_sequence(
+    address: str,
+    model: str,
+    seq_id,
+    parts: list[np.ndarray],
+    *,
+    early_stop=False,
+    timeout=30.0,
+    **kwargs,
+) -> list:
+    """The README's streaming client: a fresh client whose stream carries one sequence in
+    ``parts``, its answers awaited, then ``stop_stream`` and ``close`` (``early_stop``: the stream
+    is stopped right after sending, and must still answer every part before it ends). Returns
+    the results in order; raises the first error answer."""
+    stream = Stream(address)
+    try:
+        send_sequence(stream, model, seq_id, parts, **kwargs)
+        if early_stop:
+            stream.stop(timeout)
+        answers = [stream.get(timeout) for _ in parts]
+    finally:
+        stream.close(timeout)
+    for _, error in answers:
+        if error is not None:
+            raise error
+    ids = [result.get_response().id for result, _ in answers]
+    assert ids == [f"{seq_id}/{i}" for i in range(len(parts))], ids
+    return [result for result, _ in answers]
