@@ -196,7 +196,9 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 class _Stream:
     """One ``ModelStreamInfer`` call: a reader task starts a task per message; each puts its
-    response on ``queue``, which the call's generator writes out (``None`` ends it)."""
+    response on ``queue``, which the call's generator writes out. ``None`` ends it, once the
+    reader has stopped and every message it read is answered: put there by done callbacks,
+    which run however a task ends (a reader cancelled before it ever ran included)."""
 
     def __init__(self, service: GrpcService, requests, context):
         self.service = service
@@ -204,12 +206,16 @@ class _Stream:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending: set[asyncio.Task] = set()
         self.shut_down = False
+        self.ended = False
         self.reader = asyncio.create_task(self._read(requests))
+        self.reader.add_done_callback(self._maybe_end)
 
     def shutdown(self) -> None:
-        """Stop reading; the messages already read are answered, then the stream ends."""
-        self.shut_down = True
-        self.reader.cancel()
+        """Stop reading; the messages already read are answered, then the stream ends
+        (``UNAVAILABLE``, unless the client had already half-closed it)."""
+        if not self.reader.done():
+            self.shut_down = True
+            self.reader.cancel()
 
     async def _read(self, requests) -> None:
         try:
@@ -218,14 +224,19 @@ class _Stream:
                     await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.create_task(self._answer(request))
                 self.pending.add(task)
-                task.add_done_callback(self.pending.discard)
+                task.add_done_callback(self._answered)
         except asyncio.CancelledError:
             pass  # shutdown, or the call ended
         except Exception as err:  # noqa: BLE001 - the client reset the stream
             log.debug("gRPC stream read ended: %r", err)
-        finally:
-            while self.pending:
-                await asyncio.wait(set(self.pending))
+
+    def _answered(self, task: asyncio.Task) -> None:
+        self.pending.discard(task)
+        self._maybe_end()
+
+    def _maybe_end(self, _: asyncio.Task | None = None) -> None:
+        if self.reader.done() and not self.pending and not self.ended:
+            self.ended = True
             self.queue.put_nowait(None)
 
     async def _answer(self, request) -> None:
