@@ -6,7 +6,8 @@ client, one sequence in chunks on one stream, ``stop_stream``, ``close``; every 
 stopped right after sending) runs ``--sequential`` times one after another and ``--threads`` ×
 ``--per-thread`` times from threads at once; ``--vanishing`` clients cancel their stream or are
 killed (SIGKILL) mid-sequence, whose sequence then goes on over a new stream; then SIGTERM
-reaches a second server with ``--open-streams`` streams open and messages in flight. Every answer
+reaches a second server with ``--open-streams`` streams open and messages in flight, and a third
+while ``--threads`` clients keep opening streams. Every answer
 is compared with the model run on the whole sequence (``tests/grpc_stress.py``); every wait has
 a 30 s timeout, after which the run fails with every thread's stack.
 
@@ -172,6 +173,17 @@ def main() -> None:
             f"{'SIGTERM with streams open':<34} {args.open_streams:>5} streams: server exited "
             f"{shutdown.exit_s:.2f} s after SIGTERM; each answered {min(shutdown.answered)}-"
             f"{max(shutdown.answered)} of its messages right, then UNAVAILABLE",
+            flush=True,
+        )
+        port = free_port()
+        with serve_process(repo, "--grpc-port", str(port), *flags) as (_, proc):
+            work = stress.workload(repo, args.threads * args.per_thread, seed=5)
+            churn = stress.sigterm_during_churn(port, proc, work, args.threads, "churn-")
+        ends = ", ".join(f"{n} {kind!r}" for kind, n in churn.errors.most_common())
+        print(
+            f"{'SIGTERM while clients open streams':<34} {args.threads:>5} clients: "
+            f"{churn.complete} streams right, then each client's next stream ended ({ends}); "
+            f"server exited {churn.exit_s:.2f} s after SIGTERM",
             flush=True,
         )
 

@@ -166,9 +166,12 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_details(SHUTDOWN_MESSAGE)
 
-    async def infer(self, request, context, path: str) -> service_pb2.ModelInferResponse:
+    async def infer(
+        self, request, context, path: str, admitted: bool = False
+    ) -> service_pb2.ModelInferResponse:
         """One inference request; raises a ServingError (an unexpected error becomes a logged
-        INTERNAL one). Counted in the metrics and the request log like an HTTP request."""
+        INTERNAL one). Counted in the metrics and the request log like an HTTP request.
+        ``admitted``: read while the server was ready (see :meth:`InferenceServer.infer`)."""
         record = RequestRecord(path)
 
         async def decode() -> InferRequest:
@@ -176,7 +179,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         try:
             scheduler, decoded, outputs = await self.server.infer(
-                request.model_name, request.model_version or None, decode, record
+                request.model_name, request.model_version or None, decode, record, admitted
             )
             return grpc_codec.encode_infer_response(
                 scheduler.name, scheduler.version, decoded.id, outputs
@@ -222,7 +225,7 @@ class _Stream:
             async for request in requests:
                 if len(self.pending) >= MAX_PENDING:
                     await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._answer(request))
+                task = asyncio.create_task(self._answer(request, self.service.server.ready))
                 self.pending.add(task)
                 task.add_done_callback(self._answered)
         except asyncio.CancelledError:
@@ -239,9 +242,11 @@ class _Stream:
             self.ended = True
             self.queue.put_nowait(None)
 
-    async def _answer(self, request) -> None:
+    async def _answer(self, request, admitted: bool) -> None:
+        """Answer one message; one read while the server was ready is served even if the server
+        has begun shutting down since (the stream's messages already read are answered)."""
         try:
-            result = await self.service.infer(request, self.context, STREAM_PATH)
+            result = await self.service.infer(request, self.context, STREAM_PATH, admitted)
             response = service_pb2.ModelStreamInferResponse(infer_response=result)
         except ServingError as err:
             echo = service_pb2.ModelInferResponse(

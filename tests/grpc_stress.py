@@ -10,6 +10,7 @@ has a timeout: a hang fails with every thread's stack (``tests/serving_grpc.with
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import queue
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
 from tests.serving_fixtures import ATOL
 from tests.serving_grpc import (
@@ -236,3 +238,70 @@ def sigterm_with_open_streams(port: int, proc, work: Workload, prefix: str) -> S
 
 def _row(expected: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     return {name: value[k : k + 1] for name, value in expected.items()}
+
+
+@dataclasses.dataclass
+class Churn:
+    """What SIGTERM did to clients that kept opening streams: how many streams finished with
+    every answer right, how many ended with an error (refused or ended by the shutdown), and
+    how long the server took to exit."""
+
+    complete: int
+    ended: int
+    errors: collections.Counter
+    exit_s: float
+
+
+def sigterm_during_churn(port: int, proc, work: Workload, threads: int, prefix: str) -> Churn:
+    """``threads`` clients run the README pattern over and over (every other stream stopped
+    right after sending) until SIGTERM, sent once each has finished ``warmup`` streams; each
+    then runs until a stream of its fails. No client may hang, every stream that finished
+    must be right, and the server must exit."""
+    address, warmup = f"127.0.0.1:{port}", 2
+    finished = threading.Semaphore(0)
+    terminated = threading.Event()
+    lock = threading.Lock()
+    counts = {"complete": 0, "ended": 0}
+    errors: collections.Counter = collections.Counter()
+
+    def client(t: int) -> None:
+        for n, k in enumerate(range(t, len(work.xs), threads)):
+            try:
+                results = stream_sequence(
+                    address, MODEL, f"{prefix}{k}", work.parts(k), early_stop=k % 2 == 1, **_VERSION
+                )
+            except InferenceServerException as err:
+                assert terminated.is_set(), err  # only the shutdown may end a stream
+                with lock:
+                    counts["ended"] += 1
+                    errors[_kind(err)] += 1
+                return
+            work.check(k, results)
+            with lock:
+                counts["complete"] += 1
+            if n + 1 == warmup:
+                finished.release()
+        raise AssertionError(f"client {t} ran out of sequences before the server went away")
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(client, t) for t in range(threads)]
+        for _ in range(threads):
+            assert finished.acquire(timeout=TIMEOUT), "the clients did not get going"
+        started = time.perf_counter()
+        terminated.set()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(TIMEOUT)
+        exit_s = time.perf_counter() - started
+        for future in futures:
+            future.result(timeout=TIMEOUT)
+    assert code == -signal.SIGTERM, code
+    return Churn(counts["complete"], counts["ended"], errors, exit_s)
+
+
+def _kind(err: InferenceServerException) -> str:
+    """A short name for how a stream ended (for the benchmark's counts)."""
+    text = str(err)
+    for kind in ("shutting down", "UNAVAILABLE", "no longer in valid state", "CANCELLED"):
+        if kind in text:
+            return kind
+    return text[:80]

@@ -151,16 +151,18 @@ def stream_sequence(
     is stopped right after sending, and must still answer every part before it ends). Returns
     the results in order; raises the first error answer."""
     stream = Stream(address)
+    results = []
     try:
         send_sequence(stream, model, seq_id, parts, **kwargs)
         if early_stop:
             stream.stop(timeout)
-        answers = [stream.get(timeout) for _ in parts]
+        for _ in parts:
+            result, error = stream.get(timeout)
+            if error is not None:  # an error answer, or the end of the stream
+                raise error
+            results.append(result)
     finally:
         stream.close(timeout)
-    for _, error in answers:
-        if error is not None:
-            raise error
-    ids = [result.get_response().id for result, _ in answers]
+    ids = [result.get_response().id for result in results]
     assert ids == [f"{seq_id}/{i}" for i in range(len(parts))], ids
-    return [result for result, _ in answers]
+    return results

@@ -10,6 +10,7 @@ from tests.grpc_stress import (
     concurrent,
     killed_midway,
     sequential,
+    sigterm_during_churn,
     sigterm_with_open_streams,
     workload,
 )
@@ -41,11 +42,19 @@ def test_sigterm_with_open_streams_ends_them_and_exits(repo):
     assert len(shutdown.answered) == 8 and min(shutdown.answered) >= 1
 
 
+def test_sigterm_while_clients_keep_opening_streams(repo):
+    port = free_port()
+    with serve_process(repo, "--grpc-port", str(port), "--no-request-log") as (_, proc):
+        churn = sigterm_during_churn(port, proc, workload(repo, 160, seed=25), 8, "churn-")
+    assert churn.complete >= 16 and churn.ended == 8  # each client: 2 right, then the end
+
+
 def test_shutdown_after_the_client_half_closed_still_ends_the_stream():
     """SIGTERM between a client's half-close and its last answer: the stream still answers and
     ends (shutdown once cancelled the reader while it waited for the last answers, so the end
     was never queued and the stream stayed open until the grace period ran out)."""
     import asyncio
+    import types
 
     from tritonclient.grpc import service_pb2
 
@@ -55,7 +64,9 @@ def test_shutdown_after_the_client_half_closed_still_ends_the_stream():
         release, exhausted = asyncio.Event(), asyncio.Event()
 
         class Service:  # answers once released
-            async def infer(self, request, context, path):
+            server = types.SimpleNamespace(ready=True)
+
+            async def infer(self, request, context, path, admitted):
                 await release.wait()
                 return service_pb2.ModelInferResponse(id=request.id)
 
@@ -93,3 +104,52 @@ def test_shutdown_before_the_stream_read_anything_still_ends_it():
         return await asyncio.wait_for(stream.queue.get(), 10), stream.shut_down
 
     assert asyncio.run(scenario()) == (None, True)
+
+
+def test_a_message_read_before_sigterm_is_answered_not_refused(repo):
+    """A stream's message read just before SIGTERM, whose answer had not started, gets its
+    answer (it once got "The server is shutting down", refused like a new request)."""
+    import asyncio
+    import types
+
+    import numpy as np
+    from tritonclient.grpc import service_pb2
+
+    from keras_gates.serving import ModelRepository, ModelRuntime, ServerConfig
+    from keras_gates.serving.grpc_server import GrpcService, _Stream
+    from keras_gates.serving.server import InferenceServer
+    from tests.serving_fixtures import ATOL
+    from tests.serving_models import run_direct
+
+    path = repo / "dense" / "1" / "model.onnx"
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    server = InferenceServer(
+        ModelRepository({"dense": {"1": ModelRuntime(path, "dense")}}), ServerConfig()
+    )
+    server.phase = "ready"
+    request = service_pb2.ModelInferRequest(model_name="dense", id="read")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(x.tobytes())
+
+    async def scenario():
+        streams = []
+
+        async def requests():
+            yield request
+            server.phase = "stopping"  # SIGTERM, after the read, before the answer ran
+            streams[0].shutdown()
+            await asyncio.Event().wait()
+            yield
+
+        streams.append(_Stream(GrpcService(server), requests(), types.SimpleNamespace(peer=str)))
+        answer = await asyncio.wait_for(streams[0].queue.get(), 10)
+        end = await asyncio.wait_for(streams[0].queue.get(), 10)
+        return answer, end, streams[0].shut_down
+
+    try:
+        answer, end, shut_down = asyncio.run(scenario())
+    finally:
+        server.close()
+    assert answer.error_message == "" and end is None and shut_down
+    y = np.frombuffer(answer.infer_response.raw_output_contents[0], np.float32).reshape(1, -1)
+    np.testing.assert_allclose(y, run_direct(path, {"x": x})["y"], atol=ATOL)
