@@ -110,11 +110,22 @@ class Stream:
         self.client.async_stream_infer(model, inputs(tg, x=x), **kwargs)
 
     def get(self, timeout: float = 30):
-        return self.results.get(timeout=timeout)
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(
+                f"no answer and no end of the stream within {timeout:g} s\n{thread_stacks()}"
+            ) from None
 
     def stop(self, timeout: float = 30) -> None:
-        """``stop_stream``: half-close, then wait until the server has answered and ended it."""
-        within(timeout, "stop_stream", self.client.stop_stream)
+        """``stop_stream``: half-close, then wait until the server has answered and ended it.
+        When it does not, the call is cancelled (so that tritonclient's stream thread, not a
+        daemon, lets the process exit) and the test fails."""
+        try:
+            within(timeout, "stop_stream", self.client.stop_stream)
+        except AssertionError:
+            within(timeout, "stop_stream(cancel_requests=True)", self.client.stop_stream, True)
+            raise
 
     def close(self, timeout: float = 30) -> None:
         """Stop the stream and close the client's channel (before the interpreter exits: see
