@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_gates import _internals
 
+from .errors import ExportError
 from .handlers import Cut
 
 LENGTHS = "lengths"
@@ -97,6 +98,17 @@ def model_io(
         inputs.append((name, tf.TensorSpec([None], tf.int32, name=f"kg_lengths{k}"), "lengths"))
     states = []
     for cut in cuts:
+        if cut.state_names and any(c.name == cut.name for _, c, _ in states):
+            raise ExportError(_shared_state_message(cut))
         for s in cut.state_names:
             states.append((f"{cut.name}.{s}_in", cut, s))
     return ModelIO(inputs, output_names(model), states, lengths_of, fixed)
+
+
+def _shared_state_message(cut: Cut) -> str:
+    inputs = ", ".join(f"{cut.name}.{s}_in" for s in cut.state_names)
+    return (
+        f"Layer {cut.name!r} ({type(cut.layer).__name__}) is called more than once in the model; "
+        f"a streaming export cannot give each call its own state input ({inputs}). Use a "
+        "separate layer for each call, or export without streaming (`streaming=False`)."
+    )

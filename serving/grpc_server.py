@@ -166,9 +166,12 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_details(SHUTDOWN_MESSAGE)
 
-    async def infer(self, request, context, path: str) -> service_pb2.ModelInferResponse:
+    async def infer(
+        self, request, context, path: str, admitted: bool = False
+    ) -> service_pb2.ModelInferResponse:
         """One inference request; raises a ServingError (an unexpected error becomes a logged
-        INTERNAL one). Counted in the metrics and the request log like an HTTP request."""
+        INTERNAL one). Counted in the metrics and the request log like an HTTP request.
+        ``admitted``: read while the server was ready (see :meth:`InferenceServer.infer`)."""
         record = RequestRecord(path)
 
         async def decode() -> InferRequest:
@@ -176,7 +179,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         try:
             scheduler, decoded, outputs = await self.server.infer(
-                request.model_name, request.model_version or None, decode, record
+                request.model_name, request.model_version or None, decode, record, admitted
             )
             return grpc_codec.encode_infer_response(
                 scheduler.name, scheduler.version, decoded.id, outputs
@@ -196,7 +199,9 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 class _Stream:
     """One ``ModelStreamInfer`` call: a reader task starts a task per message; each puts its
-    response on ``queue``, which the call's generator writes out (``None`` ends it)."""
+    response on ``queue``, which the call's generator writes out. ``None`` ends it, once the
+    reader has stopped and every message it read is answered: put there by done callbacks,
+    which run however a task ends (a reader cancelled before it ever ran included)."""
 
     def __init__(self, service: GrpcService, requests, context):
         self.service = service
@@ -204,33 +209,44 @@ class _Stream:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending: set[asyncio.Task] = set()
         self.shut_down = False
+        self.ended = False
         self.reader = asyncio.create_task(self._read(requests))
+        self.reader.add_done_callback(self._maybe_end)
 
     def shutdown(self) -> None:
-        """Stop reading; the messages already read are answered, then the stream ends."""
-        self.shut_down = True
-        self.reader.cancel()
+        """Stop reading; the messages already read are answered, then the stream ends
+        (``UNAVAILABLE``, unless the client had already half-closed it)."""
+        if not self.reader.done():
+            self.shut_down = True
+            self.reader.cancel()
 
     async def _read(self, requests) -> None:
         try:
             async for request in requests:
                 if len(self.pending) >= MAX_PENDING:
                     await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._answer(request))
+                task = asyncio.create_task(self._answer(request, self.service.server.ready))
                 self.pending.add(task)
-                task.add_done_callback(self.pending.discard)
+                task.add_done_callback(self._answered)
         except asyncio.CancelledError:
             pass  # shutdown, or the call ended
         except Exception as err:  # noqa: BLE001 - the client reset the stream
             log.debug("gRPC stream read ended: %r", err)
-        finally:
-            while self.pending:
-                await asyncio.wait(set(self.pending))
+
+    def _answered(self, task: asyncio.Task) -> None:
+        self.pending.discard(task)
+        self._maybe_end()
+
+    def _maybe_end(self, _: asyncio.Task | None = None) -> None:
+        if self.reader.done() and not self.pending and not self.ended:
+            self.ended = True
             self.queue.put_nowait(None)
 
-    async def _answer(self, request) -> None:
+    async def _answer(self, request, admitted: bool) -> None:
+        """Answer one message; one read while the server was ready is served even if the server
+        has begun shutting down since (the stream's messages already read are answered)."""
         try:
-            result = await self.service.infer(request, self.context, STREAM_PATH)
+            result = await self.service.infer(request, self.context, STREAM_PATH, admitted)
             response = service_pb2.ModelStreamInferResponse(infer_response=result)
         except ServingError as err:
             echo = service_pb2.ModelInferResponse(

@@ -139,15 +139,18 @@ class InferenceServer:
         version: str | None,
         decode: Callable[[], Awaitable[InferRequest]],
         record: RequestRecord,
+        admitted: bool = False,
     ) -> tuple[ModelScheduler, InferRequest, dict[str, np.ndarray]]:
         """Serve one inference request whose transport decodes it with ``decode``.
 
         The request counts as in flight from before its body is decoded (a model being unloaded
         waits for it); ``record`` learns the model, id and sequence as they are known. Raises a
         :class:`~keras_gates.serving.errors.ServingError` for what the client can fix.
+        ``admitted``: the transport took the request in while the server was ready (a message
+        a gRPC stream had read before the shutdown), so it is served while stopping.
         """
         scheduler, record.metrics = self.get(name, version)
-        if not self.ready:
+        if not (self.ready or admitted):
             raise Unavailable(_NOT_READY[self.phase])
         with scheduler.active():
             request = await decode()

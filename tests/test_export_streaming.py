@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from keras_gates import GatedGRU, GatedLSTM
-from keras_gates.export import Predictor, read_signature, to_onnx
+from keras_gates.export import ExportError, Predictor, read_signature, to_onnx
 from tests.reference import EXPORT_ATOL
 
 ATOL = EXPORT_ATOL  # tests/reference.py says why
@@ -104,3 +104,17 @@ def test_stateful_model_refuses_streaming_false(tmp_path):
     model = keras.Sequential([keras.Input((None, 3), batch_size=1), GatedLSTM(4, stateful=True)])
     with pytest.raises(ValueError, match="streaming=False.*stateful"):
         to_onnx(model, tmp_path / "x.onnx", streaming=False, print_fn=None)
+
+
+def test_streaming_refuses_a_layer_called_twice(tmp_path):
+    a, b = keras.Input((None, 3), name="a"), keras.Input((None, 3), name="b")
+    gru = GatedGRU(8, name="shared_gru")
+    model = keras.Model([a, b], keras.layers.Concatenate()([gru(a), gru(b)]))
+    with pytest.raises(ExportError) as caught:
+        to_onnx(model, tmp_path / "x.onnx", streaming=True, print_fn=None)
+    message = str(caught.value)
+    assert "Layer 'shared_gru' (GatedGRU) is called more than once" in message
+    assert "shared_gru.h_in" in message and "separate layer for each call" in message
+    assert "without streaming" in message
+    assert not list(tmp_path.iterdir())
+    assert to_onnx(model, tmp_path / "x.onnx", print_fn=None).validation.passed  # no streaming
