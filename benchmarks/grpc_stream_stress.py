@@ -117,16 +117,15 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests import grpc_stress as stress
-    from tests.serving_models import free_port, make_rnn_model, serve_process
+    from tests.serving_models import grpc_port, make_rnn_model, serve_process
 
     flags = ["--no-request-log", "--max-batch-size", "8"]
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         make_rnn_model(repo / "lstm" / "1" / "model.onnx", streaming=True, seed=0)
         make_rnn_model(repo / "stream" / "1" / "model.onnx", streaming=True, features=4, seed=1)
-        port = free_port()
-        with serve_process(repo, "--grpc-port", str(port), *flags) as _:
-            address = f"127.0.0.1:{port}"
+        with serve_process(repo, "--grpc-port", "0", *flags) as served:
+            address, port = served.grpc_address, grpc_port(served)
             work = stress.workload(repo, args.sequential, seed=1)
             start = time.perf_counter()
             seconds = stress.sequential(address, work, "seq-")
@@ -165,8 +164,8 @@ def main() -> None:
                     if stacks:
                         print(stacks[0])
 
-        port = free_port()
-        with serve_process(repo, "--grpc-port", str(port), *flags) as (_, proc):
+        with serve_process(repo, "--grpc-port", "0", *flags) as served:
+            port, proc = grpc_port(served), served.proc
             work = stress.workload(repo, args.open_streams, seed=4, steps=40)
             shutdown = stress.sigterm_with_open_streams(port, proc, work, "term-")
         print(
@@ -175,8 +174,8 @@ def main() -> None:
             f"{max(shutdown.answered)} of its messages right, then UNAVAILABLE",
             flush=True,
         )
-        port = free_port()
-        with serve_process(repo, "--grpc-port", str(port), *flags) as (_, proc):
+        with serve_process(repo, "--grpc-port", "0", *flags) as served:
+            port, proc = grpc_port(served), served.proc
             work = stress.workload(repo, args.threads * args.per_thread, seed=5)
             churn = stress.sigterm_during_churn(port, proc, work, args.threads, "churn-")
         ends = ", ".join(f"{n} {kind!r}" for kind, n in churn.errors.most_common())

@@ -193,15 +193,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(config) -> int:
     """Bind the HTTP port (``--port 0``: a free one), say where, and serve until a signal."""
-    import logging
-
     import uvicorn
     from uvicorn.supervisors import Multiprocess
+
+    from .server import listening_log
 
     sock = config.bind_socket()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    logging.getLogger("keras_gates.serving").info("HTTP listening on http://%s:%d", shown, port)
+    listening_log.info("HTTP listening on http://%s:%d", shown, port)
     if config.workers > 1:
         Multiprocess(config, sockets=[sock]).run()
         return 0
@@ -226,6 +226,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     import logging
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    from .server import listening_log
+
+    listening_log.setLevel(logging.INFO)  # where it listens is said at every --log-level
     if args.no_request_log:
         logging.getLogger("keras_gates.serving.requests").setLevel(logging.WARNING)
 

@@ -27,7 +27,7 @@ from keras_gates.version import __version__
 from . import documents, grpc_codec
 from .codec import InferRequest
 from .errors import ServingError, error_payload, grpc_code
-from .server import InferenceServer, RequestRecord, request_log
+from .server import InferenceServer, RequestRecord, listening_log, request_log
 
 log = logging.getLogger("keras_gates.serving")
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
@@ -282,7 +282,8 @@ class GrpcServer:
                 "another --grpc-port."
             ) from None
         await self.server.start()
-        log.info("gRPC listening on %s", dataclasses.replace(self.config, port=self.port).address)
+        address = dataclasses.replace(self.config, port=self.port).address
+        listening_log.info("gRPC listening on %s", address)
 
     async def stop(self) -> None:
         """Refuse new calls, answer what open streams had sent and end them (UNAVAILABLE), let

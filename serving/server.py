@@ -26,6 +26,9 @@ from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
 from .tensors import InferRequest
 
 request_log = logging.getLogger("keras_gates.serving.requests")
+# Where each transport listens ("HTTP listening on URL", "gRPC listening on HOST:PORT"): written
+# whatever --log-level says, so that a server started on port 0 always tells its port.
+listening_log = logging.getLogger("keras_gates.serving.listening")
 
 # Why a server that is not ready refuses inference (HTTP 503, gRPC UNAVAILABLE).
 _NOT_READY = {

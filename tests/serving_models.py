@@ -351,6 +351,11 @@ class Served:
         return iter((self.url, self.proc))
 
 
+def grpc_port(served: Served) -> int:
+    """The gRPC port a ``keras-gates serve --grpc-port 0`` took."""
+    return int(served.grpc_address.rsplit(":", 1)[1])
+
+
 @contextlib.contextmanager
 def serve_process(
     path, *args: str, cwd=None, env=None, timeout: float = 90.0, program=None, port: int = 0

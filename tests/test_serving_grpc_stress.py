@@ -14,7 +14,7 @@ from tests.grpc_stress import (
     sigterm_with_open_streams,
     workload,
 )
-from tests.serving_models import free_port, serve_process
+from tests.serving_models import grpc_port, serve_process
 
 
 def test_streams_one_after_another(grpc_served, repo):
@@ -36,15 +36,15 @@ def test_a_killed_client_leaves_its_sequence_to_go_on(grpc_served, repo):
 
 
 def test_sigterm_with_open_streams_ends_them_and_exits(repo):
-    port = free_port()
-    with serve_process(repo, "--grpc-port", str(port), "--no-request-log") as (_, proc):
+    with serve_process(repo, "--grpc-port", "0", "--no-request-log") as served:
+        port, proc = grpc_port(served), served.proc
         shutdown = sigterm_with_open_streams(port, proc, workload(repo, 8, seed=24), "term-")
     assert len(shutdown.answered) == 8 and min(shutdown.answered) >= 1
 
 
 def test_sigterm_while_clients_keep_opening_streams(repo):
-    port = free_port()
-    with serve_process(repo, "--grpc-port", str(port), "--no-request-log") as (_, proc):
+    with serve_process(repo, "--grpc-port", "0", "--no-request-log") as served:
+        port, proc = grpc_port(served), served.proc
         churn = sigterm_during_churn(port, proc, workload(repo, 160, seed=25), 8, "churn-")
     assert churn.complete >= 16 and churn.ended == 8  # each client: 2 right, then the end
 
