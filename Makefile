@@ -32,13 +32,13 @@ PYTEST_WORKERS ?= 2
 test: $(STAMP) $(TRITON)
 	$(PY) -m tests.torch_cache || echo "torch could not be installed: the torch tests will skip"
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --no-loadscope-reorder
 
 # The inner loop: lint and every test not marked slow (no subprocess suites, installs, real
 # Triton or README run-through), in under two minutes. make test before you push.
 check: $(STAMP)
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --no-loadscope-reorder -m "not slow"
 
 demo: $(STAMP)
 	$(PY) examples/demo.py --out $(ARTIFACTS) $(DEMO_ARGS)

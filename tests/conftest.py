@@ -49,6 +49,26 @@ def work_unit(nodeid: str) -> str:
     return TOGETHER.get(name, module)
 
 
+# The longest work first, so that no worker is left alone with one at the end; the rest in
+# collection order (``make test`` passes ``--no-loadscope-reorder``, which keeps this order).
+FIRST = (
+    "tests/test_install.py",
+    "tests/test_readme.py",
+    "tests/test_keras_range.py",
+    "tests/test_backends.py",
+    "tests/test_examples.py",
+    "tests/test_triton_real.py",
+    "tests/test_triton_grpc.py",
+    "tests/test_commands.py",
+    "tests/test_gradient_backends.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: place for place, path in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(FIRST)))
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tests import children, torch_cache
+from tests.caches import with_jax_cache
 from tests.reference import FP32_ATOL
 from tests.test_parity import GRID
 
@@ -73,7 +74,7 @@ TORCH_DESELECT = [
 def _env(backend: str, **extra: str) -> dict[str, str]:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
     env.pop("PYTEST_CURRENT_TEST", None)
-    return env
+    return with_jax_cache(env) if backend == "jax" else env
 
 
 def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int = 540):

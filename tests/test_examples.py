@@ -91,30 +91,33 @@ def streaming_server(tmp_path: Path) -> Iterator[list[str]]:
         yield ["--url", url.removeprefix("http://"), "--model", "sunspots_stream"]
 
 
-EXAMPLES = [
-    Example(
-        "demo.py",
-        expect=(
-            r"mean absolute error: GatedLSTM \d+\.\d sunspots, last-value forecast 22\.7",
-            r"report: .*index\.html",
-            r"tolerance 1e-05: passed",
-            r"nodes \{.*'LSTM': 1",
-            r"Predictor on CPUExecutionProvider",
-            r"server ready on http://127\.0\.0\.1:\d+",
-            r"2008\s+2\.9\s+\d+\.\d\s+\d+\.\d",
-            r"streamed = whole window: \|difference\| = \d\.\de[-+]\d+",
-            r"server stopped",
-        ),
-        outputs=(
-            "sunspots.keras",
-            "samples.npy",
-            "sunspots.onnx",
-            "sunspots_streaming.onnx",
-            "inspect/index.html",
-            "model_repository/sunspots/config.pbtxt",
-            "model_repository/sunspots_stream/1/model.onnx",
-        ),
+# ``make demo`` runs demo.py --quick as README block 0 (tests/test_readme.py), which checks
+# these expectations on its output: the demo is not run a second time here.
+DEMO = Example(
+    "demo.py",
+    expect=(
+        r"mean absolute error: GatedLSTM \d+\.\d sunspots, last-value forecast 22\.7",
+        r"report: .*index\.html",
+        r"tolerance 1e-05: passed",
+        r"nodes \{.*'LSTM': 1",
+        r"Predictor on CPUExecutionProvider",
+        r"server ready on http://127\.0\.0\.1:\d+",
+        r"2008\s+2\.9\s+\d+\.\d\s+\d+\.\d",
+        r"streamed = whole window: \|difference\| = \d\.\de[-+]\d+",
+        r"server stopped",
     ),
+    outputs=(
+        "sunspots.keras",
+        "samples.npy",
+        "sunspots.onnx",
+        "sunspots_streaming.onnx",
+        "inspect/index.html",
+        "model_repository/sunspots/config.pbtxt",
+        "model_repository/sunspots_stream/1/model.onnx",
+    ),
+)
+
+EXAMPLES = [
     Example(
         "sunspots_forecast.py",
         expect=(
@@ -201,17 +204,23 @@ def test_example_runs_quick(example: Example, tmp_path: Path) -> None:
         result = run_quick(example, tmp_path, extra)
     log = f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
     assert result.returncode == 0, log
+    check_run(example, result.stdout, tmp_path / "out", log)
+
+
+def check_run(example: Example, stdout: str, out: Path, log: str = "") -> None:
+    """What a successful quick run of ``example`` prints and writes under ``out``."""
+    log = log or f"stdout:\n{stdout[-4000:]}"
     for pattern in example.expect:
-        assert re.search(pattern, result.stdout), f"no line matches {pattern!r}\n{log}"
+        assert re.search(pattern, stdout), f"no line matches {pattern!r}\n{log}"
     for name in example.outputs:
-        path = tmp_path / "out" / name
+        path = out / name
         assert path.is_file() and path.stat().st_size > 0, f"{path} was not written\n{log}"
-    example.check(result.stdout)
+    example.check(stdout)
 
 
 def test_every_example_is_listed() -> None:
     """A new script in examples/ must get an entry above (helper modules excepted)."""
     helpers = {"sunspots.py"}  # imported by other examples, not run on its own
     scripts = {p.name for p in (ROOT / "examples").glob("*.py")} - helpers
-    missing = scripts - {e.script for e in EXAMPLES}
+    missing = scripts - {e.script for e in [*EXAMPLES, DEMO]}
     assert not missing, f"examples without a test entry in EXAMPLES: {sorted(missing)}"

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests import children, torch_cache
+from tests.caches import with_jax_cache
 from tests.reference import GRAD_ATOL
 
 pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
@@ -86,6 +87,7 @@ def _run(tmp_path: Path, backend: str) -> dict[str, np.ndarray]:
     out, script = tmp_path / f"{backend}.npz", tmp_path / "flow.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = with_jax_cache(env) if backend == "jax" else env
     env.pop("PYTEST_CURRENT_TEST", None)
     env = torch_cache.pythonpath(env) if backend == "torch" else env
     children.run([sys.executable, str(script), str(out)], timeout=600, cwd=ROOT, env=env)

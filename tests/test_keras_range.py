@@ -18,9 +18,9 @@ import pytest
 
 from keras_gates._internals import NEWEST_KERAS, OLDEST_KERAS
 from tests import children
+from tests.caches import CACHE
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("KERAS_GATES_CACHE", Path.home() / ".cache" / "keras-gates"))
 TESTS = [
     "tests/test_parity.py",
     "tests/test_layers.py",

@@ -20,6 +20,7 @@ import pytest
 
 from tests import children
 from tests.serving_models import serve_process
+from tests.test_examples import DEMO, check_run
 
 pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
@@ -125,6 +126,8 @@ def test_readme_has_blocks_of_both_kinds():
 def test_readme_block(index, reader):
     kind, code = BLOCKS[index]
     printed = reader.python(code) if kind == "python" else reader.bash(code)
+    if index == 0:  # make demo: what test_examples checks of a demo.py run (it runs it only here)
+        check_run(DEMO, printed, reader.folder / "artifacts")
     for piece, expected in PRINTS.items():
         if piece in code:
             assert expected in printed, f"block {index} printed:\n{printed}"

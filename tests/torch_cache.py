@@ -29,8 +29,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from tests.caches import CACHE
+
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("KERAS_GATES_CACHE", Path.home() / ".cache" / "keras-gates"))
 
 
 def pinned_version() -> str:
