@@ -26,9 +26,10 @@ $(TRITON): $(STAMP) tests/triton_server.py
 # PyTorch for the torch backend tests: PyPI's build with its CUDA libraries (5.4 GB, ~2 min once),
 # installed by tests/torch_cache.py into $KERAS_GATES_CACHE (~/.cache/keras-gates), outside the
 # venv. Where it cannot be installed (offline) the torch tests skip and say why.
-# The whole suite, as CI runs it: two workers; the tests of a module share a worker (and its
-# fixtures), the real-Triton modules one worker and one Triton (the scheduler: tests/conftest.py).
-PYTEST_WORKERS ?= 2
+# The whole suite, as CI runs it: three workers on two cores (a worker often waits on a child
+# process, a server or the disk); the tests of a module share a worker (and its fixtures), the
+# real-Triton modules one worker and one Triton (the scheduler: tests/conftest.py).
+PYTEST_WORKERS ?= 3
 test: $(STAMP) $(TRITON)
 	$(PY) -m tests.torch_cache || echo "torch could not be installed: the torch tests will skip"
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks

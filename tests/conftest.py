@@ -57,8 +57,8 @@ FIRST = (
     "tests/test_keras_range.py",
     "tests/test_backends.py",
     "tests/test_examples.py",
+    "tests/test_triton_grpc.py",  # before test_triton_real, whose last tests load and unload
     "tests/test_triton_real.py",
-    "tests/test_triton_grpc.py",
     "tests/test_commands.py",
     "tests/test_gradient_backends.py",
 )

@@ -97,7 +97,7 @@ def test_load_model_finds_the_layers_on_every_import_route(route, saved):
 
 
 def test_export_command(saved, tmp_path):
-    out = run(KERAS_GATES, "export", str(saved / "model.keras"), "-o", str(tmp_path / "m.onnx"))
+    out = as_users_run("export", str(saved / "model.keras"), "-o", str(tmp_path / "m.onnx"))
     assert "max_abs_error" in out.stdout and "wrote" in out.stdout
     got = _onnx_run(tmp_path / "m.onnx", np.load(saved / "samples.npy"))
     np.testing.assert_allclose(got, np.load(saved / "model_out.npy"), atol=FP32_ATOL)
@@ -129,15 +129,8 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
 
 def test_inspect_command(saved, tmp_path):
     report = tmp_path / "report"
-    out = run(
-        KERAS_GATES,
-        "inspect",
-        str(saved / "model.keras"),
-        "--input",
-        str(saved / "samples.npy"),
-        "--out",
-        str(report),
-    )
+    model, samples = str(saved / "model.keras"), str(saved / "samples.npy")
+    out = as_users_run("inspect", model, "--input", samples, "--out", str(report))
     assert "forget" in out.stdout and "update" in out.stdout
     summary = json.loads((report / "summary.json").read_text())
     assert sorted(layer["class"] for layer in summary["layers"].values()) == [
@@ -150,19 +143,15 @@ def test_inspect_command(saved, tmp_path):
 NATIVE_LOG = ("E0000", "W0000", "I0000", "WARNING: All log messages before absl")
 
 
-@pytest.mark.parametrize("command", ["export", "inspect"])
-def test_commands_print_no_tensorflow_log(command, saved, tmp_path):
-    """Without TF_CPP_MIN_LOG_LEVEL or --verbose, TensorFlow's C++ log stays out of stderr."""
-    model, samples = str(saved / "model.keras"), str(saved / "samples.npy")
-    argv = {
-        "export": ["-o", str(tmp_path / "m.onnx")],
-        "inspect": ["--input", samples, "--out", str(tmp_path / "report")],
-    }[command]
+def as_users_run(command: str, *argv: str):
+    """``keras-gates COMMAND ARGV`` with no TF_CPP_MIN_LOG_LEVEL, as a user's shell has it:
+    without it (or --verbose) TensorFlow's C++ log stays out of what the command prints."""
     env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    done = children.run([KERAS_GATES, command, model, *argv], timeout=600, env=env)
+    done = children.run([KERAS_GATES, command, *argv], timeout=600, env=env)
     printed = (done.stdout + done.stderr).splitlines()
     assert not [line for line in printed if line.startswith(NATIVE_LOG) or "cuInit" in line]
     assert "AutoGraph could not transform" not in done.stderr
+    return done
 
 
 def test_serve_command_answers_a_request(saved, tmp_path):
