@@ -20,6 +20,9 @@ if os.environ.get("KERAS_GATES_NO_TENSORFLOW") == "1":
 pytest_plugins = ["tests.serving_fixtures", "tests.serving_grpc", "tests.triton_fixtures"]
 
 if os.environ["KERAS_BACKEND"] == "tensorflow":
+    from keras_gates.native_logs import quiet_native_logs
+
+    quiet_native_logs(verbose=False, modules=("tensorflow",))  # no import-time C++ log lines
     import tensorflow as tf
 
     # Two logical CPU devices so that tf.distribute.MirroredStrategy can be tested on this

@@ -51,6 +51,7 @@ def _events(log_dir: str) -> dict[str, list]:
     return found
 
 
+@pytest.mark.slow  # training with TensorBoard writing
 def test_history_and_tensorboard(tmp_path):
     model = _model()
     x, y = _data()

@@ -51,6 +51,7 @@ def strategy():
     return strategy
 
 
+@pytest.mark.slow  # MirroredStrategy training on two logical devices
 @pytest.mark.parametrize("layer_cls", [GatedLSTM, GatedGRU])
 def test_mirrored_strategy_equals_single_device(layer_cls, strategy):
     initial = _model(layer_cls).get_weights()

@@ -36,6 +36,7 @@ def files(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # a whole report with its plots
 def test_cli_writes_a_complete_report(files, capsys):
     out = files / "report"
     code = main(
@@ -71,6 +72,7 @@ def test_cli_writes_a_complete_report(files, capsys):
     assert page.count("<img ") == len(images)
 
 
+@pytest.mark.slow  # a whole report with its plots
 def test_write_report_returns_paths(files, tmp_path):
     model = keras.saving.load_model(files / "model.keras")
     paths = write_report(model, np.load(files / "x.npy"), tmp_path / "r", mask_value=-1.0)

@@ -5,6 +5,8 @@ timeout (``tests/grpc_stress.py``; ``benchmarks/grpc_stream_stress.py`` runs mor
 
 from __future__ import annotations
 
+import pytest
+
 from tests.grpc_stress import (
     cancelled_midway,
     concurrent,
@@ -15,6 +17,8 @@ from tests.grpc_stress import (
     workload,
 )
 from tests.serving_models import grpc_port, serve_process
+
+pytestmark = pytest.mark.slow  # hundreds of streams, server processes: not in make check
 
 
 def test_streams_one_after_another(grpc_served, repo):
