@@ -61,20 +61,8 @@ def write(
     layouts: dict[str, Any],
     validation: ValidationResult | None,
 ) -> None:
-    """Record the metadata in ``onnx_model``, check it, and write it to ``path`` atomically."""
-    set_metadata(onnx_model, model, signature, layouts, validation)
-    onnx.checker.check_model(onnx_model, full_check=True)
-    write_bytes(path, onnx_model.SerializeToString())
-
-
-def set_metadata(
-    onnx_model: onnx.ModelProto,
-    model: Any,
-    signature: Signature,
-    layouts: dict[str, Any],
-    validation: ValidationResult | None,
-) -> None:
-    """keras-gates version, source model, signature, gate layout and validation result."""
+    """Record the metadata in ``onnx_model`` (keras-gates version, source model, signature, gate
+    layout, validation result, padding), check it, and write it to ``path`` atomically."""
     props = {
         "keras_gates.version": __version__,
         "keras_gates.source_model": getattr(model, "name", ""),
@@ -85,6 +73,13 @@ def set_metadata(
             _padding(signature, validation is not None), sort_keys=True
         ),
     }
+    _set_props(onnx_model, props)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    write_bytes(path, onnx_model.SerializeToString())
+
+
+def _set_props(onnx_model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Replace these keys in ``onnx_model.metadata_props``, keeping the others."""
     kept = [p for p in onnx_model.metadata_props if p.key not in props]
     del onnx_model.metadata_props[:]
     onnx_model.metadata_props.extend(kept)

@@ -16,9 +16,10 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
+
+from tests.serving_models import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(sys.prefix) / "triton"
@@ -130,7 +131,7 @@ class TritonServer:
 
     def __enter__(self) -> TritonServer:
         for _ in range(self.ATTEMPTS):
-            self.http_port, self.grpc_port = (p or _free_port() for p in self.wanted)
+            self.http_port, self.grpc_port = (p or free_port() for p in self.wanted)
             if self._start():
                 return self
             if "Address already in use" not in self.log.read_text(errors="replace"):
@@ -156,17 +157,20 @@ class TritonServer:
         env = {**os.environ, "LD_LIBRARY_PATH": str(paths["libs"])}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + self.READY_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            if self._answers_as_triton():
-                return True
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(
-            f"tritonserver was not ready in {self.READY_S} s:\n{self.log.read_text()[-4000:]}"
-        )
+        from tests.waiting import WaitTimeout, wait_until
+
+        try:
+            wait_until(
+                lambda: self.proc.poll() is not None or self._answers_as_triton(),
+                self.READY_S,
+                interval=0.2,
+            )
+        except WaitTimeout:
+            self.stop()
+            raise RuntimeError(
+                f"tritonserver was not ready in {self.READY_S} s:\n{self.log.read_text()[-4000:]}"
+            ) from None
+        return self.proc.poll() is None
 
     def _answers_as_triton(self) -> bool:
         import json
@@ -191,14 +195,6 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":
