@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import orjson
 
+from . import classification
 from .errors import Unavailable
 from .metrics import ModelMetrics, ServingMetrics
 from .parameters import sequence_control
@@ -163,7 +164,11 @@ class InferenceServer:
             request = await decode()
             record.request_id = request.id
             record.sequence = sequence_control(request.parameters)
+            if request.classification:
+                classification.check(scheduler, request.classification)
             outputs = await scheduler.infer(request.inputs, request.outputs, record.sequence)
+        if request.classification:  # the top-K classes instead of the values
+            outputs = classification.classify(scheduler, outputs, request.classification)
         return scheduler, request, outputs
 
     def account(self, record: RequestRecord, client: str | None = None) -> None:

@@ -19,7 +19,7 @@ from keras_gates.serving import ServerConfig, create_app
 from keras_gates.serving import cli as serve_cli
 from keras_gates.serving.grpc_server import GrpcConfig
 from keras_gates.serving.restricted import GROUPS, RestrictedApi, http_group
-from tests.serving_models import ServerThread, make_rnn_model
+from tests.serving_models import ServerThread, add_labels, make_rnn_model, run_direct
 
 ADMIN = {"admin-key": "s3cret"}
 STATS = {"stats-key": "s2"}
@@ -198,3 +198,146 @@ def test_failed_load_keeps_paths_in_the_log(restricted, caplog):
     assert "no version of it in the model repository" in missing.json()["error"]
     assert f"{root}/broken/1/model.onnx" in caplog.text  # the operator's log has them
     assert f"no version of it under {root}" in caplog.text
+
+
+# ---- the classification extension --------------------------------------------------------------
+CLASSES = 5
+LABELS = ["zero", "one", "two", "three", "four"]
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """An open server of three labelled copies of one model (``y [B, 5]``, ``y_steps [B, T, 5]``):
+    labels in its metadata (``meta``), in files named by a Triton config (``configured``, as
+    ``write_triton_repo`` writes them; ``labels_y.txt`` then edited: the file wins), and in a
+    ``labels.txt`` of three lines (``filed``, a model with one output)."""
+    from keras_gates.export.triton import write_triton_repo
+
+    root = tmp_path_factory.mktemp("classifier")
+    source = make_rnn_model(root / "meta" / "1" / "model.onnx", units=4, outputs=CLASSES, seed=7)
+    add_labels(source, {"y": LABELS, "y_steps": LABELS})
+    write_triton_repo(source, root, "configured", backend="python")
+    (root / "configured" / "labels_y.txt").write_text("A\nB\nC\nD\nE\n")
+    filed = root / "filed" / "1" / "model.onnx"
+    make_rnn_model(filed, units=4, outputs=CLASSES, seed=7, per_step=False)
+    (root / "filed" / "labels.txt").write_text("zero\none\ntwo\n")
+    app = create_app(root, None, GrpcConfig(port=0))
+    with ServerThread(app) as server:
+        yield Served(root, server.url, f"127.0.0.1:{app.state.grpc.port}")
+
+
+def top_k(values: np.ndarray, k: int, labels) -> list[list[bytes]]:
+    """The witness: each row's values sorted in plain Python, formatted with C's %f."""
+    found = []
+    for row in values.reshape(len(values), -1).tolist():
+        ranked = sorted(enumerate(row), key=lambda pair: (-pair[1], pair[0]))[:k]
+        found.append(
+            [
+                (f"{v:f}:{i}" + (f":{labels[i]}" if i < len(labels) else "")).encode()
+                for i, v in ranked
+            ]
+        )
+    return found
+
+
+def test_classification_top_k_on_both_transports(classifier):
+    import tritonclient.http as th
+
+    x = np.random.default_rng(71).standard_normal((3, 4, 3)).astype(np.float32)
+    lengths = np.array([[4], [2], [3]], np.int32)
+    raw = run_direct(
+        classifier.root / "meta" / "1" / "model.onnx", {"x": x, "lengths": lengths.ravel()}
+    )
+    cases = [  # model, output, K, labels the answer must carry
+        ("meta", "y", 2, LABELS),
+        ("meta", "y", 5, LABELS),
+        ("meta", "y", 9, LABELS),  # more than the classes: all of them, as Triton
+        ("meta", "y_steps", 3, LABELS),  # ranks each row's T * N values, as Triton
+        ("configured", "y", 3, list("ABCDE")),
+        ("configured", "y_steps", 2, LABELS),
+        ("filed", "y", 4, ["zero", "one", "two"]),  # classes 3, 4 have no label
+    ]
+    with (
+        th.InferenceServerClient(classifier.url.removeprefix("http://")) as over_http,
+        tg.InferenceServerClient(classifier.grpc_address) as over_grpc,
+    ):
+        for model, output, k, labels in cases:
+            want = top_k(raw[output], k, labels)
+            for module, client, binary in (
+                (th, over_http, True),
+                (th, over_http, False),
+                (tg, over_grpc, None),
+            ):
+                tensors = []
+                for name, value in (("x", x), ("lengths", lengths)):
+                    tensors.append(
+                        module.InferInput(
+                            name, list(value.shape), "FP32" if name == "x" else "INT32"
+                        )
+                    )
+                    tensors[-1].set_data_from_numpy(value)
+                extra = {} if binary is None else {"binary_data": binary}
+                asked = module.InferRequestedOutput(output, class_count=k, **extra)
+                result = client.infer(model, tensors, outputs=[asked])
+                got = result.as_numpy(output)
+                assert got.shape == (3, min(k, raw[output][0].size)), (model, output, k)
+                got = [[g if isinstance(g, bytes) else g.encode() for g in row] for row in got]
+                assert got == want, (model, output, k, module.__name__, binary)
+        # classification 0 is the values themselves, as in Triton
+        body = x_body() | {"outputs": [{"name": "y", "parameters": {"classification": 0}}]}
+        answer = httpx.post(f"{classifier.url}/v2/models/filed/infer", json=body).json()
+        assert answer["outputs"][0]["datatype"] == "FP32"
+    config = httpx.get(f"{classifier.url}/v2/models/configured/config").json()
+    assert {t["name"]: t["label_filename"] for t in config["output"]} == {
+        "y": "labels_y.txt",
+        "y_steps": "labels_y_steps.txt",
+    }
+    assert "classification" in httpx.get(f"{classifier.url}/v2").json()["extensions"]
+
+
+@pytest.mark.parametrize("count", [-1, "2", 2.5, True, None, [2]])
+def test_bad_classification_is_400(classifier, count):
+    body = x_body() | {"outputs": [{"name": "y", "parameters": {"classification": count}}]}
+    answer = httpx.post(f"{classifier.url}/v2/models/meta/infer", json=body)
+    assert answer.status_code == 400, answer.text
+    want = f"Output 'y' has parameter classification {count!r}, expected a non-negative integer"
+    assert want in answer.json()["error"]
+
+
+def test_bad_classification_is_invalid_argument_over_grpc(classifier):
+    x = tg.InferInput("x", [1, 2, 3], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 2, 3), np.float32))
+    with tg.InferenceServerClient(classifier.grpc_address) as client:
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("meta", [x], outputs=[tg.InferRequestedOutput("y", class_count=-3)])
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "classification -3, expected a non-negative integer" in refused.value.message()
+        with pytest.raises(InferenceServerException) as unknown:
+            client.infer("meta", [x], outputs=[tg.InferRequestedOutput("nope", class_count=2)])
+        assert "has no output 'nope'" in unknown.value.message()
+
+
+def test_labels_are_checked_where_they_are_given(tmp_path):
+    from keras_gates.labels import resolve_labels
+
+    outputs = [("y", 3), ("y_steps", 3)]
+    assert resolve_labels({"y": ["a", "b", "c"]}, outputs) == {"y": ("a", "b", "c")}
+    cases = {
+        "as a list, but the model has 2 outputs": ["a", "b", "c"],
+        "expected 3 (its last axis": {"y": ["a", "b"]},
+        "'nope', which is not an output": {"nope": ["a", "b", "c"]},
+        "not a non-empty list of one-line strings (e.g. 'b\\nc')": {"y": ["a", "b\nc", "d"]},
+        "expected a list of strings or a dict": "abc",
+    }
+    for message, labels in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            resolve_labels(labels, outputs)
+    # a config naming a label file that is not there: the model does not load (as in Triton)
+    from keras_gates.serving.runtime import ModelRuntime
+
+    path = make_rnn_model(tmp_path / "m" / "1" / "model.onnx", units=4, per_step=False)
+    (tmp_path / "m" / "config.pbtxt").write_text(
+        'name: "m"\noutput { name: "y" data_type: TYPE_FP32 dims: [2] label_filename: "l.txt" }\n'
+    )
+    with pytest.raises(ValueError, match="label_filename 'l.txt' of output 'y'"):
+        ModelRuntime(path, "m")
