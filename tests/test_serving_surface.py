@@ -332,6 +332,16 @@ def test_labels_are_checked_where_they_are_given(tmp_path):
     for message, labels in cases.items():
         with pytest.raises(ValueError, match=re.escape(message)):
             resolve_labels(labels, outputs)
+    # keras-gates export --labels [OUTPUT=]FILE, read before the export starts
+    from keras_gates.export.cli import _labels
+
+    (tmp_path / "a.txt").write_text("a\nb\n")
+    assert _labels([]) is None and _labels([str(tmp_path / "a.txt")]) == ["a", "b"]
+    assert _labels([f"y={tmp_path / 'a.txt'}"]) == {"y": ["a", "b"]}
+    with pytest.raises(ValueError, match="is not a file; expected \\[OUTPUT=\\]FILE"):
+        _labels([str(tmp_path / "missing.txt")])
+    with pytest.raises(ValueError, match="both with and without OUTPUT="):
+        _labels([str(tmp_path / "a.txt"), f"y={tmp_path / 'a.txt'}"])
     # a config naming a label file that is not there: the model does not load (as in Triton)
     from keras_gates.serving.runtime import ModelRuntime
 
