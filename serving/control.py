@@ -134,7 +134,8 @@ def _load_failure(
     log.warning("failed to load model %s version %s from %s", name, version, path, exc_info=err)
     message = str(err)
     root = server.repository.root
-    for prefix in sorted({str(root.resolve()), str(root.absolute()), str(root)}, key=len)[::-1]:
+    prefixes = {str(root.resolve()), str(root.absolute()), str(root)} if root is not None else ()
+    for prefix in sorted(prefixes, key=len, reverse=True):
         message = message.replace(prefix + os.sep, "")
     return BadRequest(f"failed to load {name!r} version {version}: {message}")
 
