@@ -33,6 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="Triton model name (default: the output file's stem)")
     parser.add_argument("--version", type=int, default=1, help="Triton model version (default 1)")
     parser.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="[OUTPUT=]FILE",
+        help="class labels for the classification extension, one per line (line i names class "
+        "i): recorded in the model's metadata and written as the Triton repository's "
+        "labels.txt; OUTPUT= names the output when the model has several (repeatable)",
+    )
+    parser.add_argument(
         "--no-validate", action="store_true", help="skip the onnxruntime-vs-Keras comparison"
     )
     parser.add_argument(
@@ -58,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"Received an invalid --name {name!r}: use letters, digits, _ . -")
     if args.atol <= 0:
         raise ValueError(f"Received an invalid value for --atol, expected > 0, got {args.atol}.")
+    labels = _labels(args.labels)  # before the export: a missing file fails fast
     result = to_onnx(
         args.model,
         output,
@@ -65,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         streaming=True if args.streaming else None,
         validate=not args.no_validate,
         atol=args.atol,
+        labels=labels,
     )
     rnn = {k: v for k, v in result.op_counts.items() if k in ("LSTM", "GRU", "Loop", "Scan")}
     print(f"wrote {output} ({rnn or 'no RNN nodes'}, inputs {_names(result.signature.inputs)})")
@@ -78,3 +89,27 @@ def run(args: argparse.Namespace) -> int:
 
 def _names(specs) -> str:
     return ", ".join(spec.name for spec in specs)
+
+
+def _labels(values: list[str]):
+    """``--labels`` values as ``to_onnx``'s ``labels``: a list for one unnamed file, else a dict."""
+    from keras_gates.labels import read_label_file
+
+    named = {}
+    for value in values:
+        output, _, file = value.rpartition("=") if not Path(value).is_file() else ("", "", value)
+        if not Path(file).is_file():
+            raise ValueError(
+                f"Received --labels {value!r}, but {file!r} is not a file; expected [OUTPUT=]FILE "
+                "with one label per line."
+            )
+        if output in named:
+            raise ValueError(f"Received --labels twice for {output or 'the output'!r}.")
+        named[output] = list(read_label_file(file))
+    if not named:
+        return None
+    if list(named) == [""]:
+        return named[""]
+    if "" in named:
+        raise ValueError("Received --labels both with and without OUTPUT=; name every output.")
+    return named

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import keras
 from tf2onnx import constants as tf2onnx_constants
 
 from keras_gates import _internals
+from keras_gates.labels import resolve_labels
 from keras_gates.saving import load_model
 from keras_gates.signature import Signature
 
@@ -58,6 +59,7 @@ def to_onnx(
     atol: float = DEFAULT_ATOL,
     samples: Sequence[Any] | None = None,
     print_fn: Callable[[str], Any] | None = print,
+    labels: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
 ) -> ExportResult:
     """Export ``model`` (a Keras model or a ``.keras`` path) to ONNX at ``path``.
 
@@ -85,6 +87,10 @@ def to_onnx(
         samples: Inputs to validate on instead of random ones: a list of samples, each an array
             (single-input models) or a list of arrays (one per model input).
         print_fn: Where the validation table goes (``None`` for silence).
+        labels: Class names for the classification extension of ``keras-gates serve`` and
+            Triton: a list (label ``i`` names class ``i`` of the model's one output) or a dict
+            ``{output name: [label, ...]}``; recorded in the metadata (``keras_gates.labels``),
+            and written as ``labels.txt`` by :func:`~keras_gates.export.write_triton_repo`.
 
     Returns:
         An :class:`ExportResult` (path, signature, op counts, validation result, gate layout).
@@ -97,6 +103,7 @@ def to_onnx(
     converted = cutting.convert(model, streaming, opset)
     onnx_model, layouts = splice.build_onnx(converted)
     signature = metadata.build_signature(model, converted, streaming)
+    labelled = resolve_labels(labels, metadata.output_classes(signature))
     result = None
     if validate:
         inputs = validation_samples(model, converted, samples)
@@ -106,7 +113,7 @@ def to_onnx(
     if print_fn is not None:
         for line in refusal_lines(signature.padding_refusals):
             print_fn(line)
-    metadata.write(path, onnx_model, model, signature, layouts, result)
+    metadata.write(path, onnx_model, model, signature, layouts, result, labels=labelled)
     return ExportResult(path, signature, splice.count_ops(onnx_model), result, layouts)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 
 from keras_gates.atomic import write_bytes
+from keras_gates.labels import LABELS_KEY, Labels, labels_to_json
 from keras_gates.signature import METADATA_KEY, Signature, TensorSpec
 from keras_gates.version import __version__
 
@@ -60,9 +61,11 @@ def write(
     signature: Signature,
     layouts: dict[str, Any],
     validation: ValidationResult | None,
+    labels: Labels | None = None,
 ) -> None:
     """Record the metadata in ``onnx_model`` (keras-gates version, source model, signature, gate
-    layout, validation result, padding), check it, and write it to ``path`` atomically."""
+    layout, validation result, padding, class labels), check it, and write it to ``path``
+    atomically."""
     props = {
         "keras_gates.version": __version__,
         "keras_gates.source_model": getattr(model, "name", ""),
@@ -73,9 +76,20 @@ def write(
             _padding(signature, validation is not None), sort_keys=True
         ),
     }
+    if labels:
+        props[LABELS_KEY] = labels_to_json(labels)
     _set_props(onnx_model, props)
     onnx.checker.check_model(onnx_model, full_check=True)
     write_bytes(path, onnx_model.SerializeToString())
+
+
+def output_classes(signature: Signature) -> list[tuple[str, int | None]]:
+    """``(name, size of the last axis)`` of each output a client reads (not the state ones)."""
+    return [
+        (t.name, t.shape[-1] if len(t.shape) >= 2 else None)
+        for t in signature.outputs
+        if t.role != "state"
+    ]
 
 
 def _set_props(onnx_model: onnx.ModelProto, props: dict[str, str]) -> None:

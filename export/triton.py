@@ -33,6 +33,7 @@ from typing import Any
 
 import keras_gates.batching as batching_module
 import keras_gates.signature as signature_module
+from keras_gates.labels import LABELS_KEY, label_file_text, labels_from_json
 from keras_gates.signature import Signature, read_signature
 
 BACKENDS = ("onnxruntime", "python")
@@ -106,6 +107,7 @@ def write_triton_repo(
     if signature.streaming and backend == "onnxruntime":
         add_sequence_controls(model, signature)
     config = build_config(model, signature, name, max_batch_size, idle_microseconds, backend)
+    label_files = _label_files(model, config)
     if execution_env is not None:
         config.parameters["EXECUTION_ENV_PATH"].string_value = str(execution_env)
     text = config_text(config)
@@ -116,8 +118,25 @@ def write_triton_repo(
     if backend == "python":
         for filename, source in PYTHON_FILES.items():
             write_bytes(target / filename, source.read_bytes())
+    for filename, values in label_files.items():
+        write_bytes(repo / name / filename, label_file_text(values).encode())
     write_bytes(repo / name / "config.pbtxt", text.encode())
     return repo / name
+
+
+def _label_files(model: Any, config: Any) -> dict[str, tuple[str, ...]]:
+    """The label files of the outputs the model's metadata labels (``labels.txt``, or
+    ``labels_<output>.txt`` for several), named by each output's ``label_filename``: Triton's
+    classification extension reads them."""
+    props = {p.key: p.value for p in model.metadata_props}
+    labels = labels_from_json(props.get(LABELS_KEY, "{}"))
+    labelled = [t for t in config.output if t.name in labels]
+    files = {}
+    for tensor in labelled:
+        safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", tensor.name)
+        tensor.label_filename = "labels.txt" if len(labelled) == 1 else f"labels_{safe}.txt"
+        files[tensor.label_filename] = labels[tensor.name]
+    return files
 
 
 def _triton_dims(value_info: Any) -> list[int]:

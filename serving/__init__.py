@@ -9,7 +9,8 @@ and the gRPC transport (:mod:`.grpc_server`, :mod:`.grpc_codec`), a second proto
 serve. Beside the layers: the models on disk (:mod:`.repository`) and the repository extension
 that loads and unloads them (:mod:`.control`); the checks on a request's tensors
 (:mod:`.validation`); the metadata and config documents (:mod:`.documents`); the one error
-mapping of both transports (:mod:`.errors`). The padding rule and batch layout are
+mapping of both transports (:mod:`.errors`); the restricted endpoint groups (:mod:`.restricted`)
+and the classification extension (:mod:`.classification`). The padding rule and batch layout are
 :mod:`keras_gates.signature` and :mod:`keras_gates.batching`, shared with Triton's ``model.py``.
 Importing this package never imports TensorFlow, Keras or grpcio.
 
@@ -20,20 +21,23 @@ Example::
 """
 
 from .app import create_app
-from .errors import BadRequest, NotFound, PayloadTooLarge, ServingError, Unavailable
+from .errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, ServingError, Unavailable
 from .repository import ModelRepository, discover
+from .restricted import RestrictedApi
 from .runtime import ModelRuntime, TensorInfo
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
 from .server import InferenceServer, ServerConfig
 
 __all__ = [
     "BadRequest",
+    "Forbidden",
     "InferenceServer",
     "ModelRepository",
     "ModelRuntime",
     "ModelScheduler",
     "NotFound",
     "PayloadTooLarge",
+    "RestrictedApi",
     "SchedulerConfig",
     "SequenceControl",
     "ServerConfig",

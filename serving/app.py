@@ -23,6 +23,7 @@ from . import control, documents
 from .http_infer import InferFastPath, infer
 from .repository import ModelRepository
 from .responses import add_error_handlers, boundary, json_response
+from .restricted import RestrictedApi
 from .server import InferenceServer, ServerConfig
 
 if TYPE_CHECKING:
@@ -53,11 +54,15 @@ _INFER_DOC = {
 
 
 class ServingApp(FastAPI):
-    """A FastAPI app that hands inference requests to :class:`InferFastPath` before routing."""
+    """A FastAPI app that hands inference requests to :class:`InferFastPath` before routing
+    (after refusing the requests a restricted group lacks the header of: :mod:`.restricted`)."""
 
     fast_path: InferFastPath | None = None
+    restricted: RestrictedApi | None = None
 
     async def __call__(self, scope, receive, send) -> None:
+        if self.restricted and await self.restricted.refuse_http(scope, send):
+            return
         if self.fast_path is not None and await self.fast_path.handle(scope, receive, send):
             return
         await super().__call__(scope, receive, send)
@@ -111,6 +116,7 @@ def create_app(
     _add_model_routes(app, ModelRoutes(server))
     control.add_routes(app, server)
     app.fast_path = InferFastPath(server)
+    app.restricted = config.restricted_api
     return app
 
 

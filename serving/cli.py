@@ -115,6 +115,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model-control-mode poll, seconds between scans (default %(default)s)",
     )
     parser.add_argument(
+        "--restricted-api",
+        action="append",
+        default=[],
+        metavar="GROUPS:HEADER=VALUE",
+        help="answer the endpoint groups GROUPS (comma-separated, Triton's: health, metadata, "
+        "inference, model-config, model-repository, statistics, shared-memory, trace, logging) "
+        "only to requests carrying HEADER: VALUE, on HTTP and gRPC (Triton's "
+        "--http-restricted-api/--grpc-restricted-protocol); repeatable, each group once. "
+        "Without it on model-repository, anyone who reaches --host can load and unload models",
+    )
+    parser.add_argument(
         "--graceful-timeout-s",
         type=float,
         default=30.0,
@@ -163,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     config = _server_config(args)  # before loading models: a bad flag fails fast
     _check_grpc_port(args)
     _configure_logging(args)
+    _warn_if_open(args.host, config)
     repository = _load(args)
     if args.workers > 1:
         _refuse_streaming(repository, args.workers)
@@ -235,6 +247,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def _server_config(args: argparse.Namespace):
     """The config of the flags; the dataclasses' checks name the flag, not the field."""
+    from .restricted import RestrictedApi
     from .scheduler import SchedulerConfig
     from .server import ServerConfig
 
@@ -250,6 +263,7 @@ def _server_config(args: argparse.Namespace):
             max_body_bytes=int(args.max_body_mb * _MIB),
             model_control_mode=args.model_control_mode,
             repository_poll_s=args.repository_poll_secs,
+            restricted_api=RestrictedApi.parse(getattr(args, "restricted_api", None) or ()),
         )
     except ValueError as err:
         flag = re.sub(
@@ -258,6 +272,24 @@ def _server_config(args: argparse.Namespace):
             str(err),
         )
         raise ValueError(flag) from None
+
+
+def _warn_if_open(host: str, config) -> None:
+    """Log a warning when the server is reachable beyond this machine with load/unload open."""
+    import ipaddress
+    import logging
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback and not config.restricted_api.restricts("model-repository"):
+        logging.getLogger("keras_gates.serving").warning(
+            "Serving on %s without --restricted-api on model-repository: anyone who reaches "
+            "this address can load and unload models (POST /v2/repository/models/{m}/unload). "
+            "Add e.g. --restricted-api model-repository:admin-key=SECRET.",
+            host,
+        )
 
 
 def _check_grpc_port(args: argparse.Namespace) -> None:

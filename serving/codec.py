@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .classification import serialize_bytes
 from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
 from .tensors import InferRequest, array_from_values, requested_outputs, tensor_header
@@ -51,11 +52,11 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     parameters = doc.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest('"parameters" must be a JSON object.')
-    outputs, binary_outputs = requested_outputs(doc.get("outputs"), parameters)
+    outputs, binary_outputs, classes = requested_outputs(doc.get("outputs"), parameters)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f'"id" must be a string, got {request_id!r}.')
-    return InferRequest(request_id, inputs, parameters, outputs, binary_outputs)
+    return InferRequest(request_id, inputs, parameters, outputs, binary_outputs, classes)
 
 
 def _decode_inputs(items: list, binary) -> tuple[dict[str, np.ndarray], int]:
@@ -109,15 +110,18 @@ def encode_response(
     tensors, blobs = [], []
     for name, value in outputs.items():
         array = np.ascontiguousarray(value)
+        strings = array.dtype == object  # BYTES: the classification extension's top-K strings
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": NUMPY_TO_V2[array.dtype],
+            "datatype": "BYTES" if strings else NUMPY_TO_V2[array.dtype],
             "shape": list(array.shape),
         }
         if binary_outputs is True or (binary_outputs and name in binary_outputs):
-            blob = array.tobytes()
+            blob = serialize_bytes(array) if strings else array.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif strings:
+            entry["data"] = [item.decode() for item in array.reshape(-1)]
         else:
             entry["data"] = array.reshape(-1)
         tensors.append(entry)

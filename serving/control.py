@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request
@@ -48,15 +50,13 @@ def add_routes(app: FastAPI, server: InferenceServer) -> None:
     @app.post("/v2/repository/models/{model_name}/load", tags=["repository"])
     @boundary
     async def load_model(model_name: str) -> Response:
-        _explicit(server, "load")
-        await load(server, model_name)
+        await explicit(server, "load", model_name)
         return Response(status_code=200)
 
     @app.post("/v2/repository/models/{model_name}/unload", tags=["repository"])
     @boundary
     async def unload_model(model_name: str) -> Response:
-        _explicit(server, "unload")
-        await unload(server, model_name)
+        await explicit(server, "unload", model_name)
         return Response(status_code=200)
 
 
@@ -99,9 +99,11 @@ async def load(server: InferenceServer, name: str) -> None:
     """(Re)load ``name``: changed or new versions are loaded, versions gone from disk unloaded."""
     found = _on_disk(server).get(name)
     if not found:
+        root = server.repository.root
+        log.warning("failed to load model %s: no version of it under %s", name, root)
         raise BadRequest(
-            f"failed to load {name!r}: no version of it in the repository "
-            f"{str(server.repository.root)!r}; expected {name}/VERSION/model.onnx."
+            f"failed to load {name!r}: no version of it in the model repository; expected "
+            f"{name}/VERSION/model.onnx there."
         )
     repository = server.repository
     loaded = repository.loaded(name)
@@ -109,9 +111,12 @@ async def load(server: InferenceServer, name: str) -> None:
     for version, path in found.items():
         current = loaded.get(version)
         if current is None or _file_stamp(current.path) != current.file_stamp:
-            fresh[version] = await asyncio.to_thread(
-                ModelRuntime, path, name, version, repository.threads
-            )
+            try:
+                fresh[version] = await asyncio.to_thread(
+                    ModelRuntime, path, name, version, repository.threads
+                )
+            except Exception as err:  # noqa: BLE001 - a bad model file: the client's 400
+                raise _load_failure(server, name, version, path, err) from None
     for version in [v for v in loaded if v not in found]:
         await _retire(server, name, version, "unloaded (its folder left the repository)")
     for version, runtime in fresh.items():
@@ -119,6 +124,27 @@ async def load(server: InferenceServer, name: str) -> None:
         log.info("loaded model %s version %s", name, version)
         if previous is not None:
             await _drain(previous)
+
+
+def _load_failure(
+    server: InferenceServer, name: str, version: str, path: Path, err: Exception
+) -> BadRequest:
+    """The client's answer to a version that failed to load: the reason with the server's paths
+    made relative to the repository (the log line keeps them whole)."""
+    log.warning("failed to load model %s version %s from %s", name, version, path, exc_info=err)
+    message = str(err)
+    root = server.repository.root
+    prefixes = {str(root.resolve()), str(root.absolute()), str(root)} if root is not None else ()
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        message = message.replace(prefix + os.sep, "")
+    return BadRequest(f"failed to load {name!r} version {version}: {message}")
+
+
+async def explicit(server: InferenceServer, action: str, name: str) -> None:
+    """The repository API's ``load`` or ``unload`` of ``name`` (refused in poll mode and for a
+    server built from in-memory models), for either transport."""
+    _explicit(server, action)
+    await (load if action == "load" else unload)(server, name)
 
 
 async def unload(server: InferenceServer, name: str) -> None:

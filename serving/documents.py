@@ -11,6 +11,7 @@ from .metrics import ModelMetrics
 from .scheduler import ModelScheduler
 
 EXTENSIONS = [
+    "classification",
     "binary_tensor_data",
     "sequence",
     "model_configuration",
@@ -51,7 +52,7 @@ def _config_tensor(t, batched: bool, is_input: bool, optional: bool = False) -> 
         entry["allow_ragged_batch"] = False
         entry["optional"] = optional
     else:
-        entry["label_filename"] = ""
+        entry["label_filename"] = t.label_filename
     entry["is_non_linear_format_io"] = False
     if t.role != "other":
         entry["keras_gates_role"] = t.role

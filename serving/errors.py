@@ -37,6 +37,13 @@ class BadRequest(ServingError):
     status = 400
 
 
+class Forbidden(ServingError):
+    """The endpoint's group is restricted (``--restricted-api``) and the request lacks its header
+    (HTTP 403)."""
+
+    status = 403
+
+
 class NotFound(ServingError):
     """Unknown model or version (HTTP 404)."""
 
@@ -58,6 +65,7 @@ class Unavailable(ServingError):
 # The gRPC status code answering each HTTP status (the gRPC transport's only error mapping).
 GRPC_CODES = {
     400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     413: "RESOURCE_EXHAUSTED",
     499: "CANCELLED",

@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
+from .classification import serialize_bytes
 from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
 from .tensors import InferRequest, array_from_values, requested_outputs, tensor_header
@@ -82,8 +83,8 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
     requested = [
         {"name": o.name, "parameters": parameters_of(o.parameters)} for o in request.outputs
     ]
-    outputs, _ = requested_outputs(requested or None, {})
-    return InferRequest(request.id or None, inputs, parameters, outputs, True)
+    outputs, _, classes = requested_outputs(requested or None, {})
+    return InferRequest(request.id or None, inputs, parameters, outputs, True, classes)
 
 
 def _from_raw(name: str, tensor, dtype: np.dtype, shape: list[int], data: bytes) -> np.ndarray:
@@ -128,6 +129,10 @@ def encode_infer_response(
     raw = response.raw_output_contents
     for name, value in outputs.items():
         array = np.ascontiguousarray(value)
+        if array.dtype == object:  # BYTES: the classification extension's top-K strings
+            response.outputs.add(name=name, datatype="BYTES", shape=array.shape)
+            raw.append(serialize_bytes(array))
+            continue
         response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype], shape=array.shape)
         raw.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
     return response

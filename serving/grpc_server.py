@@ -24,9 +24,10 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from keras_gates.version import __version__
 
-from . import documents, grpc_codec
+from . import control, documents, grpc_codec
 from .codec import InferRequest
 from .errors import ServingError, error_payload, grpc_code
+from .restricted import grpc_interceptor
 from .server import InferenceServer, RequestRecord, listening_log, request_log
 
 log = logging.getLogger("keras_gates.serving")
@@ -140,6 +141,16 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         for name, version in self.server.schedulers:
             response.models.add(name=name, version=version, state=state)
         return response
+
+    @_rpc
+    async def RepositoryModelLoad(self, request, context):
+        await control.explicit(self.server, "load", request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request, context):
+        await control.explicit(self.server, "unload", request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
 
     def versions(self, name: str) -> list[str]:
         return self.server.repository.versions(name)
@@ -269,7 +280,9 @@ class GrpcServer:
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", int(config.reuse_port)),
         ]
-        self.server = grpc.aio.server(options=options)
+        restricted = server.config.restricted_api
+        interceptors = [grpc_interceptor(restricted)] if restricted else []
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
 
     async def start(self) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_gates.signature import Signature, TensorSpec, read_signature
 
+from .classification import model_labels
 from .datatypes import ORT_TO_V2, V2_TO_NUMPY
 
 
@@ -26,6 +27,8 @@ class TensorInfo:
 
     spec: TensorSpec
     datatype: str
+    labels: tuple[str, ...] = ()  # an output's class labels (the classification extension)
+    label_filename: str = ""  # the file they came from, in the model's folder ("": metadata)
 
     @property
     def name(self) -> str:
@@ -132,7 +135,15 @@ class ModelRuntime:
             for a in self._session.get_inputs()
             if a.name not in defaulted
         )
-        self.outputs = tuple(_tensor_info(a, specs, "output") for a in self._session.get_outputs())
+        outputs = [_tensor_info(a, specs, "output") for a in self._session.get_outputs()]
+        metadata = self._session.get_modelmeta().custom_metadata_map
+        labelled = model_labels(self.path, [t.name for t in outputs if t.role != "state"], metadata)
+        self.outputs = tuple(
+            dataclasses.replace(t, labels=labelled[t.name][0], label_filename=labelled[t.name][1])
+            if t.name in labelled
+            else t
+            for t in outputs
+        )
         self._output_names = [t.name for t in self.outputs]
 
     @property

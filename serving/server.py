@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import orjson
 
+from . import classification
 from .errors import Unavailable
 from .metrics import ModelMetrics, ServingMetrics
 from .parameters import sequence_control
 from .repository import ModelRepository
+from .restricted import RestrictedApi
 from .runtime import ModelRuntime
 from .scheduler import ModelScheduler, SchedulerConfig, SequenceControl
 from .tensors import InferRequest
@@ -51,6 +53,8 @@ class ServerConfig:
         sweep_interval_s: how often idle sessions are evicted (default: a quarter of the timeout).
         model_control_mode: ``"explicit"`` (load/unload through the repository API) or
             ``"poll"`` (rescan the repository every ``repository_poll_s`` seconds).
+        restricted_api: endpoint groups that answer only requests carrying a header, on both
+            transports (:mod:`.restricted`; ``--restricted-api``).
     """
 
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
@@ -58,6 +62,7 @@ class ServerConfig:
     sweep_interval_s: float | None = None
     model_control_mode: str = "explicit"  # or "poll" (see serving/control.py)
     repository_poll_s: float = 15.0
+    restricted_api: RestrictedApi = dataclasses.field(default_factory=RestrictedApi)
 
     def __post_init__(self):
         if self.model_control_mode not in MODEL_CONTROL_MODES:
@@ -159,7 +164,11 @@ class InferenceServer:
             request = await decode()
             record.request_id = request.id
             record.sequence = sequence_control(request.parameters)
+            if request.classification:
+                classification.check(scheduler, request.classification)
             outputs = await scheduler.infer(request.inputs, request.outputs, record.sequence)
+        if request.classification:  # the top-K classes instead of the values
+            outputs = classification.classify(scheduler, outputs, request.classification)
         return scheduler, request, outputs
 
     def account(self, record: RequestRecord, client: str | None = None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .classification import requested_count
 from .datatypes import V2_TO_NUMPY
 from .errors import BadRequest
 
@@ -21,14 +22,16 @@ _ARRAY_CODES = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}
 class InferRequest:
     """A decoded inference request."""
 
-    __slots__ = ("id", "inputs", "parameters", "outputs", "binary_outputs")
+    __slots__ = ("id", "inputs", "parameters", "outputs", "binary_outputs", "classification")
 
-    def __init__(self, id, inputs, parameters, outputs, binary_outputs):
+    def __init__(self, id, inputs, parameters, outputs, binary_outputs, classification=None):
         self.id: str | None = id
         self.inputs: dict[str, np.ndarray] = inputs
         self.parameters: dict[str, Any] = parameters
         self.outputs: list[str] | None = outputs  # None: every output
         self.binary_outputs: set[str] | bool = binary_outputs  # True: all outputs in binary
+        # {output: K} of the outputs asked for as their top-K classes (.classification)
+        self.classification: dict[str, int] = classification or {}
 
 
 def tensor_header(item: Any) -> tuple[str, np.dtype, list[int]]:
@@ -84,27 +87,30 @@ def array_from_values(
     return array.reshape(shape)
 
 
-def requested_outputs(items: Any, parameters: dict) -> tuple[list[str] | None, set[str] | bool]:
-    """The outputs a request names (``None``: every output) and which of them go out in binary
-    (``True``: all), from its ``outputs`` list and ``binary_data_output`` parameter."""
+def requested_outputs(
+    items: Any, parameters: dict
+) -> tuple[list[str] | None, set[str] | bool, dict[str, int]]:
+    """The outputs a request names (``None``: every output), which of them go out in binary
+    (``True``: all), from its ``outputs`` list and ``binary_data_output`` parameter, and the
+    top-K asked for by their ``classification`` parameters (:mod:`.classification`)."""
     binary_all = parameters.get("binary_data_output", False)
     if not isinstance(binary_all, bool):
         raise BadRequest(f"Parameter binary_data_output must be true or false, got {binary_all!r}.")
     if items is None:
-        return None, binary_all
+        return None, binary_all, {}
     if not isinstance(items, list):
         raise BadRequest('"outputs" must be a list of {"name": ...} objects.')
-    names, binary = [], set()
+    names, binary, classes = [], set(), {}
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest(f'Each requested output must have a string "name", got {item!r:.80}.')
         params = item.get("parameters") or {}
-        if params.get("classification"):
-            raise BadRequest("The classification extension is not supported; ask for raw outputs.")
+        if "classification" in params and requested_count(item["name"], params["classification"]):
+            classes[item["name"]] = params["classification"]
         if params.get("binary_data", binary_all):
             binary.add(item["name"])
         names.append(item["name"])
-    return names, binary
+    return names, binary, classes
 
 
 __all__ = ["InferRequest", "array_from_values", "requested_outputs", "tensor_header"]

@@ -494,3 +494,13 @@ def binary_body(tensors: list[tuple[str, np.ndarray, str]], **extra) -> tuple[by
     }
     head = json.dumps(header).encode()
     return head + b"".join(a.tobytes() for _, a, _ in tensors), len(head)
+
+
+def add_labels(path: str | Path, labels: dict[str, list[str]]) -> Path:
+    """Record class labels in a model's metadata, as ``to_onnx(..., labels=...)`` does."""
+    from keras_gates.labels import LABELS_KEY, labels_to_json
+
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = LABELS_KEY, labels_to_json({k: tuple(v) for k, v in labels.items()})
+    return _save(model, path)

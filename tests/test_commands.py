@@ -108,6 +108,7 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
     from tritonclient.grpc import model_config_pb2
 
     repo = tmp_path / "not" / "yet" / "there"
+    (tmp_path / "classes.txt").write_text("low\nhigh\n")  # y's two classes
     run(
         KERAS_GATES,
         "export",
@@ -119,12 +120,23 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
         str(repo),
         "--name",
         "seq",
+        "--labels",
+        str(tmp_path / "classes.txt"),
     )
     config = text_format.Parse(
         (repo / "seq" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
     assert config.HasField("sequence_batching")
     assert (repo / "seq" / "1" / "model.onnx").is_file()
+    # --labels: in the model's metadata, and as the label file Triton's config names
+    import onnx
+
+    from keras_gates.labels import LABELS_KEY
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "s.onnx")).metadata_props}
+    assert json.loads(props[LABELS_KEY]) == {"y": ["low", "high"]}
+    assert {t.name: t.label_filename for t in config.output}["y"] == "labels.txt"
+    assert (repo / "seq" / "labels.txt").read_text() == "low\nhigh\n"
 
 
 def test_inspect_command(saved, tmp_path):

@@ -80,8 +80,11 @@ def test_unknown_model_is_not_found_everywhere(grpc_client):
         assert (
             "Unknown model 'nope'; available models: dense, gru, identity, lstm." in err.message()
         )
-    for call in (grpc_client.load_model, grpc_client.unload_model):  # not served over gRPC
-        assert grpc_error(call, "lstm").status() == "StatusCode.UNIMPLEMENTED"
+    err = grpc_error(grpc_client.load_model, "nope")  # the repository RPCs, as over HTTP
+    assert err.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "failed to load 'nope': no version of it in the model repository" in err.message()
+    err = grpc_error(grpc_client.unload_model, "nope")
+    assert err.status() == "StatusCode.NOT_FOUND" and "Unknown model 'nope'" in err.message()
     err = grpc_error(grpc_client.get_inference_statistics, "lstm", "9")
     assert err.status() == "StatusCode.NOT_FOUND" and "available versions: 1, 2" in err.message()
 

@@ -198,11 +198,11 @@ def _input(**fields) -> bytes:
             orjson.dumps(
                 {
                     "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
-                    "outputs": [{"name": "y", "parameters": {"classification": 2}}],
+                    "outputs": [{"name": "y", "parameters": {"classification": -2}}],
                 }
             ),
             None,
-            "The classification extension is not supported",
+            "Output 'y' has parameter classification -2, expected a non-negative integer",
         ),
     ],
 )

@@ -13,7 +13,7 @@ import pytest
 
 from tests import triton_server
 from tests.reference import FP32_ATOL
-from tests.triton_fixtures import reference, sample
+from tests.triton_fixtures import assert_same_classes, reference, sample
 
 pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
 
@@ -95,3 +95,23 @@ def test_unknown_input_is_invalid_argument(client):
         client.infer("plain", [bad])
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert client.is_server_ready()  # and it keeps serving
+
+
+def test_classification_agrees(grpc_urls, sources):
+    """The same ``class_count`` request to both servers' gRPC ports: the same classes, labels
+    and scores, as BYTES in ``raw_output_contents``."""
+    import tritonclient.grpc as grpcclient
+
+    x = sample((2, 5, 3), seed=63)
+    values = reference(sources, "labelled", x, np.full(2, 5))
+    answers = {}
+    for server, address in grpc_urls.items():
+        with grpcclient.InferenceServerClient(address) as client:
+            outputs = [
+                grpcclient.InferRequestedOutput("y", class_count=3),
+                grpcclient.InferRequestedOutput("y_steps", class_count=4),
+            ]
+            result = client.infer("labelled", _inputs(x), outputs=outputs)
+            answers[server] = {name: result.as_numpy(name) for name in ("y", "y_steps")}
+    for name, k in (("y", 3), ("y_steps", 4)):
+        assert_same_classes(answers["keras-gates"][name], answers["triton"][name], values[name], k)

@@ -21,7 +21,7 @@ from keras_gates.export.triton import write_triton_repo
 from tests import triton_server
 from tests.export_helpers import keras_row
 from tests.serving_models import make_rnn_model, run_direct
-from tests.triton_fixtures import HELD_ROWS, IDLE_S, reference, sample
+from tests.triton_fixtures import HELD_ROWS, IDLE_S, assert_same_classes, reference, sample
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
@@ -479,6 +479,33 @@ def test_idle_sequence_is_dropped(url, urls):
         client.close()
 
 
+# ---- the classification extension --------------------------------------------------------------
+def test_classification_agrees(urls, sources):
+    """The same ``class_count`` requests (binary and JSON, K within, at and beyond the classes,
+    a per-step output) to both servers: the same classes, labels and scores (``labelled``'s
+    label files come from the repository's ``label_filename``s)."""
+    import tritonclient.http as http
+
+    x = sample((3, 4, 3), seed=150)
+    values = reference(sources, "labelled", x, np.full(3, 4))
+    cases = [("y", 2, True), ("y", 5, False), ("y", 9, True), ("y_steps", 7, False)]
+    answers = {}
+    for server, url in urls.items():
+        client = client_for(url)
+        try:
+            for output, k, binary in cases:
+                inputs = [http.InferInput("x", list(x.shape), "FP32")]
+                inputs[0].set_data_from_numpy(x, binary_data=binary)
+                asked = http.InferRequestedOutput(output, binary_data=binary, class_count=k)
+                result = client.infer("labelled", inputs, outputs=[asked])
+                answers[server, output, k] = result.as_numpy(output)
+        finally:
+            client.close()
+    for output, k, _ in cases:
+        ours, theirs = answers["keras-gates", output, k], answers["triton", output, k]
+        assert_same_classes(ours, theirs, values[output], k)
+
+
 # ---- errors ------------------------------------------------------------------------------------
 def _tensor(name="x", datatype="FP32", shape=(1, 2, 3), data=None):
     data = [0.5] * int(np.prod(shape)) if data is None else data
@@ -512,6 +539,20 @@ BAD_REQUESTS = [
     ),
     ("unknown output", "plain", {"inputs": [_tensor()], "outputs": [{"name": "nope"}]}, 400, 400),
     ("no inputs", "plain", {"inputs": []}, 400, 400),
+    (
+        "classification -1",
+        "plain",
+        {"inputs": [_tensor()], "outputs": [{"name": "y", "parameters": {"classification": -1}}]},
+        500,
+        400,
+    ),
+    (
+        "classification not an integer",
+        "plain",
+        {"inputs": [_tensor()], "outputs": [{"name": "y", "parameters": {"classification": "2"}}]},
+        500,
+        400,
+    ),
     (
         "sequence never started",
         "stream",

@@ -15,7 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from tests import triton_server
-from tests.serving_models import make_rnn_model, run_direct, serve_process
+from tests.serving_models import add_labels, make_rnn_model, run_direct, serve_process
 
 UNITS = 8
 IDLE_S = 3  # both servers drop a sequence idle this long
@@ -24,6 +24,9 @@ IDLE_S = 3  # both servers drop a sequence idle this long
 # takes. Their tests then see exactly one execute() call, however the requests interleave.
 HELD_DELAY_US = 60_000_000
 HELD_ROWS = {"conv_held": 12, "tokens_held": 24}
+# ``labelled``: y [B, 5] and y_steps [B, T, 5] with class labels (the classification extension)
+CLASSES = 5
+LABELS = ["calm", "breeze", "gale", "storm", "hurricane"]
 
 
 def sample(shape, seed: int) -> np.ndarray:
@@ -135,7 +138,10 @@ def keras_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory, keras_models):
     root = tmp_path_factory.mktemp("triton_sources")
+    labelled = make_rnn_model(root / "labelled.onnx", outputs=CLASSES, seed=14)
+    add_labels(labelled, {"y": LABELS, "y_steps": LABELS})  # as to_onnx(labels=...) records
     return {
+        "labelled": labelled,
         "plain": make_rnn_model(root / "plain.onnx", seed=11),
         "stream": make_rnn_model(root / "stream.onnx", streaming=True, seed=12),
         "two": make_two_sequence_model(root / "two.onnx"),
@@ -221,3 +227,28 @@ def urls(triton, keras_gates):
 def grpc_urls(triton, keras_gates):
     """The gRPC ``HOST:PORT`` of each server."""
     return {"triton": f"127.0.0.1:{triton.grpc_port}", "keras-gates": keras_gates.grpc_address}
+
+
+def assert_same_classes(got: np.ndarray, want: np.ndarray, values: np.ndarray, k: int) -> None:
+    """Two classification answers (``[B, K]`` of ``b"score:index[:label]"``) name the same classes
+    in the same order with the same labels, their scores agree within 1e-5 with each other and
+    with ``values`` (the output's values, ``[B, ...]``) at those indices, and each row holds the
+    ``k`` largest values (all of them when ``k`` is larger), highest first."""
+    rows = values.reshape(len(values), -1)
+    assert got.shape == want.shape == (len(values), min(k, rows.shape[1])), (got.shape, k)
+    for r in range(len(values)):
+        ranked = np.sort(rows[r])[::-1][: got.shape[1]]
+        for c in range(got.shape[1]):
+            ours, theirs = _parse(got[r, c]), _parse(want[r, c])
+            assert ours[1:] == theirs[1:], (got[r], want[r])
+            score, index, label = ours
+            assert label == (LABELS[index] if index < len(LABELS) else None), got[r, c]
+            np.testing.assert_allclose([score, theirs[0]], rows[r, index], atol=1e-5)
+            np.testing.assert_allclose(score, ranked[c], atol=1e-5)
+
+
+def _parse(item) -> tuple[float, int, str | None]:
+    text = item.decode() if isinstance(item, bytes) else str(item)
+    score, index, *label = text.split(":", 2)
+    assert len(score.split(".")[1]) == 6, text  # C's %f
+    return float(score), int(index), label[0] if label else None
