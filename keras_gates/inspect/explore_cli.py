@@ -71,7 +71,7 @@ def load_labels(path: str, shape: tuple[int, int]) -> dict:
     """The ``--labels`` arrays, each checked to be (batch, time) of a known dtype."""
     import numpy as np
 
-    from keras_gates.inspect.probe import check_labels
+    from keras_gates.inspect.probes import check_labels
 
     _require_file(path, "--labels", "pass arrays saved with numpy.savez(path, concept=labels)")
     try:

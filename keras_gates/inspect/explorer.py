@@ -26,6 +26,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from keras_gates.inspect.probes import signal_names
 
 log = logging.getLogger("keras_gates.inspect.explorer")
 
@@ -53,7 +58,8 @@ class Exploration:
         x: the input batch.
         traces: :func:`keras_gates.inspect.trace_model` of ``x``.
         text: per sample, one character per time step (``--text``), or None.
-        concepts: ``ProbeResult.to_json()`` of the labels (``--labels``), or None.
+        concepts: per concept of the labels (``--labels``) its metric, counts and best units
+            (``ProbeResult.to_json()`` without the full score lists), or None.
     """
 
     model: object
@@ -66,12 +72,6 @@ class Exploration:
     def shape(self) -> tuple[int, int]:
         """(batch, time) of the first gated layer."""
         return tuple(next(iter(self.traces.values()))["mask"].shape)
-
-
-def signal_names(trace: Mapping[str, np.ndarray]) -> list[str]:
-    """The per-unit signals of a layer trace: ``hidden``, ``cell`` (LSTM), then each gate."""
-    first = [name for name in ("hidden", "cell") if name in trace]
-    return first + [name for name in trace if name not in ("hidden", "cell", "mask")]
 
 
 def split_text(text: str, shape: tuple[int, int], source: str = "--text") -> list[str]:
@@ -112,8 +112,11 @@ def build_exploration(
     chars = None if text is None else split_text(text, shape)
     concepts = None
     if labels is not None:
-        result = probe(model, x, labels, traces=traces)
-        concepts = result.to_json(k=CONCEPT_ROWS)
+        table = probe(model, x, labels, traces=traces).to_json(k=CONCEPT_ROWS)["concepts"]
+        concepts = {  # the page lists the best units; every score stays in `inspect --labels`
+            name: {key: entry[key] for key in ("metric", "steps", "positives", "top")}
+            for name, entry in table.items()
+        }
     return Exploration(model, np.asarray(x), traces, chars, concepts)
 
 
@@ -230,7 +233,12 @@ def run_match(data: Exploration, request: Mapping) -> dict:
         }
         for s, a, b, score in found.matches
     ]
-    return {"span": list(found.span), "threshold": threshold, "units": found.units, "matches": matches}
+    return {
+        "span": list(found.span),
+        "threshold": threshold,
+        "units": found.units,
+        "matches": matches,
+    }
 
 
 def concepts(data: Exploration) -> dict:
@@ -241,21 +249,20 @@ def concepts(data: Exploration) -> dict:
             "per concept) to score units against them.",
             status=404,
         )
-    return data.concepts
+    return {"concepts": data.concepts}
 
 
 # ------------------------------------------------------------------------------------ the app
 def create_app(data: Exploration):
     """The FastAPI app serving ``data`` (see the module docstring)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
-
     script = plotly_js()
     app = FastAPI(title="keras-gates explorer", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(Exception)
     async def error_boundary(request: Request, err: Exception):
         return JSONResponse(*_error(err, request.url.path))
+
+    for known in (ExplorerError, ValueError, RequestValidationError, Exception):
+        app.add_exception_handler(known, error_boundary)
 
     def page(name: str) -> Response:
         return Response((STATIC / name).read_bytes(), media_type=PAGE_FILES[name])
@@ -267,6 +274,10 @@ def create_app(data: Exploration):
     @app.get("/static/explorer.js")
     def explorer_js():
         return page("explorer.js")
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
 
     @app.get("/static/plotly.min.js")
     def plotly():
@@ -299,8 +310,6 @@ def create_app(data: Exploration):
 
 def _error(err: BaseException, where: str) -> tuple[dict, int]:
     """The one error mapping: ``({"error": message}, status)``."""
-    from fastapi.exceptions import RequestValidationError
-
     if isinstance(err, ExplorerError):
         return {"error": str(err)}, err.status
     if isinstance(err, ValueError):  # the inspection API names the argument and the rule

@@ -54,7 +54,7 @@ function figure(heat) {
   const x = Array.from({ length: steps }, (_, i) => i);
   const data = [{
     type: "heatmap", z: heat.z, x, y: Array.from({ length: units }, (_, i) => i),
-    zmin: heat.range[0], zmax: heat.range[1], colorscale: "RdBu", reversescale: true,
+    zmin: heat.range[0], zmax: heat.range[1], colorscale: "RdBu",
     colorbar: { title: { text: heat.signal } }, xgap: 0, ygap: 0,
     hovertemplate: "step %{x}<br>unit %{y}<br>%{z:.3f}<extra></extra>",
   }];
