@@ -75,13 +75,17 @@ def load_labels(path: str, shape: tuple[int, int]) -> dict:
 
     _require_file(path, "--labels", "pass arrays saved with numpy.savez(path, concept=labels)")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            labels = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, AttributeError) as err:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        archive = err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        found = f"({archive})" if isinstance(archive, Exception) else "(a single array)"
         raise ValueError(
-            f"--labels '{path}' is not an .npz archive ({err}); save one (batch, time) array per "
+            f"--labels '{path}' is not an .npz archive {found}; save one (batch, time) array per "
             "concept with numpy.savez(path, concept=labels)."
-        ) from None
+        )
+    with archive:
+        labels = {name: archive[name] for name in archive.files}
     try:
         return check_labels(labels, shape)
     except ValueError as err:

@@ -67,7 +67,8 @@ function figure(heat) {
   if (heat.text) {
     data.push({
       type: "scatter", mode: "text", x, y: x.map(() => 0), xaxis: "x", yaxis: "y2",
-      text: heat.text.map((c) => CHARS[c] || c), hoverinfo: "skip", showlegend: false,
+      text: heat.text.map((c, i) => (heat.mask[i] ? CHARS[c] || c : " ")),
+      hoverinfo: "skip", showlegend: false,
       textfont: { family: "monospace", size: steps > 80 ? 10 : 14 },
     });
     layout.yaxis.domain = [0.12, 1];
@@ -132,12 +133,15 @@ async function runMatch() {
 }
 
 function listMatches(found, asked) {
-  const steps = `steps ${asked.start}–${asked.stop - 1} of sample ${asked.sample}`;
+  const where = `sample ${asked.sample}, steps ${asked.start}–${asked.stop - 1}`;
+  const above = `above ${asked.threshold.toFixed(2)}`;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   $("units").textContent = found.units.length
-    ? `Units above ${asked.threshold.toFixed(2)} across ${steps}: ${found.units.join(", ")}; ` +
-      `${found.matches.length} other place(s) where they all are:`
-    : `No unit stays above ${asked.threshold.toFixed(2)} across ${steps}: lower the threshold ` +
-      "or select a shorter span.";
+    ? `On (${above}) at every step of ${where}: ${plural(found.units.length, "unit")} ` +
+      `(${found.units.join(", ")}), all on together at ` +
+      `${plural(found.matches.length, "other place")}:`
+    : `No unit stays ${above} at every step of ${where}: lower the threshold or select a ` +
+      "shorter span.";
   const items = found.matches.map((m) => {
     const item = document.createElement("li");
     Object.assign(item.dataset, { sample: m.sample, start: m.start, stop: m.stop });
