@@ -112,7 +112,8 @@ def test_match_answers_what_match_finds(client, model):
     "body, message",
     [
         ({"sample": 2, "start": 30, "stop": 36}, "covers padded (masked) steps"),
-        ({"sample": 0, "start": 4}, "expected integers sample, start, stop"),
+        ({"sample": 0, "start": 4}, "with stop missing or not a number"),
+        ({"sample": 0, "start": 4.5, "stop": 7}, "with start missing or not a number"),
         ({"sample": 0, "start": 4, "stop": 7, "signal": "gates"}, "Received signal='gates'"),
     ],
 )

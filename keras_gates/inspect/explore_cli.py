@@ -15,6 +15,7 @@ import sys
 from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 
 DEFAULT_PORT = 8050
+SERVER_PACKAGES = ("fastapi", "uvicorn", "plotly")  # the inspect extra's, for the explorer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +104,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"Received --port {args.port}: expected 0-65535 (0: any free port).")
     quiet_native_logs(args.verbose, ("keras",))  # Keras imports its backend
-    from keras_gates.inspect.explorer import build_exploration, create_app, serve
+    try:
+        from keras_gates.inspect.explorer import build_exploration, create_app, serve
+    except ImportError as err:
+        if err.name not in SERVER_PACKAGES:
+            raise
+        raise ValueError(
+            f"keras-gates explore serves its page with {', '.join(SERVER_PACKAGES)}, and "
+            f"{err.name} is not installed: pip install 'keras-gates[inspect]'."
+        ) from None
     from keras_gates.saving import load_model
 
     model = load_model(args.model, argument="MODEL")

@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -102,14 +103,16 @@ def build_exploration(
 
     traces = trace_model(model, x, mask_value=mask_value)
     shape = tuple(next(iter(traces.values()))["mask"].shape)
-    for key, trace in traces.items():
-        if text is not None and trace["mask"].shape != shape:
-            raise ValueError(
-                f"--text gives one character per step of {shape} (batch, time), but gated "
-                f"layer '{key}' runs over {trace['mask'].shape}: explore a model whose gated "
-                "layers all read the input's time axis, or drop --text."
-            )
-    chars = None if text is None else split_text(text, shape)
+    chars = None
+    if text is not None:
+        for key, trace in traces.items():
+            if trace["mask"].shape != shape:
+                raise ValueError(
+                    f"--text gives one character per step of {shape} (batch, time), but gated "
+                    f"layer '{key}' runs over {trace['mask'].shape}: explore a model whose "
+                    "gated layers all read the input's time axis, or drop --text."
+                )
+        chars = split_text(text, shape)
     concepts = None
     if labels is not None:
         table = probe(model, x, labels, traces=traces).to_json(k=CONCEPT_ROWS)["concepts"]
@@ -210,15 +213,21 @@ def run_match(data: Exploration, request: Mapping) -> dict:
 
     layer, signal = str(request.get("layer")), str(request.get("signal", "hidden"))
     _trace(data, layer, signal)
-    try:
-        span = tuple(int(request[name]) for name in ("sample", "start", "stop"))
-        threshold = float(request.get("threshold", 0.5))
-        k = int(request.get("k", MATCH_K))
-    except (KeyError, TypeError, ValueError) as err:
+    wanted = {"sample": int, "start": int, "stop": int, "threshold": float, "k": int}
+    given = {"threshold": 0.5, "k": MATCH_K, **request}
+    wrong = [
+        name
+        for name, kind in wanted.items()
+        if isinstance(given.get(name), bool)
+        or not isinstance(given.get(name), (int,) if kind is int else (int, float))
+    ]
+    if wrong:
         raise ExplorerError(
-            f"Received a match request {dict(request)!r}: expected integers sample, start, "
-            f"stop and numbers threshold and k ({err!r})."
-        ) from None
+            f"Received a match request {dict(request)!r} with {', '.join(wrong)} missing or not "
+            "a number: expected integers sample, start, stop (and k) and a number threshold."
+        )
+    span = (given["sample"], given["start"], given["stop"])
+    threshold, k = float(given["threshold"]), given["k"]
     found = match(
         data.model, data.x, span=span, threshold=threshold, layer=layer, signal=signal, k=k,
         traces=data.traces,
@@ -328,8 +337,6 @@ def serve(app, port: int, announce: Sequence[str] = ()) -> int:
 
     The socket is bound first and ``HTTP listening on URL`` printed with the port it took."""
     import socket
-
-    import uvicorn
 
     try:
         sock = socket.create_server(("127.0.0.1", port))
