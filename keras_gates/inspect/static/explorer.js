@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, heat: null, span: null, units: [], shown: null };
+const state = { info: null, heat: null, span: null, units: [], shown: null, threshold: 0.5 };
 const CHARS = { "\n": "⏎", " ": "·", "\t": "→", "\r": "␍" };
 
 async function api(path, options) {
@@ -88,16 +88,23 @@ async function render() {
   const plot = $("heatmap");
   await Plotly.react(plot, data, layout, { displaylogo: false, responsive: true });
   plot.dataset.shown = `${layer}|${signal}|${sample}`;
-  say(`${layer}: ${signal} of sample ${sample} (${heat.z.length} units x ${heat.z[0].length} steps)`);
+  state.described = `${layer}: ${signal} of sample ${sample} ` +
+    `(${heat.z.length} units x ${heat.z[0].length} steps)`;
+  say(state.described);
 }
 
+// The slider spans the signal's range; the threshold chosen stays while it lies inside it,
+// else it moves to the middle of the new range.
 function setThresholdRange([low, high]) {
   const slider = $("threshold");
-  const value = Number(slider.value);
-  slider.min = (Math.floor(low * 100) / 100).toFixed(2);
-  slider.max = (Math.ceil(high * 100) / 100).toFixed(2);
-  slider.value = Math.min(Math.max(value, slider.min), slider.max);
-  $("threshold-value").textContent = Number(slider.value).toFixed(2);
+  const min = Math.floor(low * 100) / 100, max = Math.ceil(high * 100) / 100;
+  if (!(state.threshold >= min && state.threshold <= max)) {
+    state.threshold = Math.round(((min + max) / 2) * 100) / 100;
+  }
+  slider.min = min.toFixed(2);
+  slider.max = max.toFixed(2);
+  slider.value = state.threshold.toFixed(2);
+  $("threshold-value").textContent = state.threshold.toFixed(2);
 }
 
 function redraw() {
@@ -113,21 +120,31 @@ function onSelected(event) {
   if (stop <= start) return;
   state.span = { sample: state.heat.sample, start, stop };
   state.shown = null;
-  runMatch();
+  return runMatch();
 }
 
 async function runMatch() {
   const span = state.span;
   if (!span) return;
-  const threshold = Number($("threshold").value);
+  const threshold = state.threshold;
   const body = {
     layer: $("layer").value, signal: $("signal").value, threshold, k: 10,
     sample: span.sample, start: span.start, stop: span.stop,
   };
-  const found = await api("api/match", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+  let found;
+  try {
+    found = await api("api/match", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+  } catch (err) {  // no stale list under an error
+    state.units = [];
+    $("matches").replaceChildren();
+    $("units").textContent = "No match: see the message above.";
+    redraw();
+    throw err;
+  }
   state.units = found.units;
+  say(state.described);
   listMatches(found, body);
   redraw();
 }
@@ -232,7 +249,10 @@ async function main() {
   $("threshold").addEventListener("input", () => {
     $("threshold-value").textContent = Number($("threshold").value).toFixed(2);
   });
-  $("threshold").addEventListener("change", () => runMatch().catch(fail));
+  $("threshold").addEventListener("change", () => {
+    state.threshold = Number($("threshold").value);
+    runMatch().catch(fail);
+  });
   await render();
   $("heatmap").on("plotly_selected", (event) => {
     Promise.resolve(onSelected(event)).catch(fail);
