@@ -249,7 +249,12 @@ def test_brushing_a_quoted_string_lists_the_other_quoted_strings(explore_url):
             expect(heatmap).to_have_attribute("data-shown", "quotes|hidden|0")
             expect(heatmap.locator("g.hm image")).to_have_count(1)  # the heatmap is drawn
             expect(heatmap.locator("g.textpoint")).to_have_count(STEPS)  # with the characters
-            expect(page.locator("#concepts tbody tr").first).to_contain_text("in_quote")
+            rows = page.locator("#concepts tbody tr")
+            expect(rows.first).to_contain_text("in_quote")
+            rows.filter(has_text="cell").first.click()  # in_quote's best cell unit: unit 0
+            expect(heatmap).to_have_attribute("data-shown", "quotes|cell|0")
+            page.select_option("#signal", "hidden")
+            expect(heatmap).to_have_attribute("data-shown", "quotes|hidden|0")
 
             area = heatmap.locator(".nsewdrag").first.bounding_box()
             column = area["width"] / STEPS
