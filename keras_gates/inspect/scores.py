@@ -26,15 +26,16 @@ def average_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     order = np.argsort(values, axis=-1)
     ordered = np.take_along_axis(values, order, axis=-1)
-    steps = np.arange(values.shape[-1])
+    count = values.shape[-1]
+    steps = np.arange(count, dtype=np.int32)
     starts_group = np.ones(ordered.shape, bool)
-    starts_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts_group[:, 1:])
     ends_group = np.ones(ordered.shape, bool)
     ends_group[:, :-1] = starts_group[:, 1:]
-    first = np.maximum.accumulate(np.where(starts_group, steps, 0), axis=-1)
-    last = np.where(ends_group, steps, len(steps))[:, ::-1]
+    first = np.maximum.accumulate(np.where(starts_group, steps, np.int32(0)), axis=-1)
+    last = np.where(ends_group, steps, np.int32(count))[:, ::-1]
     last = np.minimum.accumulate(last, axis=-1)[:, ::-1]
-    return (first + last) / 2.0 + 1.0, order
+    return (first + last) * 0.5 + 1.0, order
 
 
 def roc_auc(values: np.ndarray, labels: np.ndarray, ranked=None) -> np.ndarray:
