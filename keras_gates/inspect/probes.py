@@ -135,9 +135,10 @@ class ProbeResult:
             (r.concept, r.metric, r.layer, r.signal, str(r.unit), f"{r.score:.3f}") for r in rows
         ]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-        lines = ["  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))]
-        for cell in cells:
-            lines.append("  ".join(f"{c:<{w}}" for c, w in zip(cell, widths, strict=True)))
+        lines = [
+            "  ".join(f"{c:<{w}}" for c, w in zip(cell, widths, strict=True)).rstrip()
+            for cell in (header, *cells)
+        ]
         return "\n".join(lines)
 
     def to_json(self, k: int = 5) -> dict:
