@@ -13,6 +13,7 @@ other strings from one selected string.
 
     python examples/char_model.py                      # ~10 minutes of CPU training
     python examples/char_model.py --minutes 5          # stop training after 5 minutes
+    python examples/char_model.py --load char_model_out/char_model.keras   # analyse it again
     python examples/char_model.py --quick              # tiny smoke run (the test suite uses it)
 """
 
@@ -170,10 +171,14 @@ def draw_unit(text: str, values: np.ndarray, title: str):
     return figure
 
 
-def figure_window(labels: np.ndarray, length: int, starts: np.ndarray) -> int:
-    """The window (index into ``starts``) with the most string openings: a lively figure."""
-    openings = [np.sum(np.diff(labels[s : s + length].astype(int)) == 1) for s in starts]
-    return int(np.argmax(openings))
+def figure_window(in_string: np.ndarray, warm_up: int) -> int:
+    """The window (row of ``in_string``) with the most strings among those that are mostly code
+    (10-40 % of the characters shown inside strings): a figure of code, not of a data table."""
+    shown = in_string[:, warm_up:].astype(int)
+    openings = (np.diff(shown, axis=1) == 1).sum(axis=1)
+    fraction = shown.mean(axis=1)
+    mostly_code = (fraction >= 0.1) & (fraction <= 0.4)
+    return int(np.argmax(np.where(mostly_code, openings, -1)))
 
 
 def parse_args() -> argparse.Namespace:
@@ -191,6 +196,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--report", type=int, default=200, help="print the loss every N steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="char_model_out", help="folder for the figure and json")
+    parser.add_argument("--load", default=None, help="a char_model.keras to analyse, untrained")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -213,9 +219,16 @@ def main() -> None:
     print(
         f"{len(names)} stdlib files, {len(text):,} characters ({len(text) - held_out:,} held out)"
     )
-    model = build_model(args.units, args.embedding)
-    loss = train(model, codes[:held_out], args, rng)
-    print(f"training loss {loss / np.log(2):.3f} bits/char")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.load:
+        model, loss = keras.saving.load_model(args.load), float("nan")
+        print(f"loaded {args.load}: no training")
+    else:
+        model = build_model(args.units, args.embedding)
+        loss = train(model, codes[:held_out], args, rng)
+        print(f"training loss {loss / np.log(2):.3f} bits/char")
+        model.save(out / "char_model.keras")
 
     length = args.eval_len
     starts = rng.integers(held_out, len(codes) - length, args.eval_windows)
@@ -228,7 +241,7 @@ def main() -> None:
     print(result.table(k=1))
 
     best = next(row for row in result.top("in_string", k=20) if row.signal in ("hidden", "cell"))
-    pick = figure_window(labels["in_string"], length, starts)
+    pick = figure_window(concepts["in_string"], args.warm_up)
     trace_values = _unit_values(model, x[pick : pick + 1], best)
     shown = slice(args.warm_up, length)
     shown_text = text[starts[pick] + args.warm_up : starts[pick] + length]
@@ -236,25 +249,25 @@ def main() -> None:
         f"{best.layer} {best.signal} unit {best.unit} (in_string AUC {best.score:.3f}): "
         "blue low, red high"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     figure = draw_unit(shown_text, trace_values[shown], title)
     save_figure(figure, str(out / "char-quote-unit.png"))
     print(f"wrote {out / 'char-quote-unit.png'}")
 
     _match_a_string(model, x, concepts["in_string"], pick, best, trace_values, args.warm_up)
-    document = {"args": vars(args), "loss_bits_per_char": loss / np.log(2), **result.to_json(k=3)}
+    bits = None if np.isnan(loss) else loss / np.log(2)
+    document = {"args": vars(args), "loss_bits_per_char": bits, **result.to_json(k=3)}
     (out / "char-model.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
 def _match_a_string(model, x, in_string, pick, best, values, warm_up) -> None:
     """LSTMVis on the figure's first string: the units above the threshold halfway between the
     unit's mean inside and outside strings, and how much of the matches found are strings."""
-    spans = _runs(in_string[pick, warm_up:])
+    spans = [(a, b) for a, b in _runs(in_string[pick, warm_up:]) if b - a > 2]
     if not spans or best.score < 0.5:
         print("match: skipped (no string in the window, or the unit is low inside strings)")
         return
-    span = (pick, warm_up + int(spans[0][0]), warm_up + int(spans[0][1]))
+    # the characters between the quotes: the unit turns on after reading the opening quote
+    span = (pick, warm_up + int(spans[0][0]) + 1, warm_up + int(spans[0][1]) - 1)
     inside = in_string[pick]
     threshold = float((values[inside].mean() + values[~inside].mean()) / 2)
     found = match(model, x, span, threshold, layer=best.layer, signal=best.signal, k=10)
