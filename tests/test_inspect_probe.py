@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from keras_gates import GatedLSTM
-from keras_gates.inspect import Match, ProbeRow, match, pearson, probe, roc_auc
+from keras_gates.inspect import Match, ProbeRow, match, pearson, probe, roc_auc, trace_model
 
 # Scores are float64 sums over at most a few thousand steps: agreement to round-off.
 SCORE_ATOL = 1e-9
@@ -80,12 +80,14 @@ def quoted_batch(seed: int = 1, batch: int = 3):
 
 @pytest.fixture(scope="module")
 def wired():
+    """The model, its batch, labels and spans, and its traces (traced once: cheap on JAX)."""
     x, inside, spans = quoted_batch()
-    return quote_model(), x, inside, spans
+    model = quote_model()
+    return model, x, inside, spans, trace_model(model, x)
 
 
 def test_hand_wired_quote_unit_comes_first_in_probe(wired):
-    model, x, inside, _ = wired
+    model, x, inside, _, _ = wired
     depth = np.cumsum(x[..., QUOTE], axis=1)  # quotes read so far: continuous
     result = probe(model, x, {"in_quote": inside, "quotes_read": depth.astype("float32")})
     best = result.top("in_quote", k=3)
@@ -109,25 +111,25 @@ def test_hand_wired_quote_unit_comes_first_in_probe(wired):
 
 
 def test_hand_wired_quote_unit_is_matched_to_the_other_quoted_spans(wired):
-    model, x, _, spans = wired
+    model, x, _, spans, traces = wired
     query = spans[0]
-    found = match(model, x, span=query, threshold=0.5, k=len(spans))
+    found = match(model, x, span=query, threshold=0.5, k=len(spans))  # traces the model itself
     assert isinstance(found, Match) and found.units == [0] and found.layer == "quotes"
     assert sorted(m[:3] for m in found.matches) == sorted(spans[1:])
     assert all(score == pytest.approx(1.0, abs=1e-6) for *_, score in found.matches)
-    strict = match(model, x, span=query, off_before=1, off_after=1)
+    strict = match(model, x, span=query, off_before=1, off_after=1, traces=traces)
     assert strict.units == [0]
-    assert match(model, x, span=(query[0], query[1] - 1, query[2])).units == []
+    assert match(model, x, span=(query[0], query[1] - 1, query[2]), traces=traces).units == []
 
 
 def test_probe_excludes_masked_steps(wired):
-    model, x, inside, _ = wired
+    model, x, inside, _, traces = wired
     lie = inside.copy()
     lie[-1, 30:] = True  # labels on the padded steps would spoil a perfect AUC if counted
-    assert probe(model, x, {"in_quote": lie}).top("in_quote", 1)[0].score == 1.0
+    assert probe(model, x, {"in_quote": lie}, traces=traces).top("in_quote", 1)[0].score == 1.0
     keep = np.ones_like(inside)
     keep[0] = False
-    masked = probe(model, x, {"in_quote": inside}, mask=keep)
+    masked = probe(model, x, {"in_quote": inside}, mask=keep, traces=traces)
     assert masked.steps["in_quote"] == int((x[1:] != 0).any(axis=2).sum())
 
 
@@ -175,18 +177,60 @@ def test_scores_fixed_values():
     ],
 )
 def test_probe_refuses_bad_labels(wired, labels, message):
-    model, x, _, _ = wired
+    model, x, _, _, traces = wired
     with pytest.raises(ValueError, match=message):
-        probe(model, x, labels)
+        probe(model, x, labels, traces=traces)
 
 
 def test_match_refuses_bad_arguments(wired):
-    model, x, _, _ = wired
+    model, x, _, _, traces = wired
     with pytest.raises(ValueError, match="covers padded"):
-        match(model, x, span=(2, 28, 33))
+        match(model, x, span=(2, 28, 33), traces=traces)
     with pytest.raises(ValueError, match="0 <= start < stop <= 40"):
-        match(model, x, span=(0, 5, 5))
+        match(model, x, span=(0, 5, 5), traces=traces)
     with pytest.raises(ValueError, match="expected one of"):
-        match(model, x, span=(0, 1, 3), signal="forgetful")
+        match(model, x, span=(0, 1, 3), signal="forgetful", traces=traces)
     with pytest.raises(ValueError, match="`layer`='nope'"):
-        match(model, x, span=(0, 1, 3), layer="nope")
+        match(model, x, span=(0, 1, 3), layer="nope", traces=traces)
+
+
+def test_probe_scores_both_directions_of_a_bidirectional_layer():
+    from sklearn.metrics import roc_auc_score
+
+    from keras_gates import GatedGRU
+
+    keras.utils.set_random_seed(3)
+    x, inside, _ = quoted_batch(seed=2)
+    inputs = keras.Input((None, 3))
+    both = keras.layers.Bidirectional(GatedGRU(3, return_sequences=True), name="bi")
+    model = keras.Model(inputs, both(keras.layers.Masking(0.0)(inputs)))
+    result = probe(model, x, {"q": inside})
+    assert list(result.scores["q"]) == ["bi/forward", "bi/backward"]
+    assert list(result.scores["q"]["bi/backward"]) == ["hidden", "update", "reset", "candidate"]
+    trace = trace_model(model, x)["bi/backward"]  # a second witness: scikit-learn on the trace
+    valid = trace["mask"]
+    expected = [roc_auc_score(inside[valid], trace["hidden"][valid][:, u]) for u in range(3)]
+    np.testing.assert_allclose(result.scores["q"]["bi/backward"]["hidden"], expected, atol=1e-9)
+
+
+def test_char_model_labels_follow_the_tokens():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "char_model.py"
+    spec = importlib.util.spec_from_file_location("char_model", path)
+    char_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(char_model)
+    source = 'x = f(a, "b(")  # c\n    y = [1,\n  2]\n'
+    labels = char_model.char_labels(source)
+    pairs = zip(labels["in_string"], labels["in_comment"], strict=True)
+    flags = "".join("s" if string else "c" if comment else "." for string, comment in pairs)
+    assert flags == ".........ssss...ccc." + "." * 12 + "." * 5
+    depth = labels["bracket_depth"]
+    assert depth[source.index("(")] == 1 and depth[source.index('"b(') + 2] == 1  # "(" in a string
+    assert depth[source.index(")")] == 0 and depth[source.index("[")] == 1
+    assert depth[source.index("2")] == 1 and depth[source.index("]")] == 0
+    assert (
+        labels["column"][source.index("y")] == 4 and labels["indentation"][source.index("y")] == 4
+    )
+    assert labels["indentation"][source.index("2")] == 2 and labels["indentation"][0] == 0

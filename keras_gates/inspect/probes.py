@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from keras_gates.inspect.scores import METRICS, pearson, roc_auc, strength
+from keras_gates.inspect.scores import METRICS, average_ranks, pearson, roc_auc, strength
 from keras_gates.inspect.stats import to_json_number
 from keras_gates.inspect.trace import trace_model
 
@@ -135,9 +135,10 @@ class ProbeResult:
             (r.concept, r.metric, r.layer, r.signal, str(r.unit), f"{r.score:.3f}") for r in rows
         ]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-        lines = ["  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))]
-        for cell in cells:
-            lines.append("  ".join(f"{c:<{w}}" for c, w in zip(cell, widths, strict=True)))
+        lines = [
+            "  ".join(f"{c:<{w}}" for c, w in zip(cell, widths, strict=True)).rstrip()
+            for cell in (header, *cells)
+        ]
         return "\n".join(lines)
 
     def to_json(self, k: int = 5) -> dict:
@@ -218,30 +219,40 @@ def probe(
     traces = trace_model(model, x) if traces is None else traces
     first = next(iter(traces.values()))
     labels = check_labels(labels, np.shape(first["mask"]))
-    scores, metrics, steps, positives = {}, {}, {}, {}
-    for concept, value in labels.items():
-        metric = METRICS[concept_kind(concept, value)]
-        metrics[concept], scores[concept] = metric, {}
-        for key, trace in traces.items():
-            valid = counted_steps(key, trace, mask)
-            if valid.shape != value.shape:
-                raise ValueError(
-                    f"Received labels of shape {value.shape} for concept {concept!r}, but gated "
-                    f"layer '{key}' runs over {valid.shape} (batch, time) steps."
-                )
-            target = value[valid]
-            steps.setdefault(concept, int(valid.sum()))
-            if metric == "auc":
-                positives.setdefault(concept, int(target.astype(bool).sum()))
-            scores[concept][key] = {
-                signal: _score(concept, key, np.asarray(trace[signal])[valid], target, metric)
-                for signal in signal_names(trace)
-            }
+    metrics = {name: METRICS[concept_kind(name, value)] for name, value in labels.items()}
+    scores = {name: {} for name in labels}
+    steps, positives = {}, {}
+    for key, trace in traces.items():
+        valid = counted_steps(key, trace, mask)
+        targets = {name: _counted_labels(name, key, value, valid) for name, value in labels.items()}
+        for name, target in targets.items():
+            steps.setdefault(name, len(target))
+            if metrics[name] == "auc":
+                positives.setdefault(name, int(target.astype(bool).sum()))
+            scores[name][key] = {}
+        for signal in signal_names(trace):
+            values = np.asarray(trace[signal])[valid]
+            ranked = None
+            if "auc" in metrics.values():  # one sort serves every binary concept
+                ranked = average_ranks(np.ascontiguousarray(values.T))
+            for name, target in targets.items():
+                scores[name][key][signal] = _score(name, key, values, target, metrics[name], ranked)
     return ProbeResult(scores, metrics, steps, positives)
 
 
-def _score(concept: str, key: str, values, target, metric: str) -> np.ndarray:
+def _counted_labels(name: str, key: str, value: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    if valid.shape != value.shape:
+        raise ValueError(
+            f"Received labels of shape {value.shape} for concept {name!r}, but gated layer "
+            f"'{key}' runs over {valid.shape} (batch, time) steps."
+        )
+    return value[valid]
+
+
+def _score(concept: str, key: str, values, target, metric: str, ranked) -> np.ndarray:
     try:
-        return roc_auc(values, target) if metric == "auc" else pearson(values, target)
+        if metric == "auc":
+            return roc_auc(values, target, ranked=ranked)
+        return pearson(values, target)
     except ValueError as err:
         raise ValueError(f"Concept {concept!r} on layer '{key}': {err}") from None

@@ -19,27 +19,33 @@ import numpy as np
 METRICS = {"binary": "auc", "continuous": "pearson"}
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of each column of ``values`` (steps, units), ties sharing their mean rank,
-    in the columns' sorted order; also returns that order (``argsort`` along steps)."""
-    order = np.argsort(values, axis=0, kind="stable")
-    ordered = np.take_along_axis(values, order, axis=0)
-    steps = np.arange(len(values))[:, None]
+def average_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks 1..n along the last axis of ``values`` (units, steps), ties sharing their mean rank.
+
+    Returns the ranks in sorted order and that order (``argsort`` along the last axis).
+    """
+    order = np.argsort(values, axis=-1)
+    ordered = np.take_along_axis(values, order, axis=-1)
+    count = values.shape[-1]
+    steps = np.arange(count, dtype=np.int32)
     starts_group = np.ones(ordered.shape, bool)
-    starts_group[1:] = ordered[1:] != ordered[:-1]
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts_group[:, 1:])
     ends_group = np.ones(ordered.shape, bool)
-    ends_group[:-1] = starts_group[1:]
-    first = np.maximum.accumulate(np.where(starts_group, steps, 0), axis=0)
-    last = np.minimum.accumulate(np.where(ends_group, steps, len(values))[::-1], axis=0)[::-1]
-    return (first + last) / 2.0 + 1.0, order
+    ends_group[:, :-1] = starts_group[:, 1:]
+    first = np.maximum.accumulate(np.where(starts_group, steps, np.int32(0)), axis=-1)
+    last = np.where(ends_group, steps, np.int32(count))[:, ::-1]
+    last = np.minimum.accumulate(last, axis=-1)[:, ::-1]
+    return (first + last) * 0.5 + 1.0, order
 
 
-def roc_auc(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def roc_auc(values: np.ndarray, labels: np.ndarray, ranked=None) -> np.ndarray:
     """ROC AUC of every column of ``values`` (steps, units) against boolean ``labels`` (steps,).
 
     AUC = (R₊ - n₊(n₊ + 1)/2) / (n₊ n₋), with R₊ the sum of the positive steps' ranks.
+    ``ranked``: :func:`average_ranks` of ``values.T`` when already computed (the one sort is
+    most of the cost, and it serves every concept).
     """
-    values, labels = np.asarray(values), np.asarray(labels, dtype=bool)
+    labels = np.asarray(labels, dtype=bool)
     positives = int(labels.sum())
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:
@@ -47,8 +53,10 @@ def roc_auc(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
             f"Received labels with {positives} positive and {negatives} negative steps: the ROC "
             "AUC needs both. Label a batch where the concept is present and absent."
         )
-    ranks, order = average_ranks(values)
-    positive_rank_sum = (ranks * labels[order]).sum(axis=0)
+    if ranked is None:
+        ranked = average_ranks(np.ascontiguousarray(np.asarray(values).T))
+    ranks, order = ranked
+    positive_rank_sum = (ranks * labels[order]).sum(axis=-1)
     return (positive_rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
 
 
