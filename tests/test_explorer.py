@@ -177,7 +177,7 @@ def files(tmp_path_factory, model):
         (["--text", "nope.txt"], "--text 'nope.txt' does not exist"),
         (["--text", "short.txt"], "--text has 119 characters, expected batch x time steps"),
         (["--labels", "short.npz"], "Received labels of shape (3, 39) for concept 'in_quote'"),
-        (["--labels", "x.npy"], "is not an .npz archive"),
+        (["--labels", "x.npy"], "not a .npz archive"),
         (["--port", "70000"], "Received --port 70000: expected 0-65535"),
     ],
 )

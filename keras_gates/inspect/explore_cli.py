@@ -68,42 +68,16 @@ def load_text(path: str) -> str:
         raise ValueError(f"--text '{path}' is not UTF-8 text ({err}); save it as UTF-8.") from None
 
 
-def load_labels(path: str, shape: tuple[int, int]) -> dict:
-    """The ``--labels`` arrays, each checked to be (batch, time) of a known dtype."""
-    import numpy as np
-
-    from keras_gates.inspect.probes import check_labels
-
-    _require_file(path, "--labels", "pass arrays saved with numpy.savez(path, concept=labels)")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        archive = err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        found = f"({archive})" if isinstance(archive, Exception) else "(a single array)"
-        raise ValueError(
-            f"--labels '{path}' is not an .npz archive {found}; save one (batch, time) array per "
-            "concept with numpy.savez(path, concept=labels)."
-        )
-    with archive:
-        labels = {name: archive[name] for name in archive.files}
-    try:
-        return check_labels(labels, shape)
-    except ValueError as err:
-        raise ValueError(f"--labels '{path}': {err}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Check the files, trace the model once and serve the explorer until Ctrl+C."""
-    from keras_gates.inspect.cli import load_samples
+    from keras_gates.inspect.cli import load_labels, load_samples
 
     x = load_samples(args.input, sys.maxsize)
     text = None if args.text is None else load_text(args.text)
-    if args.labels is not None:
-        _require_file(args.labels, "--labels", "pass arrays saved with numpy.savez")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"Received --port {args.port}: expected 0-65535 (0: any free port).")
     quiet_native_logs(args.verbose, ("keras",))  # Keras imports its backend
+    labels = None if args.labels is None else load_labels(args.labels, args.input, len(x))
     try:
         from keras_gates.inspect.explorer import build_exploration, create_app, serve
     except ImportError as err:
@@ -116,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
     from keras_gates.saving import load_model
 
     model = load_model(args.model, argument="MODEL")
-    labels = None if args.labels is None else load_labels(args.labels, x.shape[:2])
     data = build_exploration(model, x, text=text, labels=labels, mask_value=args.mask_value)
     app = create_app(data)
     batch, steps = data.shape
