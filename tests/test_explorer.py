@@ -239,10 +239,14 @@ def test_brushing_a_quoted_string_lists_the_other_quoted_strings(explore_url):
     spans = quote_text.quoted_spans()
     sample, start, stop = spans[0]
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(browser.CHROMIUM))
+        chromium = playwright.chromium.launch(
+            executable_path=str(browser.CHROMIUM), timeout=120_000
+        )
         try:
             page = chromium.new_page(viewport={"width": 1200, "height": 900})
-            page.set_default_timeout(60_000)  # bounds a hang; every wait is on a DOM condition
+            # These bound a hang on a loaded machine; every wait is on a DOM condition.
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
             page.goto(explore_url)
             page.wait_for_selector("body[data-ready=true]", state="attached")
             heatmap = page.locator("#heatmap")
