@@ -23,6 +23,13 @@ $(TRITON): $(STAMP) tests/triton_server.py
 	$(PY) -m tests.triton_server
 	touch $(TRITON)
 
+# A real browser for tests/test_explorer.py: Debian's chromium, installed with apt-get when missing
+# and driven by Playwright (the dev extra); Playwright's own browser download needs the internet.
+# Where it cannot be installed, the browser test skips and says why.
+CHROMIUM := $(VENV)/.chromium
+$(CHROMIUM): $(STAMP) tests/browser.py
+	$(PY) -m tests.browser && touch $(CHROMIUM) || echo "chromium could not be installed: the explorer browser test will skip"
+
 # PyTorch for the torch backend tests: PyPI's build with its CUDA libraries (5.4 GB, ~2 min once),
 # installed by tests/torch_cache.py into $KERAS_GATES_CACHE (~/.cache/keras-gates), outside the
 # venv. Where it cannot be installed (offline) the torch tests skip and say why.
@@ -30,7 +37,7 @@ $(TRITON): $(STAMP) tests/triton_server.py
 # process, a server or the disk); the tests of a module share a worker (and its fixtures), the
 # real-Triton modules one worker and one Triton (the scheduler: tests/conftest.py).
 PYTEST_WORKERS ?= 3
-test: $(STAMP) $(TRITON)
+test: $(STAMP) $(TRITON) $(CHROMIUM)
 	$(PY) -m tests.torch_cache || echo "torch could not be installed: the torch tests will skip"
 	$(PY) -m ruff check keras_gates export serving tests examples benchmarks
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --no-loadscope-reorder

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -11,6 +11,7 @@ import numpy as np
 from keras_gates import _internals
 from keras_gates.inspect.gradients import DEFAULT_FRACTION
 from keras_gates.inspect.horizon_summary import horizon_scalars
+from keras_gates.inspect.probes import check_labels
 from keras_gates.inspect.stats import DEFAULT_HIGH, DEFAULT_LOW, STAT_KEYS, check_thresholds
 from keras_gates.inspect.summary import inspect_model
 from keras_gates.inspect.trace import check_input_shape, find_gated_layers
@@ -43,6 +44,12 @@ class GateMonitor(keras.callbacks.Callback):
     ``keras_gates.inspect.horizon``). TensorBoard also gets a histogram of the per-unit
     half-lives (``"{prefix}/{layer}/half_life_per_unit"``).
 
+    With ``labels`` (concept labels for the probe batch, see ``keras_gates.inspect.probe``) every
+    unit is scored against each concept and the best score is logged as
+    ``"{prefix}/concepts/{concept}/best_score"`` (the ROC AUC or Pearson r of the strongest
+    unit: farthest from 0.5 or 0); which unit it is stays in :attr:`summaries`
+    (``summary["concepts"][concept]["top"]``).
+
     Args:
         probe: the input batch to trace (numpy array, or what the model takes).
         every: monitor every this many epochs (default 1).
@@ -54,6 +61,8 @@ class GateMonitor(keras.callbacks.Callback):
         horizon: which of ``HORIZON_MONITORED`` to log (default all; ``()`` skips measuring
             the memory horizon, which costs a few gradient passes over the probe).
         fraction: the gradient reach threshold relative to lag 0 (default 1e-3).
+        labels: optional ``{concept: (batch, time) array}`` for ``probe`` (default None: no
+            concept scores).
 
     Attributes:
         epochs: the monitored epochs.
@@ -78,6 +87,7 @@ class GateMonitor(keras.callbacks.Callback):
         prefix: str = "gates",
         horizon: Sequence[str] = HORIZON_MONITORED,
         fraction: float = DEFAULT_FRACTION,
+        labels: Mapping[str, np.ndarray] | None = None,
     ):
         super().__init__()
         if not isinstance(every, int) or every < 1:
@@ -105,6 +115,7 @@ class GateMonitor(keras.callbacks.Callback):
         self.prefix = prefix
         self.horizon = tuple(horizon)
         self.fraction = fraction
+        self.labels = labels
         self.epochs: list[int] = []
         self.summaries: list[dict] = []
         self._writer = None
@@ -117,6 +128,8 @@ class GateMonitor(keras.callbacks.Callback):
                 f"'{self.model.name}': use it with a model built from keras_gates layers."
             )
         check_input_shape(self.model, self.probe)
+        if self.labels is not None and isinstance(self.probe, np.ndarray):
+            check_labels(self.labels, np.shape(self.probe)[:2])
         if self.log_dir is not None and self._writer is None:
             import tensorflow as tf
 
@@ -134,6 +147,7 @@ class GateMonitor(keras.callbacks.Callback):
             high=self.high,
             horizon=bool(self.horizon),
             fraction=self.fraction,
+            labels=self.labels,
         )
         scalars = self._scalars(result["summary"])
         if logs is not None:
@@ -158,6 +172,8 @@ class GateMonitor(keras.callbacks.Callback):
                 for name in self.stats:
                     if values.get(name) is not None:
                         scalars[f"{self.prefix}/{key}/{gate}/{name}"] = float(values[name])
+        for concept, entry in (summary.get("concepts") or {}).items():
+            scalars[f"{self.prefix}/concepts/{concept}/best_score"] = entry["top"][0]["score"]
         return {**scalars, **horizon_scalars(summary, self.prefix, self.horizon)}
 
     def _write_tensorboard(self, epoch: int, scalars: dict[str, float], result: dict) -> None:

@@ -16,6 +16,11 @@ from keras_gates.version import __version__
 # (subcommand, module, one-line help)
 COMMANDS = (
     ("inspect", "keras_gates.inspect.cli", "trace every gate of a model and write a report"),
+    (
+        "explore",
+        "keras_gates.inspect.explore_cli",
+        "explore units in the browser: heatmaps, brushed matches, concept scores",
+    ),
     ("export", "keras_gates.export.cli", "export a Keras model to ONNX with native LSTM/GRU nodes"),
     ("serve", "keras_gates.serving.cli", "serve ONNX models over the Open Inference Protocol (v2)"),
 )

@@ -1,7 +1,8 @@
 """The layers on every Keras backend, as a user runs them: a fresh process with ``KERAS_BACKEND``.
 
-Each child runs the parity, layer and model-inspection tests with TensorFlow made unimportable
-(``KERAS_GATES_NO_TENSORFLOW=1``, see conftest.py), so a JAX or PyTorch user never needs it.
+Each child runs the parity, layer, model-inspection and concept-probe tests with TensorFlow made
+unimportable (``KERAS_GATES_NO_TENSORFLOW=1``, see conftest.py), so a JAX or PyTorch user never
+needs it.
 A model trained on JAX is then exported by ``keras-gates export`` (TensorFlow, its own process),
 and onnxruntime must reproduce what JAX computed.
 """
@@ -81,10 +82,19 @@ def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int
     return children.run(command, timeout, cwd=cwd, env=env)
 
 
+# Files that ride along in another file's JAX child (cheap: they trace a few tiny models).
+RIDERS = {"tests/test_inspect_trace.py": ["tests/test_inspect_probe.py"]}
+
 # One child per JAX test file (JAX compiles every loop: the files run in parallel under
 # ``pytest -n``); PyTorch's child runs them all, after one torch import.
-CHILD_SUITES = [("jax", [tests], JAX_DESELECT) for tests in LAYER_TESTS]
-CHILD_SUITES.append(("torch", [*LAYER_TESTS, "tests/test_gate_orders.py"], TORCH_DESELECT))
+CHILD_SUITES = [("jax", [tests, *RIDERS.get(tests, [])], JAX_DESELECT) for tests in LAYER_TESTS]
+CHILD_SUITES.append(
+    (
+        "torch",
+        [*LAYER_TESTS, *(t for r in RIDERS.values() for t in r), "tests/test_gate_orders.py"],
+        TORCH_DESELECT,
+    )
+)
 
 
 @pytest.mark.slow

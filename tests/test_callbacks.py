@@ -115,9 +115,16 @@ def test_history_and_tensorboard(tmp_path):
 def test_every_n_epochs_and_selected_stats():
     model = _model()
     x, y = _data()
-    monitor = GateMonitor(x[:4], every=2, stats=("right_saturated",), prefix="g", horizon=())
+    labels = {"positive_x0": x[:4, :, 0] > 0}
+    monitor = GateMonitor(
+        x[:4], every=2, stats=("right_saturated",), prefix="g", horizon=(), labels=labels
+    )
     history = model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[monitor])
     assert monitor.epochs == [1]
+    concept = monitor.summaries[0]["concepts"]["positive_x0"]
+    assert history.history["g/concepts/positive_x0/best_score"] == [concept["top"][0]["score"]]
+    every = [v for per in concept["scores"].values() for unit in per.values() for v in unit]
+    assert abs(concept["top"][0]["score"] - 0.5) == max(abs(v - 0.5) for v in every)
     assert len(history.history["loss"]) == 3
     assert len(history.history["g/gru/update/right_saturated"]) == 1
     assert not any(key.endswith(("/mean", "_half_life", "_reach")) for key in history.history)
@@ -136,6 +143,9 @@ def test_bad_arguments():
     wrong_probe = GateMonitor(np.zeros((2, STEPS, FEATURES + 1), "float32"))
     with pytest.raises(ValueError, match="does not fit"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[wrong_probe])
+    wrong_labels = GateMonitor(x[:2], labels={"short": np.zeros((2, STEPS - 1), bool)})
+    with pytest.raises(ValueError, match=r"concept 'short': expected \(2, 6\)"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[wrong_labels])
     dense = keras.Sequential([keras.Input((STEPS, FEATURES)), keras.layers.Dense(1)])
     dense.compile(loss="mse")
     with pytest.raises(ValueError, match="no gated layer"):

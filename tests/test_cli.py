@@ -25,7 +25,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("inspect", "export", "serve"):
+    for command in ("inspect", "explore", "export", "serve"):
         assert command in out
 
 
@@ -50,7 +50,7 @@ def test_serve_command_does_not_load_tensorflow():
     children.run([sys.executable, "-c", code], timeout=120)
 
 
-@pytest.mark.parametrize("command", ["inspect", "export", "serve"])
+@pytest.mark.parametrize("command", ["inspect", "explore", "export", "serve"])
 def test_subcommand_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -70,7 +70,7 @@ print("heavy modules:", heavy, file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("command", ["inspect", "export", "serve"])
+@pytest.mark.parametrize("command", ["inspect", "explore", "export", "serve"])
 def test_subcommand_help_imports_no_tensorflow_or_keras(command):
     done = children.run([sys.executable, "-c", HELP_IMPORTS, command], timeout=120)
     assert f"usage: keras-gates {command}" in done.stdout

@@ -142,7 +142,13 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
 def test_inspect_command(saved, tmp_path):
     report = tmp_path / "report"
     model, samples = str(saved / "model.keras"), str(saved / "samples.npy")
-    out = as_users_run("inspect", model, "--input", samples, "--out", str(report))
+    x = np.load(samples)
+    labels = {"high_x0": x[..., 0] > 0.5, "x1": x[..., 1].astype("float64")}
+    np.savez(tmp_path / "labels.npz", **labels)
+    out = as_users_run(
+        "inspect", model, "--input", samples, "--labels", str(tmp_path / "labels.npz"),
+        "--out", str(report),
+    )  # fmt: skip
     assert "forget" in out.stdout and "update" in out.stdout
     summary = json.loads((report / "summary.json").read_text())
     assert sorted(layer["class"] for layer in summary["layers"].values()) == [
@@ -150,6 +156,22 @@ def test_inspect_command(saved, tmp_path):
         "GatedLSTM",
     ]
     assert (report / "index.html").is_file()
+    concepts = summary["concepts"]
+    assert {name: c["metric"] for name, c in concepts.items()} == {
+        "high_x0": "auc",
+        "x1": "pearson",
+    }
+    assert concepts["high_x0"]["positives"] == int(labels["high_x0"].sum())
+    for name, concept in concepts.items():
+        first = concept["top"][0]
+        assert concept["steps"] == x.shape[0] * x.shape[1]
+        scores = concept["scores"][first["layer"]][first["signal"]]
+        assert scores[first["unit"]] == first["score"]  # the top row is one of the scores
+        center = 0.5 if concept["metric"] == "auc" else 0.0
+        every = [v for per in concept["scores"].values() for s in per.values() for v in s]
+        assert abs(first["score"] - center) == max(abs(v - center) for v in every)
+        assert name in out.stdout
+    assert "<h2>Concepts</h2>" in (report / "index.html").read_text()
 
 
 NATIVE_LOG = ("E0000", "W0000", "I0000", "WARNING: All log messages before absl")

@@ -168,6 +168,19 @@ EXAMPLES = [
         check=check_from_keras,
     ),
     Example(
+        "char_model.py",
+        expect=(
+            r"\d+ stdlib files, [\d,]+ characters \([\d,]+ held out\)",
+            r"step\s+4\s+\d\.\d{3} bits/char",
+            r"in_string\s+auc\s+lstm\s+\w+\s+\d+\s+\d\.\d{3}",
+            r"bracket_depth\s+pearson\s+lstm\s+\w+\s+\d+\s+-?\d\.\d{3}",
+            r"indentation\s+pearson",
+            r"wrote .*char-quote-unit\.png",
+            r"match: ",
+        ),
+        outputs=("char-quote-unit.png", "char-model.json"),
+    ),
+    Example(
         "multi_worker.py",
         expect=(r"worker 0 of 2: saved", r"2 workers x 8 samples", r"equal within 1e-05"),
         outputs=("weights.npz", "model.keras"),

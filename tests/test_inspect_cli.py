@@ -33,6 +33,10 @@ def files(tmp_path_factory):
     x[2, 3:] = -1.0  # padding, given to the CLI as --mask-value -1
     np.save(root / "x.npy", x)
     np.save(root / "wrong.npy", np.zeros((3, STEPS, FEATURES + 1), "float32"))
+    np.savez(root / "short.npz", in_word=np.zeros((3, STEPS - 1), bool))
+    np.savez(root / "strings.npz", fine=np.ones((3, STEPS)), odd=np.full((3, STEPS), "a"))
+    np.save(root / "labels.npy", np.zeros((3, STEPS), bool))
+    (root / "labels.txt").write_text("not numpy")
     return root
 
 
@@ -105,5 +109,25 @@ def test_cli_bad_input_exits_non_zero_with_a_message(files, capsys, model, sampl
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("keras-gates inspect: error: ")
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ("short.npz", r"shape \(3, 4\) for concept 'in_word': expected \(3, 5\), one label per"),
+        ("strings.npz", "dtype <U1 for concept 'odd': expected bool or 0/1"),
+        ("labels.npy", "single .npy array, not a .npz archive"),
+        ("labels.txt", r"labels\.txt' is not a \.npz archive"),
+        ("missing.npz", "does not exist"),
+    ],
+)
+def test_cli_refuses_bad_labels_with_the_array_and_shape(files, capsys, labels, message):
+    out = files / "bad"
+    args = [str(files / "model.keras"), "--input", str(files / "x.npy"), "--out", str(out)]
+    assert main(["inspect", *args, "--labels", str(files / labels), "--no-horizon"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("keras-gates inspect: error: --labels ")
     assert re.search(message, err), err
     assert not out.exists()

@@ -110,6 +110,17 @@ def test_tensorflow_and_inspect_extras_train_and_inspect(environments):
     gates = bin_of(folder, "keras-gates")
     out = run(gates, "inspect", "model.keras", "--input", "samples.npy", "--out", "r", cwd=folder)
     assert "forget" in out.stdout and (folder / "r" / "index.html").is_file()
+    run(bin_of(folder, "python"), "-c", EXPLORER_FILES, cwd=folder)
+
+
+# What `keras-gates explore` serves, from the inspect extra (tests/test_explorer.py runs it).
+EXPLORER_FILES = """
+from importlib.resources import files
+import fastapi, uvicorn
+static = files("keras_gates.inspect") / "static"
+assert (static / "explorer.html").is_file() and (static / "explorer.js").is_file()
+assert (files("plotly") / "package_data" / "plotly.min.js").is_file()
+"""
 
 
 def test_export_extra_exports_with_a_triton_repository(environments):

@@ -9,7 +9,9 @@ Three lines::
 Computing (:func:`trace_model`, :func:`inspect_model`, :mod:`.stats`) returns plain numpy/JSON data;
 plotting (:mod:`.plots`) and writing (:func:`write_report`) are separate. The memory horizon:
 retention and half-life per unit from the hold gates (:mod:`.horizon`), gradient norm against
-lag for any Keras model (:mod:`.gradients`), their plots (:mod:`.horizon_plots`).
+lag for any Keras model (:mod:`.gradients`), their plots (:mod:`.horizon_plots`). What each unit
+means: scores against concept labels (:func:`probe`, :mod:`.scores`) and LSTMVis-style hypothesis
+matching (:func:`match`).
 
 The names below load on first use (module ``__getattr__``), so that importing this package (and
 ``keras_gates.inspect.cli``, which builds ``keras-gates inspect --help``) loads neither Keras nor
@@ -42,6 +44,7 @@ _EXPORTS = {
         "plot_retention",
     ),
     "htmlpage": ("render_html",),
+    "matching": ("Match", "match"),
     "plots": (
         "plot_gate_heatmaps",
         "plot_saturation",
@@ -49,11 +52,13 @@ _EXPORTS = {
         "plot_weight_norms",
         "save_figure",
     ),
+    "probes": ("ProbeResult", "ProbeRow", "probe"),
     "report": (
         "write_plots",
         "write_report",
         "write_report_files",
     ),
+    "scores": ("pearson", "roc_auc"),
     "stats": (
         "DEFAULT_HIGH",
         "DEFAULT_LOW",

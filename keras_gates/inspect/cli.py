@@ -2,8 +2,8 @@
 
 Writes one PNG per plot, ``summary.json`` and a self-contained ``index.html`` into DIR and prints
 a short table of saturation per gate, then the memory horizon: half-life per unit and gradient
-reach per layer. Heavy imports (Keras, TensorFlow, matplotlib) happen in
-:func:`run`.
+reach per layer, and with ``--labels LABELS.npz`` the units that best track each concept. Heavy
+imports (Keras, TensorFlow, matplotlib) happen in :func:`run`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="V",
         help="input steps equal to V in every feature are padding and not counted",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="LABELS.npz",
+        help="concept labels saved with numpy.savez: one (batch, time) array per concept, bool "
+        "or 0/1 (binary, scored by ROC AUC) or float (continuous, Pearson r); every unit is "
+        "scored against each",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
     parser.add_argument(
@@ -94,6 +102,36 @@ def load_samples(path: str, max_samples: int):
     return x[:max_samples]
 
 
+def load_labels(path: str, input_path: str, max_samples: int) -> dict:
+    """Load the ``--labels`` .npz: one (batch, time) array per concept, shaped like the
+    ``--input`` batch's first two axes, each of a known kind; keep the first ``max_samples``."""
+    import numpy as np
+
+    from keras_gates.inspect.probes import check_labels
+
+    _require_file(path, "--labels", "pass concept arrays saved with numpy.savez(path, name=array)")
+    fix = "save one (batch, time) array per concept with numpy.savez(path, name=array)"
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--labels '{path}' is not a .npz archive ({err}); {fix}.") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"--labels '{path}' is a single .npy array, not a .npz archive; {fix}.")
+    with archive:
+        try:
+            labels = {name: archive[name] for name in archive.files}
+        except ValueError as err:  # object arrays need pickle, which is refused
+            raise ValueError(
+                f"--labels '{path}' holds an unreadable array ({err}); {fix}."
+            ) from err
+    shape = np.load(input_path, mmap_mode="r", allow_pickle=False).shape[:2]
+    try:
+        labels = check_labels(labels, shape)
+    except ValueError as err:
+        raise ValueError(f"--labels '{path}': {err}") from None
+    return {name: value[:max_samples] for name, value in labels.items()}
+
+
 def run(args: argparse.Namespace) -> int:
     """Inspect the model, write the report and print the saturation table."""
     quiet_native_logs(args.verbose, ("keras",))  # Keras imports its backend
@@ -105,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"Received `sample`={args.sample}: expected an index in [0, {len(x)}) of the batch."
         )
+    labels = None if args.labels is None else load_labels(args.labels, args.input, len(x))
     model = load_model(args.model, argument="MODEL")
     if len(x) == args.max_samples:
         print(f"inspecting the first {len(x)} samples of {args.input} (--max-samples)")
@@ -116,9 +155,12 @@ def run(args: argparse.Namespace) -> int:
         high=args.high,
         horizon=not args.no_horizon,
         fraction=args.fraction,
+        labels=labels,
     )
     paths = write_report_files(result, args.out, sample=args.sample, top_k=args.top_k)
     print(format_table(result["summary"]))
+    if result["probe"] is not None:
+        print("\nconcepts: the strongest units (|AUC - 0.5| or |r|)\n" + result["probe"].table())
     print(
         f"\nreport: {paths['html']} ({len(paths['images'])} images, summary in {paths['summary']})"
     )

@@ -171,6 +171,33 @@ def _horizon_section(summary: Mapping, image_dir: str) -> list[str]:
     ]
 
 
+_CONCEPTS_INTRO = (
+    "What each unit tracks: every signal (hidden state, cell state, each gate) of every unit is "
+    "scored against each concept's per-step labels on the steps that count. A binary concept is "
+    "scored by the ROC AUC (0.5: chance; 1: high exactly inside the concept; 0: low exactly "
+    "inside it, as telling), a continuous one by Pearson r; units are ranked by |AUC - 0.5| or "
+    "|r|. Padded (masked) steps are not counted."
+)
+
+
+def _concepts_section(concepts: Mapping | None) -> list[str]:
+    if not concepts:
+        return []
+    parts = ["<section><h2>Concepts</h2>", f"<p>{_CONCEPTS_INTRO}</p>"]
+    for name, entry in concepts.items():
+        metric = "ROC AUC" if entry["metric"] == "auc" else "Pearson r"
+        counted = f"{entry['steps']} steps counted"
+        if entry["positives"] is not None:
+            counted += f", {entry['positives']} inside the concept"
+        rows = [
+            [str(rank), row["layer"], row["signal"], str(row["unit"]), _number(row["score"])]
+            for rank, row in enumerate(entry["top"], start=1)
+        ]
+        parts.append(f"<h3>{escape(name)}</h3><p class='note'>{metric}; {counted}.</p>")
+        parts.append(_table(["rank", "layer", "signal", "unit", metric], rows))
+    return [*parts, "</section>"]
+
+
 def render_html(summary: Mapping, image_dir: str | os.PathLike) -> str:
     """The report page for ``summary`` (see :mod:`keras_gates.inspect.summary`).
 
@@ -197,6 +224,7 @@ def render_html(summary: Mapping, image_dir: str | os.PathLike) -> str:
             f"{'none' if mask_value is None else f'{mask_value:g}'}; "
             f"{len(summary['layers'])} gated layer(s).</p>",
             *_horizon_section(summary, image_dir),
+            *_concepts_section(summary.get("concepts")),
             *sections,
             "</body></html>",
         ]

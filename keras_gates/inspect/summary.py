@@ -35,8 +35,13 @@
         "note": str | null,                          # why "input" is null
         "layers": {KEY: PROFILE + {"state_size": int}}   # ‖∂h_T/∂s_t‖, every recurrent layer
       },
-      "images": [{"file": str, "layer": KEY | null, "kind": str, "width": int, "height": int}]
+      "images": [{"file": str, "layer": KEY | null, "kind": str, "width": int, "height": int}],
+      "concepts": {NAME: CONCEPT} | null              # with labels (see inspect/probes.py):
     }
+
+    CONCEPT = {"metric": "auc" | "pearson", "steps": int, "positives": int | null,
+               "top": [{"layer": KEY, "signal": str, "unit": int, "score": float}],  # best first
+               "scores": {KEY: {SIGNAL: [float | null, ...]}}}    # every unit of every signal
 
     LAGS = {"per_unit": [int | null, ...], "censored": [bool, ...],   # censored: value is a
             "median": int | null, "median_censored": bool}            # lower bound ("≥ T")
@@ -67,6 +72,7 @@ from keras_gates.inspect.horizon_summary import (
     gradient_note,
     layer_horizon,
 )
+from keras_gates.inspect.probes import probe
 from keras_gates.inspect.stats import (
     DEFAULT_HIGH,
     DEFAULT_LOW,
@@ -88,7 +94,16 @@ from keras_gates.inspect.trace import (
 
 SUMMARY_FORMAT = "keras-gates-inspect/1"
 HORIZON_SAMPLES = 256
-SUMMARY_KEYS = ("format", "model", "thresholds", "input", "layers", "gradient_flow", "images")
+SUMMARY_KEYS = (
+    "format",
+    "model",
+    "thresholds",
+    "input",
+    "layers",
+    "gradient_flow",
+    "images",
+    "concepts",
+)
 LAYER_KEYS = (
     "class",
     "units",
@@ -130,6 +145,7 @@ def inspect_model(
     horizon: bool = True,
     fraction: float = DEFAULT_FRACTION,
     horizon_samples: int | None = HORIZON_SAMPLES,
+    labels: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Trace every gated layer of ``model`` on ``x`` and compute all statistics.
 
@@ -145,12 +161,16 @@ def inspect_model(
         fraction: the gradient reach is the first lag where the norm < fraction × lag 0.
         horizon_samples: measure the gradients on at most this many samples of ``x`` (the
             first ones; default 256, None for all): their cost grows with batch × units.
+        labels: optional concept labels, ``{name: (batch, time) array}``: every unit is scored
+            against each (:func:`keras_gates.inspect.probe`), into ``"probe"`` and the summary's
+            ``"concepts"``.
 
     Returns:
         ``{"refs": {key: GatedLayerRef}, "traces": {key: trace}, "stats": {key: {gate: per-unit
         arrays}}, "weights": {key: weight summary}, "retention": {key: layer_retention},
-        "gradient_flow": gradient_flow | None, "state_flow": {key: profile}, "summary":
-        JSON-serialisable dict}`` (the three horizon entries are empty/None with horizon=False).
+        "gradient_flow": gradient_flow | None, "state_flow": {key: profile}, "probe": ProbeResult
+        | None, "summary": JSON-serialisable dict}`` (the three horizon entries are empty/None
+        with horizon=False; ``"probe"`` is None without labels).
 
     Example:
         >>> result = inspect_model(model, x)                   # doctest: +SKIP
@@ -160,6 +180,7 @@ def inspect_model(
     fraction = check_fraction(fraction)
     refs = find_gated_layers(model)
     traces = trace_model(model, x, mask_value=mask_value, refs=refs)
+    concepts = None if labels is None else probe(model, x, labels, traces=traces)
     ranges = {ref.key: gate_value_ranges(ref.layer) for ref in refs}
     stats = {ref.key: layer_stats(traces[ref.key], low, high, ranges[ref.key]) for ref in refs}
     weights = {ref.key: weight_summary(ref.layer.get_gate_weights()) for ref in refs}
@@ -185,6 +206,7 @@ def inspect_model(
         state_flow=state_flow,
     )
     summary["gradient_flow"] = flow_summary(flow, state_flow, fraction, note) if horizon else None
+    summary["concepts"] = None if concepts is None else concepts.to_json()["concepts"]
     return {
         "refs": {ref.key: ref for ref in refs},
         "traces": traces,
@@ -193,6 +215,7 @@ def inspect_model(
         "retention": retention,
         "gradient_flow": flow,
         "state_flow": state_flow,
+        "probe": concepts,
         "summary": summary,
     }
 
@@ -236,6 +259,7 @@ def build_summary(
         "layers": layers,
         "gradient_flow": None,
         "images": [],
+        "concepts": None,
     }
 
 
