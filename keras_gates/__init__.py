@@ -36,7 +36,7 @@ _LAYERS = {
 
 # Reached as attributes (``keras_gates.export.to_onnx``), imported on first use. Not in __all__:
 # ``from keras_gates import *`` would import each one, and with it its optional extras.
-_SUBPACKAGES = ("export", "inspect", "serving")
+_SUBPACKAGES = ("export", "inspect", "interop", "serving")
 
 __all__ = [*sorted(_LAYERS), "__version__", "gates", "register_layers"]
 
