@@ -139,8 +139,13 @@ def model_layers(model: Any, path: str | os.PathLike) -> dict[str, keras.layers.
 def _attributes(node: Any) -> dict[str, Any]:
     from onnx import helper
 
+    def text(value):
+        return value.decode() if isinstance(value, bytes) else value
+
     values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+    return {
+        k: [text(v) for v in vs] if isinstance(vs, list) else text(vs) for k, vs in values.items()
+    }
 
 
 def _inputs(node: Any, key: str, stored: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | str]:
