@@ -1,6 +1,7 @@
 """keras_gates.interop: ONNX files of tf2onnx and keras-gates read back node by node, hand-built
 nodes against onnxruntime, the refusals, ``keras-gates inspect`` on an ``.onnx`` file, and the
-whole of tests/interop_checks.py (PyTorch too) in one child per Keras backend."""
+PyTorch checks of tests/interop_checks.py on TensorFlow (tests/test_backends.py runs that file
+on JAX and PyTorch)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import importlib.util
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import keras
@@ -17,77 +17,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from keras_gates import GatedGRU, GatedLSTM
 from keras_gates.cli import main
 from keras_gates.interop import OnnxImportError, from_onnx
-from keras_gates.interop.onnx_nodes import recurrent_nodes
 from tests import children, torch_cache
-from tests.caches import with_jax_cache
 from tests.interop_checks import FEATURES, STEPS, UNITS, apply, batch, check_onnx_files
+from tests.interop_files import write_onnx_files
 from tests.reference import FP32_ATOL
 
 ROOT = Path(__file__).resolve().parent.parent
-# The nodes each exporter writes, in graph order (tf2onnx names its nodes after TF's ops).
-OURS_NODES = ["coupled", "backwards", "bi"]
-
-
-def _record(arrays: dict, i: int, layer, full, padded, mask) -> tuple[np.ndarray, np.ndarray]:
-    """Layer ``i``'s inputs and outputs on the full and the padded batch; returns the outputs."""
-    y_full = keras.ops.convert_to_numpy(layer(full))
-    y_padded = keras.ops.convert_to_numpy(layer(padded, mask=mask))
-    arrays.update({f"x_full_{i}": full, f"y_full_{i}": y_full})
-    arrays.update({f"x_padded_{i}": padded, f"y_padded_{i}": y_padded})
-    return y_full, y_padded
-
-
-def write_onnx_files(folder: Path) -> None:
-    """``keras_export.onnx`` (stock LSTM and Bidirectional LSTM, exported by Keras, i.e.
-    tf2onnx) and ``keras_gates.onnx`` (peepholes, coupled gates, hard_sigmoid, a GRU without
-    reset_after running backwards, a Bidirectional GRU, by keras_gates.export.to_onnx), each with
-    the Keras layers' inputs and outputs, and ``index.json`` naming the nodes."""
-    from keras_gates.export import to_onnx
-
-    x, mask = batch()
-    keras.utils.set_random_seed(3)
-    stock = [
-        keras.layers.LSTM(UNITS, return_sequences=True),
-        keras.layers.Bidirectional(keras.layers.LSTM(5, return_sequences=True)),
-    ]
-    inputs = keras.Input((STEPS, FEATURES))
-    model = keras.Model(inputs, stock[1](stock[0](inputs)))
-    model(x)
-    with warnings.catch_warnings():  # Keras' tf2onnx patch probes np.object (a FutureWarning)
-        warnings.simplefilter("ignore")
-        model.export(str(folder / "keras_export.onnx"), format="onnx", verbose=False)
-    arrays, full, padded = {"mask": mask}, batch(1)[0], x
-    for i, layer in enumerate(stock):  # each feeds the next
-        full, padded = _record(arrays, i, layer, full, padded, mask)
-    np.savez(folder / "keras_export.npz", **arrays)
-
-    peepholes = {"input": {"peephole": 0.5}, "output": {"peephole": -0.4}}
-    coupled = GatedLSTM(
-        UNITS, return_sequences=True, use_peepholes=True, coupled_input_forget=True,
-        recurrent_activation="hard_sigmoid", gate_initializers=peepholes, name="coupled",
-    )  # fmt: skip
-    backwards = GatedGRU(
-        UNITS, return_sequences=True, reset_after=False, go_backwards=True, name="backwards"
-    )
-    bi = keras.layers.Bidirectional(GatedGRU(UNITS, return_sequences=True), name="bi")
-    inputs = keras.Input((None, FEATURES))
-    model = keras.Model(inputs, bi(backwards(coupled(inputs))))
-    to_onnx(model, folder / "keras_gates.onnx", validate=False, print_fn=None)
-    arrays, full, padded = {"mask": mask}, batch(1)[0], x
-    for i, layer in enumerate([coupled, backwards, bi]):
-        full, padded = _record(arrays, i, layer, full, padded, mask)
-    np.savez(folder / "keras_gates.npz", **arrays)
-
-    index = {
-        name: [key for key, _ in recurrent_nodes(onnx.load(folder / f"{name}.onnx"))]
-        for name in ("keras_export", "keras_gates")
-    }
-    assert index["keras_gates"] == OURS_NODES, index
-    assert len(index["keras_export"]) == 2, index  # tf2onnx wrote native LSTM nodes
-    (folder / "index.json").write_text(json.dumps(index))
 
 
 @pytest.fixture(scope="module")
@@ -240,29 +177,20 @@ def test_inspect_command_reads_the_recurrent_nodes_of_an_onnx_file(files, tmp_pa
     assert summary["layers"]["coupled"]["gates"] == ["input", "forget", "candidate", "output"]
 
 
-# ---------------------------------------------------------------------- every backend, torch
-def _child_env(backend: str, files: Path) -> dict[str, str]:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["KERAS_GATES_INTEROP_FILES"] = str(files)
-    env.pop("PYTEST_CURRENT_TEST", None)
-    if backend != "tensorflow":
-        env["KERAS_GATES_NO_TENSORFLOW"] = "1"  # JAX and PyTorch users need no TensorFlow
-    env = torch_cache.pythonpath(env)
-    return with_jax_cache(env) if backend == "jax" else env
-
-
+# --------------------------------------------------------------------- PyTorch on TensorFlow
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
-def test_interop_checks_on_backend(backend, files):
-    """tests/interop_checks.py in a child: PyTorch modules, torch.onnx.export files, and (JAX,
-    PyTorch) the files of this module (TensorFlow reads them in-process above)."""
+def test_torch_checks_on_tensorflow():
+    """tests/interop_checks.py's PyTorch checks in a child on TensorFlow, torch on the path
+    (tests/test_backends.py runs the whole file on JAX and PyTorch; this module reads the ONNX
+    files on TensorFlow in-process, above)."""
     if importlib.util.find_spec("torch") is None and torch_cache.ready() is None:
         pytest.skip(torch_cache.absent_reason())
-    select = ["-k", "torch"] if backend == "tensorflow" else []
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *select]
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "torch"]
     result = children.run(
-        [*command, "tests/interop_checks.py"], 540, cwd=ROOT, env=_child_env(backend, files)
+        [*command, "tests/interop_checks.py"], 540, cwd=ROOT, env=torch_cache.pythonpath(env)
     )
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "skipped" not in summary, summary
