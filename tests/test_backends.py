@@ -105,7 +105,7 @@ def test_layer_suite_on_backend(backend, tests, deselect, tmp_path):
     env = _env(backend, KERAS_GATES_NO_TENSORFLOW="1")
     if backend == "torch" or INTEROP_TESTS in tests:  # the venv's torch, else the cache's
         env = torch_cache.pythonpath(env)
-        if importlib.util.find_spec("torch") is None and torch_cache.ready() is None:
+        if not torch_cache.importable():
             pytest.skip(torch_cache.absent_reason())
     if importlib.util.find_spec(backend) is None and backend != "torch":
         pytest.skip(f"{backend} is not installed")

@@ -5,9 +5,9 @@ on JAX and PyTorch)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from keras_gates import gates
 from keras_gates.cli import main
 from keras_gates.interop import OnnxImportError, from_onnx
 from tests import children, torch_cache
@@ -158,6 +159,20 @@ def test_file_without_recurrent_nodes_is_refused(tmp_path):
         from_onnx(tmp_path / "missing.onnx")
 
 
+def test_readme_gate_order_table_is_gates_py():
+    """The README's table lists every fused layout of keras_gates/gates.py, as it is there."""
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \([^)]*\) \| ([a-z, ]+) \|$", readme, flags=re.M)
+    layouts = {
+        name
+        for name, value in vars(gates).items()
+        if name.isupper() and isinstance(value, tuple) and name != "LSTM_COMPUTE"
+    }
+    assert sorted(name for name, _ in rows) == sorted(layouts)
+    for name, order in rows:
+        assert tuple(order.split(", ")) == getattr(gates, name), name
+
+
 # ------------------------------------------------------------------------------ inspect
 def test_inspect_command_reads_the_recurrent_nodes_of_an_onnx_file(files, tmp_path, capsys):
     x, _ = batch()
@@ -184,7 +199,7 @@ def test_torch_checks_on_tensorflow():
     """tests/interop_checks.py's PyTorch checks in a child on TensorFlow, torch on the path
     (tests/test_backends.py runs the whole file on JAX and PyTorch; this module reads the ONNX
     files on TensorFlow in-process, above)."""
-    if importlib.util.find_spec("torch") is None and torch_cache.ready() is None:
+    if not torch_cache.importable():
         pytest.skip(torch_cache.absent_reason())
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("PYTEST_CURRENT_TEST", None)
