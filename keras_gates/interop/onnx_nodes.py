@@ -59,8 +59,14 @@ def layer_name(key: str) -> str:
 
 def load(path: str | os.PathLike) -> Any:
     """The ``onnx.ModelProto`` at ``path``, or a clear error."""
-    import onnx
-
+    try:
+        import onnx
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "from_onnx needs the onnx package: pip install onnx (it is in the keras-gates "
+            "[export] and [serve] extras).",
+            name="onnx",
+        ) from err
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ONNX file '{path}' does not exist or is not a file.")
     try:

@@ -103,6 +103,9 @@ def _to_torch_check(layers: Sequence[Any]) -> tuple[str, dict]:
     """``(kind, torch constructor arguments)`` of ``layers``, or raise saying what cannot map."""
     if not layers:
         raise ValueError("to_torch received no layers; pass the list from_torch returned.")
+    unbuilt = [layer.name for layer in layers if not layer.built]
+    if unbuilt:
+        raise ValueError(f"to_torch received layers not built yet {unbuilt}: call them on data.")
     kinds = {kind_of(layer) for layer in layers}
     if len(kinds) != 1:
         raise ValueError(f"to_torch needs layers of one kind (all LSTM or all GRU), got {kinds}.")
@@ -162,9 +165,14 @@ def to_torch(layers: Sequence[keras.layers.Layer]) -> Any:
     size and bias setting, with PyTorch's activations, each feeding the next, all ``Bidirectional``
     (``merge_mode="concat"``) or none. An LSTM bias goes to ``bias_ih`` (``bias_hh`` is zero).
     """
-    import torch
-
     kind, settings = _to_torch_check(layers)
+    try:
+        import torch
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "to_torch needs PyTorch: pip install torch (or keras-gates[torch]).", name="torch"
+        ) from err
+
     module = getattr(torch.nn, kind)(**settings)
     state = {}
     for k, layer in enumerate(layers):
