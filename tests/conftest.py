@@ -64,6 +64,7 @@ FIRST = (
     "tests/test_triton_real.py",
     "tests/test_commands.py",
     "tests/test_gradient_backends.py",
+    "tests/test_interop.py",
 )
 
 
