@@ -254,9 +254,12 @@ def node_layer(node: Any, key: str, stored: Mapping[str, np.ndarray]) -> keras.l
     kind = node.op_type
     w = np.asarray(inputs["W"], np.float32)
     units, input_dim = int(inputs["R"].shape[-1]), int(w.shape[-1])
-    if attrs.get("hidden_size", units) != units or w.shape[0] != count:
-        shapes = f"W has shape {w.shape} and R {inputs['R'].shape}"
-        raise _refuse(node, key, "hidden_size", attrs.get("hidden_size"), shapes)
+    if w.shape[0] != count:
+        direction = attrs.get("direction", "forward")
+        raise _refuse(node, key, "direction", direction, f"W holds {w.shape[0]} directions")
+    if attrs.get("hidden_size", units) != units:
+        shape = f"R has shape {inputs['R'].shape}"
+        raise _refuse(node, key, "hidden_size", attrs["hidden_size"], shape)
     layers = []
     for d in range(count):
         weights, config = _direction(kind, attrs, inputs, d, units)
