@@ -14,8 +14,9 @@ imported by (``import keras``, ``import tensorflow``, ``tf.keras``; before or af
 Keras finishes loading. Code that loads models can also call :func:`register_layers` itself.
 
 The subpackages load on first use too: ``keras_gates.export`` (ONNX export, :class:`Predictor`,
-Triton repositories), ``keras_gates.inspect`` (gate inspection) and ``keras_gates.serving`` (the
-inference server, which never loads TensorFlow or Keras).
+Triton repositories), ``keras_gates.inspect`` (gate inspection), ``keras_gates.interop``
+(models from PyTorch and ONNX) and ``keras_gates.serving`` (the inference server, which never
+loads TensorFlow or Keras).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ _LAYERS = {
 
 # Reached as attributes (``keras_gates.export.to_onnx``), imported on first use. Not in __all__:
 # ``from keras_gates import *`` would import each one, and with it its optional extras.
-_SUBPACKAGES = ("export", "inspect", "serving")
+_SUBPACKAGES = ("export", "inspect", "interop", "serving")
 
 __all__ = [*sorted(_LAYERS), "__version__", "gates", "register_layers"]
 

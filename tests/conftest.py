@@ -65,6 +65,7 @@ FIRST = (
     "tests/test_commands.py",
     "tests/test_gradient_backends.py",
     "tests/test_explorer.py",
+    "tests/test_interop.py",
 )
 
 

@@ -1,8 +1,8 @@
 """The layers on every Keras backend, as a user runs them: a fresh process with ``KERAS_BACKEND``.
 
-Each child runs the parity, layer, model-inspection and concept-probe tests with TensorFlow made
-unimportable (``KERAS_GATES_NO_TENSORFLOW=1``, see conftest.py), so a JAX or PyTorch user never
-needs it.
+Each child runs the parity, layer, model-inspection and concept-probe tests (and
+keras_gates.interop's checks, tests/interop_checks.py) with TensorFlow made unimportable
+(``KERAS_GATES_NO_TENSORFLOW=1``, see conftest.py), so a JAX or PyTorch user never needs it.
 A model trained on JAX is then exported by ``keras-gates export`` (TensorFlow, its own process),
 and onnxruntime must reproduce what JAX computed.
 """
@@ -85,13 +85,25 @@ def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int
 # Files that ride along in another file's JAX child (cheap: they trace a few tiny models).
 RIDERS = {"tests/test_inspect_trace.py": ["tests/test_inspect_probe.py"]}
 
+# keras_gates.interop against PyTorch and the ONNX files of tests/interop_files.py (torch on the
+# path in every child: tests/torch_cache.py).
+INTEROP_TESTS = "tests/interop_checks.py"
+
 # One child per JAX test file (JAX compiles every loop: the files run in parallel under
 # ``pytest -n``); PyTorch's child runs them all, after one torch import.
-CHILD_SUITES = [("jax", [tests, *RIDERS.get(tests, [])], JAX_DESELECT) for tests in LAYER_TESTS]
+CHILD_SUITES = [
+    ("jax", [tests, *RIDERS.get(tests, [])], JAX_DESELECT)
+    for tests in [*LAYER_TESTS, INTEROP_TESTS]
+]
 CHILD_SUITES.append(
     (
         "torch",
-        [*LAYER_TESTS, *(t for r in RIDERS.values() for t in r), "tests/test_gate_orders.py"],
+        [
+            *LAYER_TESTS,
+            *(t for r in RIDERS.values() for t in r),
+            "tests/test_gate_orders.py",
+            INTEROP_TESTS,
+        ],
         TORCH_DESELECT,
     )
 )
@@ -104,14 +116,19 @@ CHILD_SUITES.append(
     CHILD_SUITES,
     ids=[f"{b}-{Path(t[0]).stem}" if b == "jax" else b for b, t, _ in CHILD_SUITES],
 )
-def test_layer_suite_on_backend(backend, tests, deselect):
+def test_layer_suite_on_backend(backend, tests, deselect, tmp_path):
     env = _env(backend, KERAS_GATES_NO_TENSORFLOW="1")
-    if backend == "torch":  # the venv's torch, else tests/torch_cache.py's folder
+    if backend == "torch" or INTEROP_TESTS in tests:  # the venv's torch, else the cache's
         env = torch_cache.pythonpath(env)
-        if importlib.util.find_spec("torch") is None and torch_cache.ready() is None:
+        if not torch_cache.importable():
             pytest.skip(torch_cache.absent_reason())
-    elif importlib.util.find_spec(backend) is None:
+    if importlib.util.find_spec(backend) is None and backend != "torch":
         pytest.skip(f"{backend} is not installed")
+    if INTEROP_TESTS in tests:  # the ONNX files it reads, exported here on TensorFlow
+        from tests.interop_files import write_onnx_files
+
+        write_onnx_files(tmp_path)
+        env["KERAS_GATES_INTEROP_FILES"] = str(tmp_path)
     chosen = [test for test in deselect if test.split("::")[0] in tests]
     flags = [arg for test in chosen for arg in ("--deselect", test)]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]

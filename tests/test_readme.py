@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import children
+from tests import children, torch_cache
 from tests.serving_models import serve_process
 from tests.test_examples import DEMO, check_run
 
@@ -35,6 +35,11 @@ ENV = {
     "MPLBACKEND": "Agg",
 }
 
+# Blocks that need PyTorch (it lives outside the venv, in tests/torch_cache.py's folder); they
+# run with that folder on PYTHONPATH.
+TORCH_PIECES = ("import torch",)
+TORCH_ENV = torch_cache.pythonpath(ENV)
+
 # What a block prints, where the README says it (a piece of the block -> a piece of its output).
 PRINTS = {
     'trace["forget"].shape': "(16,) (2, 20, 16)",
@@ -47,6 +52,7 @@ PRINTS = {
     "curl -s": '"outputs"',
     "--triton-backend python": "wrote Triton model repo/sunspots_py (version 1, python)",
     "grpcclient.InferenceServerClient": "True",
+    'from_onnx("lstm.onnx")': "['/LSTM', '/LSTM_1']",
 }
 SERVE = re.compile(r"^keras-gates serve (?P<args>.*?)(\s+#.*)?$", re.M)
 
@@ -67,7 +73,8 @@ class Reader:
     def run(self, *command: str) -> str:
         """``command`` in the reader's folder, its README ports localized; its stdout."""
         *program, code = command
-        done = children.run([*program, self.localize(code)], 300, cwd=self.folder, env=ENV)
+        env = TORCH_ENV if any(piece in code for piece in TORCH_PIECES) else ENV
+        done = children.run([*program, self.localize(code)], 300, cwd=self.folder, env=env)
         return done.stdout
 
     def python(self, code: str) -> str:
@@ -125,6 +132,8 @@ def test_readme_has_blocks_of_both_kinds():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block(index, reader):
     kind, code = BLOCKS[index]
+    if any(piece in code for piece in TORCH_PIECES) and not torch_cache.importable():
+        pytest.skip(torch_cache.absent_reason())
     printed = reader.python(code) if kind == "python" else reader.bash(code)
     if index == 0:  # make demo: what test_examples checks of a demo.py run (it runs it only here)
         check_run(DEMO, printed, reader.folder / "artifacts")

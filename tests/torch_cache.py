@@ -19,6 +19,7 @@ to a temporary folder renamed into place at the end: a half-finished install is 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -58,6 +59,11 @@ ABSENT = (
     "`python -m tests.torch_cache`) installs PyPI's build there (5.4 GB with its CUDA "
     "libraries, 2-4 min); its output says why it could not"
 )
+
+
+def importable() -> bool:
+    """Whether a child process can import torch: from the venv, or from the cache folder."""
+    return importlib.util.find_spec("torch") is not None or ready() is not None
 
 
 def absent_reason() -> str:

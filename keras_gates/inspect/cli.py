@@ -1,5 +1,9 @@
 """``keras-gates inspect MODEL.keras --input SAMPLES.npy [--mask-value V] --out DIR``.
 
+``MODEL`` may also be an ``.onnx`` file: its LSTM/GRU nodes alone are inspected
+(:func:`keras_gates.interop.onnx_chain.recurrent_model`), ``--input`` fed to the first of them as
+``(batch, time, features)``; the rest of the graph is not run.
+
 Writes one PNG per plot, ``summary.json`` and a self-contained ``index.html`` into DIR and prints
 a short table of saturation per gate, then the memory horizon: half-life per unit and gradient
 reach per layer, and with ``--labels LABELS.npz`` the units that best track each concept. Heavy
@@ -17,7 +21,12 @@ from keras_gates.saving import load_model
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``inspect`` options to ``parser``."""
-    parser.add_argument("model", metavar="MODEL.keras", help="model saved with model.save()")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model saved with model.save() (.keras), or an ONNX file (.onnx): its LSTM/GRU nodes "
+        "alone, --input fed to the first of them (batch, time, features)",
+    )
     parser.add_argument(
         "--input", required=True, metavar="SAMPLES.npy", help="input batch saved with numpy.save"
     )
@@ -144,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             f"Received `sample`={args.sample}: expected an index in [0, {len(x)}) of the batch."
         )
     labels = None if args.labels is None else load_labels(args.labels, args.input, len(x))
-    model = load_model(args.model, argument="MODEL")
+    model = _load(args.model)
     if len(x) == args.max_samples:
         print(f"inspecting the first {len(x)} samples of {args.input} (--max-samples)")
     result = inspect_model(
@@ -165,3 +174,17 @@ def run(args: argparse.Namespace) -> int:
         f"\nreport: {paths['html']} ({len(paths['images'])} images, summary in {paths['summary']})"
     )
     return 0
+
+
+def _load(path: str):
+    """The Keras model to inspect: a saved ``.keras`` model, or an ONNX file's recurrent nodes."""
+    if not path.lower().endswith(".onnx"):
+        return load_model(path, argument="MODEL")
+    from keras_gates.interop.onnx_chain import recurrent_model
+
+    model, notes = recurrent_model(path)
+    names = ", ".join(layer.name for layer in model.layers)
+    print(f"inspecting the recurrent nodes of {path} alone: {names} (--input feeds the first)")
+    for note in notes:
+        print(f"  {note}")
+    return model
