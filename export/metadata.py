@@ -17,6 +17,8 @@ from .cutting import Converted
 from .graph import functional_of
 from .validation_result import ValidationResult
 
+QUANTIZATION_KEY = "keras_gates.quantization"
+
 
 def build_signature(model: Any, converted: Converted, streaming: bool) -> Signature:
     """Inputs/outputs of the exported model with their roles (see :mod:`.signature`).
@@ -60,9 +62,11 @@ def write(
     signature: Signature,
     layouts: dict[str, Any],
     validation: ValidationResult | None,
+    quantization: dict[str, Any] | None = None,
 ) -> None:
     """Record the metadata in ``onnx_model`` (keras-gates version, source model, signature, gate
-    layout, validation result, padding), check it, and write it to ``path`` atomically."""
+    layout, validation result, padding, quantization: ``{"mode": null}`` for float32), check
+    it, and write it to ``path`` atomically."""
     props = {
         "keras_gates.version": __version__,
         "keras_gates.source_model": getattr(model, "name", ""),
@@ -72,6 +76,7 @@ def write(
         "keras_gates.padding": json.dumps(
             _padding(signature, validation is not None), sort_keys=True
         ),
+        QUANTIZATION_KEY: json.dumps(quantization or {"mode": None}, sort_keys=True),
     }
     _set_props(onnx_model, props)
     onnx.checker.check_model(onnx_model, full_check=True)
