@@ -206,7 +206,9 @@ def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     if w is None or r is None or any(a.name == "layout" and a.i for a in node.attribute):
         return None
     name = node.name or node.output[0]
-    inputs = [node.input[0], f"{name}.W.uint8", f"{name}.R.uint8"]
+    lengths = node.input[4] if len(node.input) > 4 else ""
+    nodes, x = ([], node.input[0]) if not lengths else _zero_padding(name, node.input[0], lengths)
+    inputs = [x, f"{name}.W.uint8", f"{name}.R.uint8"]
     inputs += [node.input[i] if i < len(node.input) else "" for i in range(3, 8)]
     inits = []
     for key, array in (("W", w), ("R", r)):
@@ -223,7 +225,30 @@ def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     inputs += [f"{name}.{k}.{p}" for k in ("W", "R") for p in ("scale", "zero_point")]
     new = helper.make_node("DynamicQuantizeLSTM", inputs, node.output, name=name, domain=MS_DOMAIN)
     new.attribute.extend(a for a in node.attribute if a.name != "layout")
-    return Replacement([new], inits, "DynamicQuantizeLSTM")
+    return Replacement([*nodes, new], inits, "DynamicQuantizeLSTM")
+
+
+def _zero_padding(name: str, x: str, lengths: str) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes zeroing ``x`` ``[T, B, I]`` past each row's length, and the result's name: the
+    input is quantized with one scale per tensor, which garbage in the padding would widen."""
+    p = f"{name}.pad_mask"
+    make = helper.make_node
+    nodes = [
+        make("Shape", [x], [f"{p}.shape"], name=f"{p}.shape", start=0, end=1),
+        make("Squeeze", [f"{p}.shape"], [f"{p}.steps"], name=f"{p}.steps"),
+        make("Constant", [], [f"{p}.zero"], name=f"{p}.zero", value_int=0),
+        make("Constant", [], [f"{p}.one"], name=f"{p}.one", value_int=1),
+        make("Range", [f"{p}.zero", f"{p}.steps", f"{p}.one"], [f"{p}.t"], name=f"{p}.t"),
+        make("Constant", [], [f"{p}.axis1"], name=f"{p}.axis1", value_ints=[1]),
+        make("Unsqueeze", [f"{p}.t", f"{p}.axis1"], [f"{p}.tcol"], name=f"{p}.tcol"),
+        make("Cast", [lengths], [f"{p}.lengths"], name=f"{p}.lengths", to=TensorProto.INT64),
+        make("Less", [f"{p}.tcol", f"{p}.lengths"], [f"{p}.valid"], name=f"{p}.valid"),
+        make("Cast", [f"{p}.valid"], [f"{p}.float"], name=f"{p}.float", to=TensorProto.FLOAT),
+        make("Constant", [], [f"{p}.axis2"], name=f"{p}.axis2", value_ints=[2]),
+        make("Unsqueeze", [f"{p}.float", f"{p}.axis2"], [p], name=p),
+        make("Mul", [x, p], [f"{name}.X"], name=f"{name}.X"),
+    ]
+    return nodes, f"{name}.X"
 
 
 @quantizes("GRU")

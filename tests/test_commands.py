@@ -104,11 +104,12 @@ def test_export_command(saved, tmp_path):
 
 
 def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_path):
+    import onnx
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     repo = tmp_path / "not" / "yet" / "there"
-    run(
+    done = run(
         KERAS_GATES,
         "export",
         str(saved / "model.keras"),
@@ -119,12 +120,19 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
         str(repo),
         "--name",
         "seq",
+        "--quantize",  # the int8 flag rides along: one process, an int8 streaming repository
+        "int8",
     )
     config = text_format.Parse(
         (repo / "seq" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
     assert config.HasField("sequence_batching")
     assert (repo / "seq" / "1" / "model.onnx").is_file()
+    assert "int8_error" in done.stdout and "quantized int8" in done.stdout
+    assert "DynamicQuantizeLSTM" in done.stdout
+    written = onnx.load(str(repo / "seq" / "1" / "model.onnx"))
+    meta = {p.key: p.value for p in written.metadata_props}
+    assert json.loads(meta["keras_gates.quantization"])["mode"] == "int8"
 
 
 def test_inspect_command(saved, tmp_path):
