@@ -7,7 +7,7 @@ README "int8 export"), one thread, 100 steps:
 
 - ``LSTM`` -> onnxruntime's ``DynamicQuantizeLSTM``: W and R in 8 bits per gate row, the
   input and the hidden state quantized at run time; 2-3x faster at batch 1.
-- ``GRU`` -> the same ``GRU`` node whose W and R are ``Cast(uint8) * scale`` of 8-bit
+- ``GRU`` -> the same ``GRU`` node whose W and R are ``Cast(int8) * scale`` of 8-bit
   initializers. onnxruntime has no int8 GRU kernel; it folds the constants once when the session
   starts and the node runs (and packs its weights) as in float32: the file is ~0.26x, the speed
   that of float32. An int8 input projection ahead of a GRU whose W is the identity was measured
@@ -16,10 +16,14 @@ README "int8 export"), one thread, 100 steps:
 - ``Conv`` (``Conv1D``), ``Gemm`` and ``Gather`` on a constant table (``Embedding``) -> the
   same node reading ``Cast * scale`` of an 8-bit initializer (folded at session start).
 
-Weights are stored as ``uint8`` with zero point 128 and one scale per output row (symmetric,
-``[-127, 127] + 128``): onnxruntime's int8 kernels multiply ``uint8 x int8`` pairs in 16-bit
-sums on CPUs without VNNI (AVX2), which saturate with full-range ``int8`` weights (measured:
-errors of 0.4-0.8 on a hidden state in [-1, 1]); ``uint8 x uint8`` does not.
+Every weight gets one symmetric scale per output row. The kernels that quantize activations at
+run time (``DynamicQuantizeLSTM``, ``DynamicQuantizeMatMul``) multiply ``uint8`` activations by
+``int8`` weights; on CPUs without VNNI (AVX2) they sum pairs of products in 16 bits, which
+saturate with full-range weights (measured: 6-15% of the output range off, what
+``quantize_dynamic``'s defaults give). Their weights are ``int8`` in ``[-63, 63]`` (7 bits, like
+``quantize_dynamic(reduce_range=True)``): as fast, 1% off. ``uint8`` weights (zero point 128)
+would not saturate either but take a 35% slower ``uint8 x uint8`` kernel. The folded weights
+(GRU, Conv, Gemm, Gather) are ``int8`` in ``[-127, 127]``.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ from .errors import ExportError
 MODES = ("int8",)
 DEFAULT_INT8_TOLERANCE = 0.02  # max abs error of the int8 file, relative to each output's range
 MS_DOMAIN = "com.microsoft"
-ZERO_POINT = 128
-LEVELS = 127
+LEVELS = 127  # folded weights: 8 bits
+DYNAMIC_LEVELS = 63  # weights of the uint8 x int8 kernels: 7 bits (see above)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +70,7 @@ class Quantized:
             "nodes": self.nodes,
             "float32_bytes": self.float_bytes,
             "bytes": self.bytes,
-            "weights": "uint8, zero point 128, one scale per output row",
+            "weights": "int8, one scale per output row; in [-63, 63] for the int8 kernels",
             "activations": "quantized at run time (DynamicQuantizeLSTM, DynamicQuantizeMatMul); "
             "other nodes compute in float32 from their 8-bit weights",
         }
@@ -145,33 +149,29 @@ def quantize(onnx_model: onnx.ModelProto, mode: str) -> Quantized:
     return Quantized(model, mode, kinds, onnx_model.ByteSize(), model.ByteSize())
 
 
-def quantize_rows(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(uint8 values, float32 scales)``: one symmetric scale per index of ``axis``;
-    ``weight ~ (values - 128) * scale``."""
+def quantize_rows(
+    weight: np.ndarray, axis: int, levels: int = LEVELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(int8 values, float32 scales)``, one symmetric scale per index of ``axis``:
+    ``weight ~ values * scale`` with ``|values| <= levels``."""
     others = tuple(i for i in range(weight.ndim) if i != axis)
     peak = np.abs(weight).max(axis=others, keepdims=True)
-    scale = np.where(peak > 0, peak / LEVELS, 1.0).astype(np.float32)
-    values = np.clip(np.round(weight / scale), -LEVELS, LEVELS) + ZERO_POINT
-    return values.astype(np.uint8), scale
+    scale = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
+    return np.clip(np.round(weight / scale), -levels, levels).astype(np.int8), scale
 
 
-def _folded(name: str, weight: np.ndarray, axis: int) -> Replacement:
-    """``name`` recomputed as ``(Cast(uint8) - 128) * scale`` from 8-bit initializers:
-    constants that onnxruntime folds once when the session starts."""
+def _folded(name: str, weight: np.ndarray, axis: int) -> tuple[str, Replacement]:
+    """The float tensor ``Cast(<name>.int8) * <name>.scale`` standing for initializer ``name``
+    (its name, and the nodes and 8-bit initializers making it): constants onnxruntime folds
+    once when the session starts."""
     values, scale = quantize_rows(weight, axis)
-    q, s, z = f"{name}.uint8", f"{name}.scale", f"{name}.zero_point"
-    cast, shifted = f"{name}.cast", f"{name}.shifted"
-    inits = [
-        numpy_helper.from_array(values, q),
-        numpy_helper.from_array(scale, s),
-        numpy_helper.from_array(np.array(ZERO_POINT, np.float32), z),
-    ]
+    q, s, cast, out = f"{name}.int8", f"{name}.scale", f"{name}.cast", f"{name}.from_int8"
+    inits = [numpy_helper.from_array(values, q), numpy_helper.from_array(scale, s)]
     nodes = [
         helper.make_node("Cast", [q], [cast], name=cast, to=TensorProto.FLOAT),
-        helper.make_node("Sub", [cast, z], [shifted], name=shifted),
-        helper.make_node("Mul", [shifted, s], [name], name=f"{name}.dequantize"),
+        helper.make_node("Mul", [cast, s], [out], name=out),
     ]
-    return Replacement(nodes, inits, "")
+    return out, Replacement(nodes, inits, "")
 
 
 def _with_folded(
@@ -186,8 +186,8 @@ def _with_folded(
         array = weights.get(node.input[position])
         if array is None or array.ndim <= axis or array.size < 2:
             continue
-        found[position] = f"{node.input[position]}.int8"
-        parts.append(_folded(found[position], array, axis))
+        found[position], part = _folded(node.input[position], array, axis)
+        parts.append(part)
     if not found:
         return None
     new = onnx.NodeProto()
@@ -208,17 +208,17 @@ def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     name = node.name or node.output[0]
     lengths = node.input[4] if len(node.input) > 4 else ""
     nodes, x = ([], node.input[0]) if not lengths else _zero_padding(name, node.input[0], lengths)
-    inputs = [x, f"{name}.W.uint8", f"{name}.R.uint8"]
+    inputs = [x, f"{name}.W.int8", f"{name}.R.int8"]
     inputs += [node.input[i] if i < len(node.input) else "" for i in range(3, 8)]
     inits = []
     for key, array in (("W", w), ("R", r)):
         transposed = np.transpose(array, (0, 2, 1))  # [D, in, 4U]: ONNX rows become columns
-        per_direction = [quantize_rows(d, axis=1) for d in transposed]
+        per_direction = [quantize_rows(d, 1, DYNAMIC_LEVELS) for d in transposed]
         values = np.stack([v for v, _ in per_direction])
         scale = np.stack([s.reshape(-1) for _, s in per_direction])
-        zero = np.full(scale.shape, ZERO_POINT, np.uint8)
+        zero = np.zeros(scale.shape, np.int8)
         inits += [
-            numpy_helper.from_array(values, f"{name}.{key}.uint8"),
+            numpy_helper.from_array(values, f"{name}.{key}.int8"),
             numpy_helper.from_array(scale, f"{name}.{key}.scale"),
             numpy_helper.from_array(zero, f"{name}.{key}.zero_point"),
         ]
@@ -264,16 +264,16 @@ def _matmul(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     if kernel is None or weights.get(node.input[0]) is not None:
         return None
     name = node.name or node.output[0]
-    values, scale = quantize_rows(kernel, axis=1)  # one scale per output column
+    values, scale = quantize_rows(kernel, 1, DYNAMIC_LEVELS)  # per column
     scale = scale.reshape(-1)
     inits = [
-        numpy_helper.from_array(values, f"{name}.B.uint8"),
+        numpy_helper.from_array(values, f"{name}.B.int8"),
         numpy_helper.from_array(scale, f"{name}.B.scale"),
-        numpy_helper.from_array(np.full(scale.shape, ZERO_POINT, np.uint8), f"{name}.B.zero"),
+        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}.B.zero_point"),
     ]
     new = helper.make_node(
         "DynamicQuantizeMatMul",
-        [node.input[0], f"{name}.B.uint8", f"{name}.B.scale", f"{name}.B.zero"],
+        [node.input[0], f"{name}.B.int8", f"{name}.B.scale", f"{name}.B.zero_point"],
         list(node.output),
         name=name,
         domain=MS_DOMAIN,

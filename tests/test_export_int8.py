@@ -74,10 +74,10 @@ def test_int8_nodes_size_and_metadata(exported, kind):
         (gru,) = [n for n in graph.node if n.op_type == "GRU"]
         inits = {i.name: i for i in graph.initializer}
         assert gru.input[1] not in inits and gru.input[2] not in inits
-        stored = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.UINT8}
-        assert {f"{gru.input[1]}.uint8", f"{gru.input[2]}.uint8"} <= stored
+        stored = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+        assert {"gru.W.int8", "gru.R.int8"} <= stored
     # every weight matrix (W, R, the Dense kernel) is stored in 1 byte a value instead of 4
-    floats, bytes_ = _weights(f32, onnx.TensorProto.FLOAT), _weights(i8, onnx.TensorProto.UINT8)
+    floats, bytes_ = _weights(f32, onnx.TensorProto.FLOAT), _weights(i8, onnx.TensorProto.INT8)
     assert sorted(a.size for a in bytes_) == sorted(a.size for a in floats)
     left = _weights(i8, onnx.TensorProto.FLOAT)  # only vectors are left: one scale per row
     assert all(sum(d > 1 for d in a.shape) <= 1 for a in left)
