@@ -156,9 +156,12 @@ def goals(rows: list[dict]) -> list[str]:
             ok = q["ratio"] <= 0.4 and all(q[b] <= f[b] * 1.05 for b in ("b1", "b64"))
             goal = "int8 <= 0.4x float32 size, not slower than float32"
         ok_error = q["error"] <= 0.02
+        base = ref if "LSTM" in model else f
+        speed = ", ".join(f"{base[b] / q[b]:.2f}x" for b in ("b1", "b64"))
         lines.append(
-            f"{model}: {goal}: {'yes' if ok else 'NO'}; within 2% of the output range: "
-            f"{'yes' if ok_error else 'NO'} ({q['error'] * 100:.2f}%)"
+            f"{model}: {goal}: {'yes' if ok else 'NO'} (speed vs {base['variant']} at batch 1, "
+            f"64: {speed}; size {q['bytes'] / base['bytes']:.2f}x); within 2% of the output "
+            f"range: {'yes' if ok_error else 'NO'} ({q['error'] * 100:.2f}%)"
         )
     return lines
 
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure(args.rounds, folder)
         print(
             f"onnxruntime {ort.__version__}, one thread, {STEPS} steps, {FEATURES} features, "
-            f"median of {args.rounds} alternating runs"
+            f"median of {5 * args.rounds} (batch 1) and {args.rounds} (batch 64) alternating runs"
         )
         print(table(rows))
         print("\n".join(goals(rows)))
