@@ -37,12 +37,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ExportError
+from .gru_loop import LOOP_MIN_UNITS, int8_loop
+from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, zero_padding
 
 MODES = ("int8",)
 DEFAULT_INT8_TOLERANCE = 0.02  # max abs error of the int8 file, relative to each output's range
-MS_DOMAIN = "com.microsoft"
-LEVELS = 127  # folded weights: 8 bits
-DYNAMIC_LEVELS = 63  # weights of the uint8 x int8 kernels: 7 bits (see above)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,17 +148,6 @@ def quantize(onnx_model: onnx.ModelProto, mode: str) -> Quantized:
     return Quantized(model, mode, kinds, onnx_model.ByteSize(), model.ByteSize())
 
 
-def quantize_rows(
-    weight: np.ndarray, axis: int, levels: int = LEVELS
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(int8 values, float32 scales)``, one symmetric scale per index of ``axis``:
-    ``weight ~ values * scale`` with ``|values| <= levels``."""
-    others = tuple(i for i in range(weight.ndim) if i != axis)
-    peak = np.abs(weight).max(axis=others, keepdims=True)
-    scale = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
-    return np.clip(np.round(weight / scale), -levels, levels).astype(np.int8), scale
-
-
 def _folded(name: str, weight: np.ndarray, axis: int) -> tuple[str, Replacement]:
     """The float tensor ``Cast(<name>.int8) * <name>.scale`` standing for initializer ``name``
     (its name, and the nodes and 8-bit initializers making it): constants onnxruntime folds
@@ -207,7 +195,7 @@ def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
         return None
     name = node.name or node.output[0]
     lengths = node.input[4] if len(node.input) > 4 else ""
-    nodes, x = ([], node.input[0]) if not lengths else _zero_padding(name, node.input[0], lengths)
+    nodes, x = ([], node.input[0]) if not lengths else zero_padding(name, node.input[0], lengths)
     inputs = [x, f"{name}.W.int8", f"{name}.R.int8"]
     inputs += [node.input[i] if i < len(node.input) else "" for i in range(3, 8)]
     inits = []
@@ -228,32 +216,17 @@ def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     return Replacement([*nodes, new], inits, "DynamicQuantizeLSTM")
 
 
-def _zero_padding(name: str, x: str, lengths: str) -> tuple[list[onnx.NodeProto], str]:
-    """Nodes zeroing ``x`` ``[T, B, I]`` past each row's length, and the result's name: the
-    input is quantized with one scale per tensor, which garbage in the padding would widen."""
-    p = f"{name}.pad_mask"
-    make = helper.make_node
-    nodes = [
-        make("Shape", [x], [f"{p}.shape"], name=f"{p}.shape", start=0, end=1),
-        make("Squeeze", [f"{p}.shape"], [f"{p}.steps"], name=f"{p}.steps"),
-        make("Constant", [], [f"{p}.zero"], name=f"{p}.zero", value_int=0),
-        make("Constant", [], [f"{p}.one"], name=f"{p}.one", value_int=1),
-        make("Range", [f"{p}.zero", f"{p}.steps", f"{p}.one"], [f"{p}.t"], name=f"{p}.t"),
-        make("Constant", [], [f"{p}.axis1"], name=f"{p}.axis1", value_ints=[1]),
-        make("Unsqueeze", [f"{p}.t", f"{p}.axis1"], [f"{p}.tcol"], name=f"{p}.tcol"),
-        make("Cast", [lengths], [f"{p}.lengths"], name=f"{p}.lengths", to=TensorProto.INT64),
-        make("Less", [f"{p}.tcol", f"{p}.lengths"], [f"{p}.valid"], name=f"{p}.valid"),
-        make("Cast", [f"{p}.valid"], [f"{p}.float"], name=f"{p}.float", to=TensorProto.FLOAT),
-        make("Constant", [], [f"{p}.axis2"], name=f"{p}.axis2", value_ints=[2]),
-        make("Unsqueeze", [f"{p}.float", f"{p}.axis2"], [p], name=p),
-        make("Mul", [x, p], [f"{name}.X"], name=f"{name}.X"),
-    ]
-    return nodes, f"{name}.X"
-
-
 @quantizes("GRU")
 def _gru(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
-    """The same ``GRU`` node; W ``[D, 3U, I]`` and R ``[D, 3U, U]`` 8-bit per gate row."""
+    """From ``LOOP_MIN_UNITS`` units a ``Loop`` of int8 steps (:mod:`.gru_loop`) where the node
+    allows it, else the same ``GRU`` node with W ``[D, 3U, I]`` and R ``[D, 3U, U]`` 8-bit per
+    gate row."""
+    w, r = (weights.get(node.input[i], ndim=3) for i in (1, 2))
+    b = weights.get(node.input[3], ndim=2) if len(node.input) > 3 and node.input[3] else None
+    if w is not None and r is not None and r.shape[2] >= LOOP_MIN_UNITS:
+        loop = int8_loop(node, w, r, b, node.name or node.output[0])
+        if loop is not None:
+            return Replacement(loop[0], loop[1], "Loop of int8 GRU steps")
     return _with_folded(node, weights, {1: 1, 2: 1}, "GRU, 8-bit W and R")
 
 
