@@ -183,3 +183,28 @@ def test_server_and_triton_repository_run_the_int8_file(exported, tmp_path):
                 # activations are quantized per batch: the server may group rows otherwise
                 np.testing.assert_allclose(got, want, atol=bound, rtol=0)
                 np.testing.assert_allclose(got, local, atol=bound, rtol=0)
+
+
+def test_gru_loop_design_keeps_padding_and_state_exact(monkeypatch, tmp_path):
+    """The Loop of int8 steps (wide GRUs; forced here at 16 units): per-step outputs zero past
+    each length, streaming state in and out."""
+    from keras_gates.export import quantize
+
+    monkeypatch.setattr(quantize, "LOOP_MIN_UNITS", 0)
+    keras.utils.set_random_seed(2)
+    x = keras.Input((None, 4), name="x")
+    y = keras.layers.Dense(2, name="dense")(GatedGRU(16, return_sequences=True, name="gru")(x))
+    model = randomize(keras.Model(x, y), seed=4)
+    f32, i8 = tmp_path / "loop32.onnx", tmp_path / "loop8.onnx"
+    to_onnx(model, f32, validate=False, print_fn=None)
+    result = to_onnx(model, i8, quantize="int8", streaming=True, print_fn=None)
+    assert result.op_counts.get("Loop") == 1 and result.op_counts.get("GRU", 0) == 0
+    assert any(r.case == "2 chunks" for r in result.validation.rows)  # state in, state out
+    rng = np.random.default_rng(9)
+    x = padded(rng, len(LENGTHS), max(LENGTHS), 4, LENGTHS)
+    got8 = Predictor(i8, device="cpu").predict(x, lengths=LENGTHS)["dense"]
+    got32 = Predictor(f32, device="cpu").predict(x, lengths=LENGTHS)["dense"]
+    for r, n in enumerate(LENGTHS):
+        want = keras_row(model, x[r : r + 1, :n])[0]
+        np.testing.assert_allclose(got8[r, :n], want, atol=INT8_RTOL * float(np.ptp(want)))
+        np.testing.assert_allclose(got8[r, n:], got32[r, n:], atol=1e-6)  # Dense of zeros
