@@ -7,11 +7,17 @@ README "int8 export"), one thread, 100 steps:
 
 - ``LSTM`` -> onnxruntime's ``DynamicQuantizeLSTM``: W and R in 8 bits per gate row, the
   input and the hidden state quantized at run time; 2-3x faster at batch 1.
-- ``GRU`` -> the same ``GRU`` node whose W and R are ``Cast(int8) * scale`` of 8-bit
-  initializers. onnxruntime has no int8 GRU kernel; it folds the constants once when the session
-  starts and the node runs (and packs its weights) as in float32: the file is ~0.26x, the speed
-  that of float32. An int8 input projection ahead of a GRU whose W is the identity was measured
-  1.4-4x slower (the node still multiplies by a 3U x 3U identity every step).
+- ``GRU`` (onnxruntime has no int8 GRU kernel), two designs by width:
+  - from ``LOOP_MIN_UNITS`` (384) units, a ``Loop`` of int8 steps (:mod:`.gru_loop`): the input
+    projection for all steps and ``h @ R`` each step through ``DynamicQuantizeMatMul``; 1.6x
+    faster than float32 at batch 1 and 512 units, but its ~15 nodes a step cost more than a
+    narrow float32 step (3.6x slower at 128 units, batch 1);
+  - below, the same ``GRU`` node whose W and R are ``Cast(int8) * scale`` of 8-bit
+    initializers: onnxruntime folds the constants once when the session starts and the node
+    runs (and packs its weights) as in float32: the file is ~0.28x, the speed that of float32.
+  Also measured and dropped: an int8 input projection ahead of a ``GRU`` whose W is the
+  identity (1.4-4x slower: the node still multiplies by a 3U x 3U identity every step), and
+  ``DequantizeLinear`` weights (not folded by onnxruntime, so not packed: up to 25% slower).
 - ``MatMul`` with a constant 2-D weight (``Dense``) -> ``DynamicQuantizeMatMul``.
 - ``Conv`` (``Conv1D``), ``Gemm`` and ``Gather`` on a constant table (``Embedding``) -> the
   same node reading ``Cast * scale`` of an 8-bit initializer (folded at session start).
