@@ -10,7 +10,7 @@ Accuracy: max abs error against Keras on a batch of 64 x 100 steps, relative to 
 Keras' outputs. Then the sunspot demo's model (examples/sunspots_forecast.py) is trained and
 its forecast error on the held-out years is reported for Keras, float32 and int8.
 
-    .venv/bin/python benchmarks/quantize.py [--rounds 7] [--epochs 40] [--out DIR]
+    .venv/bin/python benchmarks/quantize.py [--rounds 11] [--epochs 40] [--out DIR]
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def _full(x: np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rounds", type=int, default=7, help="timed runs at batch 64 (5x at batch 1); median"
+        "--rounds", type=int, default=11, help="timed runs at batch 64 (5x at batch 1); median"
     )
     parser.add_argument("--epochs", type=int, default=40, help="sunspot demo training epochs")
     parser.add_argument("--out", type=Path, default=None, help="keep the files here")
