@@ -7,6 +7,8 @@ from pathlib import Path
 
 from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 
+RNN_OPS = ("LSTM", "GRU", "DynamicQuantizeLSTM", "Loop", "Scan")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the Keras model file (.keras) to export")
@@ -47,6 +49,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--atol", type=float, default=1e-5, help="max abs error allowed by validation (1e-5)"
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="store the weights in 8 bits (int8: gated layers, Dense, Conv1D, Embedding); "
+        "validated against Keras next to float32",
+    )
+    parser.add_argument(
+        "--int8-tolerance",
+        type=float,
+        default=0.02,
+        help="with --quantize int8: max abs error allowed per output as a fraction of its range "
+        "in Keras (0.02)",
+    )
     add_verbose_flag(parser)
 
 
@@ -76,9 +92,15 @@ def run(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         atol=args.atol,
         labels=labels,
+        quantize=args.quantize,
+        int8_tolerance=args.int8_tolerance,
     )
-    rnn = {k: v for k, v in result.op_counts.items() if k in ("LSTM", "GRU", "Loop", "Scan")}
+    rnn = {k: v for k, v in result.op_counts.items() if k in RNN_OPS}
     print(f"wrote {output} ({rnn or 'no RNN nodes'}, inputs {_names(result.signature.inputs)})")
+    if result.quantization is not None:
+        q = result.quantization
+        ratio = q["bytes"] / q["float32_bytes"]
+        print(f"quantized {q['mode']}: {q['bytes']} bytes, {ratio:.2f}x the float32 model")
     if args.triton_repo is not None:
         folder = write_triton_repo(
             output, args.triton_repo, name, version=args.version, backend=args.triton_backend

@@ -5,10 +5,13 @@
 - load: :func:`keras_gates.saving.load_model`, a Keras model;
 - convert: :func:`.cutting.convert`, a :class:`~.cutting.Converted`;
 - splice: :func:`.splice.build_onnx`, the ONNX model and the gate layouts;
+- quantize (``quantize="int8"``): :func:`.quantize.quantize`, a :class:`~.quantize.Quantized`
+  (the 8-bit model and what was quantized);
 - describe: :func:`.metadata.build_signature`, a :class:`~keras_gates.signature.Signature`;
 - validate: :func:`.samples.validation_samples` and :func:`.validate.run`, a
   :class:`~.validation_result.ValidationResult` (:func:`.validate.report` prints it and fails
-  beyond ``atol``);
+  beyond ``atol``; an int8 export is validated against Keras after the float32 one, on the same
+  inputs, and its table shows both errors);
 - write: :func:`.metadata.write`.
 """
 
@@ -29,6 +32,7 @@ from keras_gates.saving import load_model
 from keras_gates.signature import Signature
 
 from . import cutting, metadata, splice
+from . import quantize as quantization
 from . import validate as validation
 from .errors import ExportError
 from .samples import validation_samples
@@ -47,6 +51,7 @@ class ExportResult:
     op_counts: dict[str, int]
     validation: ValidationResult | None  # None when validate=False
     gate_layout: dict[str, Any]
+    quantization: dict[str, Any] | None = None  # None for float32 (quantize=None)
 
 
 def to_onnx(
@@ -60,6 +65,8 @@ def to_onnx(
     samples: Sequence[Any] | None = None,
     print_fn: Callable[[str], Any] | None = print,
     labels: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    quantize: str | None = None,
+    int8_tolerance: float = quantization.DEFAULT_INT8_TOLERANCE,
 ) -> ExportResult:
     """Export ``model`` (a Keras model or a ``.keras`` path) to ONNX at ``path``.
 
@@ -91,30 +98,48 @@ def to_onnx(
             Triton: a list (label ``i`` names class ``i`` of the model's one output) or a dict
             ``{output name: [label, ...]}``; recorded in the metadata (``keras_gates.labels``),
             and written as ``labels.txt`` by :func:`~keras_gates.export.write_triton_repo`.
+        quantize: ``"int8"`` stores the weights of gated layers and ``Dense``/``Conv1D``/
+            ``Embedding`` layers in 8 bits (LSTM and Dense also quantize their activations at
+            run time); ``None`` (default) keeps float32. See :mod:`.quantize`.
+        int8_tolerance: With ``quantize="int8"``: max abs error allowed per output as a
+            fraction of that output's range in Keras on the validation inputs (default 0.02).
+            The float32 export is validated first against ``atol``.
 
     Returns:
         An :class:`ExportResult` (path, signature, op counts, validation result, gate layout).
     """
     path = Path(path)
+    mode = quantization.check_mode(quantize)
+    int8_tolerance = quantization.check_tolerance(int8_tolerance)
     _check_output_path(path)
     model = load_model(model)
     streaming = _resolve_streaming(model, streaming)
     opset = _check_opset(opset)
     converted = cutting.convert(model, streaming, opset)
     onnx_model, layouts = splice.build_onnx(converted)
+    quantized = quantization.quantize(onnx_model, mode) if mode else None
     signature = metadata.build_signature(model, converted, streaming)
     labelled = resolve_labels(labels, metadata.output_classes(signature))
     result = None
     if validate:
         inputs = validation_samples(model, converted, samples)
         result = validation.run(model, onnx_model.SerializeToString(), signature, inputs, atol)
+        if quantized is not None:
+            int8_bytes = quantized.model.SerializeToString()
+            result = validation.run(
+                model, int8_bytes, signature, inputs, atol, rtol=int8_tolerance, baseline=result
+            )
         validation.report(result, path, print_fn)
         signature = signature.with_refusals(result.refusals)
     if print_fn is not None:
         for line in refusal_lines(signature.padding_refusals):
             print_fn(line)
-    metadata.write(path, onnx_model, model, signature, layouts, result, labels=labelled)
-    return ExportResult(path, signature, splice.count_ops(onnx_model), result, layouts)
+    final = quantized.model if quantized is not None else onnx_model
+    summary = quantized.summary() if quantized is not None else None
+    metadata.write(
+        path, final, model, signature, layouts, result, quantization=summary, labels=labelled
+    )
+    return ExportResult(path, signature, splice.count_ops(final), result, layouts, summary)
 
 
 def _check_output_path(path: Path) -> None:

@@ -18,6 +18,8 @@ from .cutting import Converted
 from .graph import functional_of
 from .validation_result import ValidationResult
 
+QUANTIZATION_KEY = "keras_gates.quantization"
+
 
 def build_signature(model: Any, converted: Converted, streaming: bool) -> Signature:
     """Inputs/outputs of the exported model with their roles (see :mod:`.signature`).
@@ -61,11 +63,12 @@ def write(
     signature: Signature,
     layouts: dict[str, Any],
     validation: ValidationResult | None,
+    quantization: dict[str, Any] | None = None,
     labels: Labels | None = None,
 ) -> None:
     """Record the metadata in ``onnx_model`` (keras-gates version, source model, signature, gate
-    layout, validation result, padding, class labels), check it, and write it to ``path``
-    atomically."""
+    layout, validation result, padding, quantization: ``{"mode": null}`` for float32, class
+    labels), check it, and write it to ``path`` atomically."""
     props = {
         "keras_gates.version": __version__,
         "keras_gates.source_model": getattr(model, "name", ""),
@@ -75,6 +78,7 @@ def write(
         "keras_gates.padding": json.dumps(
             _padding(signature, validation is not None), sort_keys=True
         ),
+        QUANTIZATION_KEY: json.dumps(quantization or {"mode": None}, sort_keys=True),
     }
     if labels:
         props[LABELS_KEY] = labels_to_json(labels)

@@ -98,7 +98,7 @@ def _refuse(
     """Record why the inputs of ``case`` cannot be padded, when their padded rows differ."""
     worst_name = max(errors, key=lambda n: errors[n])
     worst = errors[worst_name]
-    if not failure and np.isfinite(worst) and worst <= result.atol:
+    if not failure and np.isfinite(worst) and worst <= result.limit(worst_name):
         return
     reason = failure or (
         f"padded rows differ from the row alone in Keras by up to {worst:.2g} (output "

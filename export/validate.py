@@ -34,24 +34,39 @@ def run(
     samples: list[list[np.ndarray]],
     atol: float,
     padded: bool = True,
+    rtol: float | None = None,
+    baseline: ValidationResult | None = None,
 ) -> ValidationResult:
     """Compare onnxruntime with Keras on every sample (a list of model inputs), then on padded
-    batches against each row alone (``padded=False`` skips those)."""
+    batches against each row alone (``padded=False`` skips those).
+
+    A quantized export passes ``rtol`` (its tolerance relative to each output's range in Keras)
+    and ``baseline``, the float32 export's result on the same samples: its refusals stand (the
+    padding of an input is a property of the model, not of the int8 weights)."""
     session = _session(onnx_bytes)
     names = [t.name for t in signature.outputs if t.role == "output"]
-    rows = []
+    rows, ranges = [], {}
     for inputs in samples:
         expected = keras_outputs(model, inputs)
         got = session.run(names, onnx_feeds(signature, inputs))
         batch, time = inputs[0].shape[0], (inputs[0].shape[1] if inputs[0].ndim > 1 else 0)
         for name, e, g in zip(names, expected, got):
             rows.append(Row(name, batch, time, max_error(e, g)))
+            ranges[name] = max(ranges.get(name, 0.0), _range(e))
         if signature.streaming:
-            rows.extend(_chunked_rows(session, signature, inputs))
-    result = ValidationResult(atol=atol, rows=rows)
+            rows.extend(_chunked_rows(session, signature, inputs, ranges))
+    result = ValidationResult(atol, rows, rtol=rtol, ranges=ranges, baseline=baseline)
     if padded and samples:
         padded_rows(model, session, signature, samples[-1], result)
+    if baseline is not None:
+        result.refusals = dict(baseline.refusals)
     return result
+
+
+def _range(values: np.ndarray) -> float:
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.max() - finite.min()) if finite.size else 0.0
 
 
 def report(result: ValidationResult, path: Path, print_fn: Callable[[str], Any] | None) -> None:
@@ -60,10 +75,15 @@ def report(result: ValidationResult, path: Path, print_fn: Callable[[str], Any] 
     if print_fn is not None:
         print_fn(result.table())
     if not result.passed:
+        tolerance = f"`atol={result.atol:g}`"
+        if result.rtol is not None:
+            tolerance = (
+                f"`int8_tolerance={result.rtol:g}` x each output's range (float32 `atol="
+                f"{result.atol:g}`)"
+            )
         raise ValidationError(
             f"The exported model differs from Keras by up to {result.max_error:.3g}, above the "
-            f"tolerance `atol={result.atol:g}`; nothing was written to {str(path)!r}.\n"
-            f"{result.table()}"
+            f"tolerance {tolerance}; nothing was written to {str(path)!r}.\n{result.table()}"
         )
 
 
@@ -74,9 +94,12 @@ def _session(onnx_bytes: bytes) -> ort.InferenceSession:
 
 
 def _chunked_rows(
-    session: ort.InferenceSession, signature: Signature, inputs: list[np.ndarray]
+    session: ort.InferenceSession,
+    signature: Signature,
+    inputs: list[np.ndarray],
+    ranges: dict[str, float],
 ) -> list[Row]:
-    """States after two chunks vs after the whole sequence."""
+    """States after two chunks vs after the whole sequence (their ranges go to ``ranges``)."""
     pairs = signature.state_pairs
     outs = [o for _, o in pairs]
     data = [t for t in signature.inputs if t.role in ("sequence", "other")]
@@ -92,6 +115,8 @@ def _chunked_rows(
     states = {i: v for (i, _), v in zip(pairs, first)}
     second = session.run(outs, onnx_feeds(signature, chunk(slice(split, None)), states))
     batch = inputs[0].shape[0]
+    for name, w in zip(outs, whole):
+        ranges[name] = max(ranges.get(name, 0.0), _range(w))
     return [
         Row(name, batch, time, max_error(w, s), case="2 chunks")
         for name, w, s in zip(outs, whole, second)

@@ -29,37 +29,81 @@ class Row:
 
 @dataclasses.dataclass
 class ValidationResult:
-    """Max abs error per (output, case); ``passed`` when every unpadded case is within ``atol``.
+    """Max abs error per (output, case); ``passed`` when every unpadded case is within the
+    tolerance (:meth:`limit`).
 
     ``refusals`` maps a sequence input to why its padded rows differ from the rows alone.
+    A quantized export's result has ``rtol`` (its tolerance as a fraction of each output's
+    range in Keras, ``ranges``), also counts the padded cases of inputs that pad exactly, and
+    carries the float32 export's result on the same inputs as ``baseline``.
     """
 
     atol: float
     rows: list[Row]
     refusals: dict[str, str] = dataclasses.field(default_factory=dict)
+    rtol: float | None = None
+    ranges: dict[str, float] = dataclasses.field(default_factory=dict)
+    baseline: ValidationResult | None = None
+
+    def limit(self, output: str) -> float:
+        """The max abs error allowed on ``output``: ``atol``, or ``rtol`` x its range."""
+        if self.rtol is None:
+            return self.atol
+        return max(self.rtol * self.ranges.get(output, 0.0), self.atol)
 
     @property
     def max_error(self) -> float:
-        return max((r.error for r in self.rows if not r.padded), default=0.0)
+        """The largest error of the cases that count (unpadded; quantized: also padded)."""
+        counted = [r for r in self.rows if not r.padded]
+        if self.rtol is not None:
+            counted += [r for r in self.rows if r.padded and self._exact(r)]
+        return max((r.error for r in counted), default=0.0)
 
     @property
     def passed(self) -> bool:
         checked = [r for r in self.rows if not r.padded]
-        return bool(checked) and all(r.ok(self.atol) for r in checked)
+        if self.rtol is not None:  # quantized: padded rows of inputs that pad exactly count
+            checked += [r for r in self.rows if r.padded and self._exact(r)]
+        baseline = self.baseline is None or self.baseline.passed
+        return bool(checked) and baseline and all(r.ok(self.limit(r.output)) for r in checked)
+
+    def _exact(self, row: Row) -> bool:
+        return not any(n in self.refusals for n in row.padded)
 
     def table(self) -> str:
         width = max([len("output"), *(len(r.output) for r in self.rows)])
         case_width = max([len("case"), *(len(r.case) for r in self.rows)])
-        lines = [f"{'output':<{width}}  {'case':<{case_width}}  batch  time  max_abs_error  ok"]
-        for r in self.rows:
-            refused = any(n in self.refusals for n in r.padded)
-            ok = "refused" if refused else ("yes" if r.ok(self.atol) else "NO")
+        floats = self._baseline_errors()
+        head = f"{'output':<{width}}  {'case':<{case_width}}  batch  time"
+        head += "  float32_error     int8_error      limit  ok" if floats else "  max_abs_error  ok"
+        lines = [head]
+        for i, r in enumerate(self.rows):
+            ok = "yes" if r.ok(self.limit(r.output)) else "NO"
+            ok = ok if self._exact(r) else "refused"
+            errors = f"{r.error:>13.3e}"
+            if floats:
+                errors = f"{floats[i]:>13.3e}  {r.error:>13.3e}  {self.limit(r.output):>9.2e}"
             lines.append(
                 f"{r.output:<{width}}  {r.case:<{case_width}}  {r.batch:>5}  {r.time:>4}  "
-                f"{r.error:>13.3e}  {ok}"
+                f"{errors}  {ok}"
             )
-        lines.append(f"tolerance {self.atol:g}: {'passed' if self.passed else 'FAILED'}")
+        verdict = "passed" if self.passed else "FAILED"
+        if floats:
+            assert self.baseline is not None
+            lines.append(
+                f"tolerance: float32 {self.baseline.atol:g}, int8 {self.rtol:g} x each output's "
+                f"range in Keras ({_ranges(self.ranges)}): {verdict}"
+            )
+        else:
+            lines.append(f"tolerance {self.atol:g}: {verdict}")
         return "\n".join(lines)
+
+    def _baseline_errors(self) -> list[float] | None:
+        """The float32 error of each row (same inputs), when this result has a baseline."""
+        if self.baseline is None:
+            return None
+        by_case = {(r.output, r.case, r.batch, r.time): r.error for r in self.baseline.rows}
+        return [by_case.get((r.output, r.case, r.batch, r.time), float("nan")) for r in self.rows]
 
     def to_json(self) -> str:
         worst: dict[str, float] = {}
@@ -67,15 +111,22 @@ class ValidationResult:
         for r in self.rows:
             target = padded if r.padded else worst
             target[r.output] = max(target.get(r.output, 0.0), float(r.error))
-        return json.dumps(
-            {
-                "atol": self.atol,
-                "passed": self.passed,
-                "max_abs_error": worst,
-                "padded_max_abs_error": padded,
-                "padding_refused": self.refusals,
-            }
-        )
+        fields = {
+            "atol": self.atol,
+            "passed": self.passed,
+            "max_abs_error": worst,
+            "padded_max_abs_error": padded,
+            "padding_refused": self.refusals,
+        }
+        if self.rtol is not None:
+            fields.update(rtol=self.rtol, output_range=self.ranges)
+        if self.baseline is not None:
+            fields["float32"] = json.loads(self.baseline.to_json())
+        return json.dumps(fields)
+
+
+def _ranges(ranges: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.3g}" for name, value in ranges.items())
 
 
 def refusal_lines(refusals: dict[str, str]) -> list[str]:

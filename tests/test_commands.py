@@ -104,12 +104,13 @@ def test_export_command(saved, tmp_path):
 
 
 def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_path):
+    import onnx
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     repo = tmp_path / "not" / "yet" / "there"
     (tmp_path / "classes.txt").write_text("low\nhigh\n")  # y's two classes
-    run(
+    done = run(
         KERAS_GATES,
         "export",
         str(saved / "model.keras"),
@@ -122,6 +123,8 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
         "seq",
         "--labels",
         str(tmp_path / "classes.txt"),
+        "--quantize",  # the int8 flag rides along: one process, an int8 streaming repository
+        "int8",
     )
     config = text_format.Parse(
         (repo / "seq" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
@@ -129,14 +132,17 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
     assert config.HasField("sequence_batching")
     assert (repo / "seq" / "1" / "model.onnx").is_file()
     # --labels: in the model's metadata, and as the label file Triton's config names
-    import onnx
-
     from keras_gates.labels import LABELS_KEY
 
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "s.onnx")).metadata_props}
     assert json.loads(props[LABELS_KEY]) == {"y": ["low", "high"]}
     assert {t.name: t.label_filename for t in config.output}["y"] == "labels.txt"
     assert (repo / "seq" / "labels.txt").read_text() == "low\nhigh\n"
+    assert "int8_error" in done.stdout and "quantized int8" in done.stdout
+    assert "DynamicQuantizeLSTM" in done.stdout
+    written = onnx.load(str(repo / "seq" / "1" / "model.onnx"))
+    meta = {p.key: p.value for p in written.metadata_props}
+    assert json.loads(meta["keras_gates.quantization"])["mode"] == "int8"
 
 
 def test_inspect_command(saved, tmp_path):

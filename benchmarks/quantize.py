@@ -1,0 +1,218 @@
+"""int8 export vs float32 vs onnxruntime's ``quantize_dynamic``: size, latency, accuracy.
+
+One process, one command. For GatedLSTM and GatedGRU models of 128 and 512 units (32 features ->
+one gated layer -> Dense(16)) it writes three files: the float32 export, the int8 export
+(``to_onnx(..., quantize="int8")``) and the float32 export quantized by hand with
+``onnxruntime.quantization.quantize_dynamic`` (default settings: the reference a user would
+otherwise use). Latency: batch 1 and 64, 100 steps, one intra-op thread, the three sessions timed
+in alternation (round-robin) and the median kept, so that machine noise hits them alike.
+Accuracy: max abs error against Keras on a batch of 64 x 100 steps, relative to the range of
+Keras' outputs. Then the sunspot demo's model (examples/sunspots_forecast.py) is trained and
+its forecast error on the held-out years is reported for Keras, float32 and int8.
+
+    .venv/bin/python benchmarks/quantize.py [--rounds 11] [--epochs 40] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from keras_gates import GatedGRU, GatedLSTM  # noqa: E402
+from keras_gates.export import to_onnx  # noqa: E402
+
+STEPS, FEATURES, HEAD = 100, 32, 16
+BATCHES = (1, 64)
+LAYERS = {"LSTM": GatedLSTM, "GRU": GatedGRU}
+UNITS = (128, 512)
+VARIANTS = ("float32", "int8", "quantize_dynamic")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def build(kind: str, units: int) -> keras.Model:
+    keras.utils.set_random_seed(units)
+    x = keras.Input((None, FEATURES), name="x")
+    y = keras.layers.Dense(HEAD, name="dense")(LAYERS[kind](units, name="rnn")(x))
+    return keras.Model(x, y)
+
+
+def write_variants(model: keras.Model, folder: Path, tag: str) -> dict[str, Path]:
+    """The three files of one model."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    paths = {v: folder / f"{tag}_{v}.onnx" for v in VARIANTS}
+    to_onnx(model, paths["float32"], print_fn=None)
+    to_onnx(model, paths["int8"], quantize="int8", print_fn=None)
+    quantize_dynamic(str(paths["float32"]), str(paths["quantize_dynamic"]))
+    return paths
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def feeds(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"x": x, "lengths": np.full(len(x), x.shape[1], np.int32)}
+
+
+def latencies(sessions: dict[str, ort.InferenceSession], rounds: int) -> dict:
+    """``{(variant, batch): median seconds}``, the variants timed in alternation."""
+    rng = np.random.default_rng(1)
+    times: dict = {}
+    for batch in BATCHES:
+        x = feeds(rng.normal(size=(batch, STEPS, FEATURES)).astype(np.float32))
+        for s in sessions.values():  # warm-up: session start, constant folding, packing
+            s.run(None, x)
+        for _ in range(rounds * (5 if batch == 1 else 1)):  # batch 1 is cheap: more rounds
+            for name, s in sessions.items():
+                start = time.perf_counter()
+                s.run(None, x)
+                times.setdefault((name, batch), []).append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def relative_error(model: keras.Model, sessions: dict[str, ort.InferenceSession]) -> dict:
+    x = np.random.default_rng(2).normal(size=(64, STEPS, FEATURES)).astype(np.float32)
+    want = np.asarray(model(x, training=False))
+    scale = float(np.ptp(want))
+    return {
+        n: float(np.abs(s.run(None, feeds(x))[0] - want).max()) / scale for n, s in sessions.items()
+    }
+
+
+def measure(rounds: int, folder: Path) -> list[dict]:
+    rows = []
+    for kind in LAYERS:
+        for units in UNITS:
+            model = build(kind, units)
+            paths = write_variants(model, folder, f"{kind}{units}")
+            sessions = {v: session(p) for v, p in paths.items()}
+            times = latencies(sessions, rounds)
+            errors = relative_error(model, sessions)
+            for v in VARIANTS:
+                rows.append(
+                    {
+                        "model": f"Gated{kind}({units})",
+                        "variant": v,
+                        "bytes": paths[v].stat().st_size,
+                        "ratio": paths[v].stat().st_size / paths["float32"].stat().st_size,
+                        "b1": times[(v, 1)],
+                        "b64": times[(v, 64)],
+                        "speed1": times[("float32", 1)] / times[(v, 1)],
+                        "speed64": times[("float32", 64)] / times[(v, 64)],
+                        "error": errors[v],
+                    }
+                )
+            print(f"measured Gated{kind}({units})", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| model | file | size | x float32 | batch 1 | speed-up | batch 64 | speed-up | "
+        "max error / output range |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['bytes'] / 1e6:.2f} MB | {r['ratio']:.2f}x | "
+            f"{r['b1'] * 1e3:.2f} ms | {r['speed1']:.2f}x | {r['b64'] * 1e3:.1f} ms | "
+            f"{r['speed64']:.2f}x | {r['error'] * 100:.2f}% |"
+        )
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict]) -> list[str]:
+    """The issue's goals, each with its verdict (speed within 5% counts as not slower)."""
+    by = {(r["model"], r["variant"]): r for r in rows}
+    lines = []
+    for model in sorted({r["model"] for r in rows}):
+        q, ref, f = by[(model, "int8")], by[(model, "quantize_dynamic")], by[(model, "float32")]
+        if "LSTM" in model:
+            ok = q["bytes"] <= ref["bytes"] * 1.01 and all(
+                q[b] <= ref[b] * 1.05 for b in ("b1", "b64")
+            )
+            goal = "int8 at least as small and fast as quantize_dynamic"
+        else:
+            ok = q["ratio"] <= 0.4 and all(q[b] <= f[b] * 1.05 for b in ("b1", "b64"))
+            goal = "int8 <= 0.4x float32 size, not slower than float32"
+        ok_error = q["error"] <= 0.02
+        base = ref if "LSTM" in model else f
+        speed = ", ".join(f"{base[b] / q[b]:.2f}x" for b in ("b1", "b64"))
+        lines.append(
+            f"{model}: {goal}: {'yes' if ok else 'NO'} (speed vs {base['variant']} at batch 1, "
+            f"64: {speed}; size {q['bytes'] / base['bytes']:.2f}x); within 2% of the output "
+            f"range: {'yes' if ok_error else 'NO'} ({q['error'] * 100:.2f}%)"
+        )
+    return lines
+
+
+def sunspots(epochs: int, folder: Path) -> str:
+    """The demo's forecast error (mean absolute error, sunspots) for Keras, float32, int8."""
+    sys.path.insert(0, str(EXAMPLES))
+    import sunspots_forecast as forecast
+    from sunspots import SCALE, load_windows
+
+    data = load_windows(forecast.WINDOW)
+    with contextlib.redirect_stdout(io.StringIO()):  # its banner and epochs
+        model = forecast.train(data, epochs, folder)
+    keras_mae = float(np.abs(model.predict(data.x_test, verbose=0) - data.y_test).mean() * SCALE)
+    errors = {"Keras": keras_mae}
+    for variant, mode in (("float32", None), ("int8", "int8")):
+        path = folder / f"sunspots_{variant}.onnx"
+        to_onnx(model, path, quantize=mode, print_fn=None)
+        got = session(path).run(None, {"input": data.x_test, "lengths": _full(data.x_test)})[0]
+        errors[variant] = float(np.abs(got - data.y_test).mean() * SCALE)
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in errors.items())
+    return f"sunspot demo, mean absolute error on the held-out years (sunspots): {parts}"
+
+
+def _full(x: np.ndarray) -> np.ndarray:
+    return np.full(len(x), x.shape[1], np.int32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rounds", type=int, default=11, help="timed runs at batch 64 (5x at batch 1); median"
+    )
+    parser.add_argument("--epochs", type=int, default=40, help="sunspot demo training epochs")
+    parser.add_argument("--out", type=Path, default=None, help="keep the files here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.out or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        rows = measure(args.rounds, folder)
+        print(
+            f"onnxruntime {ort.__version__}, one thread, {STEPS} steps, {FEATURES} features, "
+            f"median of {5 * args.rounds} (batch 1) and {args.rounds} (batch 64) alternating runs"
+        )
+        print(table(rows))
+        print("\n".join(goals(rows)))
+        print(sunspots(args.epochs, folder))
+        print(f"({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
