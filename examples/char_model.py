@@ -90,7 +90,10 @@ def char_labels(source: str) -> dict[str, np.ndarray]:
 def load_corpus(max_chars: int, seed: int) -> tuple[str, dict[str, np.ndarray], list[str]]:
     """Stdlib files in a seeded random order, up to ``max_chars``: text, labels, file names."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(root.glob("**/*.py"))
+    installed = {"site-packages", "dist-packages"}  # third-party packages: not the stdlib
+    files = sorted(
+        p for p in root.glob("**/*.py") if not installed & set(p.relative_to(root).parts)
+    )
     np.random.default_rng(seed).shuffle(files)
     texts, labels, names, total = [], [], [], 0
     for path in files:
