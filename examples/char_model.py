@@ -90,7 +90,10 @@ def char_labels(source: str) -> dict[str, np.ndarray]:
 def load_corpus(max_chars: int, seed: int) -> tuple[str, dict[str, np.ndarray], list[str]]:
     """Stdlib files in a seeded random order, up to ``max_chars``: text, labels, file names."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(root.glob("**/*.py"))
+    installed = {"site-packages", "dist-packages"}  # third-party packages: not the stdlib
+    files = sorted(
+        p for p in root.glob("**/*.py") if not installed & set(p.relative_to(root).parts)
+    )
     np.random.default_rng(seed).shuffle(files)
     texts, labels, names, total = [], [], [], 0
     for path in files:
@@ -145,8 +148,9 @@ def train(model, codes, args, rng) -> float:
     return float(np.mean(losses[-args.report :]))
 
 
-def draw_unit(text: str, values: np.ndarray, title: str):
-    """Karpathy et al.'s figure 2: each character over a background coloured by the unit."""
+def draw_unit(text: str, values: np.ndarray, title: str, center: float, spread: float):
+    """Karpathy et al.'s figure 2: each character over a background coloured by the unit
+    (white at ``center``, full colour at ``center ± spread``)."""
     import matplotlib.pyplot as plt
 
     lines = text.split("\n")
@@ -157,9 +161,9 @@ def draw_unit(text: str, values: np.ndarray, title: str):
         segment = values[position : position + len(line) + 1]  # the line and its newline
         grid[row, : len(segment)] = segment
         position += len(line) + 1
-    limit = max(float(np.nanmax(np.abs(grid))), 1e-6)
     figure, axis = plt.subplots(figsize=(0.11 * width + 1, 0.22 * len(lines) + 0.8))
-    image = axis.imshow(grid, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
+    low, high = center - spread, center + spread
+    image = axis.imshow(grid, cmap="coolwarm", vmin=low, vmax=high, aspect="auto")
     for row, line in enumerate(lines):
         for column, char in enumerate(line):
             if not char.isspace():
@@ -231,7 +235,8 @@ def main() -> None:
         model.save(out / "char_model.keras")
 
     length = args.eval_len
-    starts = rng.integers(held_out, len(codes) - length, args.eval_windows)
+    evaluation = np.random.default_rng(args.seed + 1)  # the same windows with --load
+    starts = evaluation.integers(held_out, len(codes) - length, args.eval_windows)
     x = windows(codes, starts, length)
     concepts = {name: windows(value, starts, length) for name, value in labels.items()}
     scored = np.ones(x.shape, bool)
@@ -247,9 +252,10 @@ def main() -> None:
     shown_text = text[starts[pick] + args.warm_up : starts[pick] + length]
     title = (
         f"{best.layer} {best.signal} unit {best.unit} (in_string AUC {best.score:.3f}): "
-        "blue low, red high"
+        "red above, blue below the midpoint of its means inside and outside strings"
     )
-    figure = draw_unit(shown_text, trace_values[shown], title)
+    center, spread = _colour_scale(model, x, concepts["in_string"], scored, best)
+    figure = draw_unit(shown_text, trace_values[shown], title, center, spread)
     save_figure(figure, str(out / "char-quote-unit.png"))
     print(f"wrote {out / 'char-quote-unit.png'}")
 
@@ -260,14 +266,15 @@ def main() -> None:
 
 
 def _match_a_string(model, x, in_string, pick, best, values, warm_up) -> None:
-    """LSTMVis on the figure's first string: the units above the threshold halfway between the
+    """LSTMVis on the figure's longest string: the units above the threshold halfway between the
     unit's mean inside and outside strings, and how much of the matches found are strings."""
     spans = [(a, b) for a, b in _runs(in_string[pick, warm_up:]) if b - a > 2]
     if not spans or best.score < 0.5:
         print("match: skipped (no string in the window, or the unit is low inside strings)")
         return
+    first, stop = max(spans, key=lambda s: s[1] - s[0])  # the longest string of the window
     # the characters between the quotes: the unit turns on after reading the opening quote
-    span = (pick, warm_up + int(spans[0][0]) + 1, warm_up + int(spans[0][1]) - 1)
+    span = (pick, warm_up + int(first) + 1, warm_up + int(stop) - 1)
     inside = in_string[pick]
     threshold = float((values[inside].mean() + values[~inside].mean()) / 2)
     found = match(model, x, span, threshold, layer=best.layer, signal=best.signal, k=10)
@@ -279,6 +286,18 @@ def _match_a_string(model, x, in_string, pick, best, values, warm_up) -> None:
         f"{len(found.matches)} matches, {np.mean(overlap) if overlap else 0.0:.0%} of their "
         "characters inside strings"
     )
+
+
+def _colour_scale(model, x, in_string, scored, row) -> tuple[float, float]:
+    """White at the midpoint of the unit's means inside and outside strings (scored steps of
+    every window), full colour at its 2nd / 98th percentile, whichever is farther."""
+    from keras_gates.inspect import trace_model
+
+    values = trace_model(model, x)[row.layer][row.signal][..., row.unit][scored]
+    inside = in_string[scored]
+    center = float((values[inside].mean() + values[~inside].mean()) / 2)
+    low, high = np.percentile(values, [2, 98])
+    return center, max(abs(high - center), abs(center - low), 1e-6)
 
 
 def _unit_values(model, x, row) -> np.ndarray:

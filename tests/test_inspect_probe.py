@@ -234,3 +234,16 @@ def test_char_model_labels_follow_the_tokens():
         labels["column"][source.index("y")] == 4 and labels["indentation"][source.index("y")] == 4
     )
     assert labels["indentation"][source.index("2")] == 2 and labels["indentation"][0] == 0
+
+
+def test_undefined_scores_rank_last_and_are_null_in_json():
+    from keras_gates.inspect import ProbeResult
+
+    scores = {"depth": {"lstm": {"hidden": np.array([np.nan, -0.2, 0.1])}}}
+    result = ProbeResult(scores, {"depth": "pearson"}, {"depth": 9}, {})
+    assert [row.unit for row in result.top("depth", k=3)] == [1, 2, 0]
+    document = result.to_json(k=3)["concepts"]["depth"]
+    assert document["scores"]["lstm"]["hidden"] == [None, -0.2, 0.1]
+    assert document["top"][-1] == {"layer": "lstm", "signal": "hidden", "unit": 0, "score": None}
+    with pytest.raises(KeyError, match="unknown concept 'nope'"):
+        result.top("nope")

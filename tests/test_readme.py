@@ -45,6 +45,7 @@ PRINTS = {
     'trace["forget"].shape': "(16,) (2, 20, 16)",
     'get_gate_weights()["reset"]': "['bias', 'kernel', 'recurrent_bias', 'recurrent_kernel']",
     'print("open", paths["html"])': "index.html",
+    "print(result.table(k=2))": "first_feature_high  auc      gated_lstm",
     'to_onnx(model, "model.onnx")': "'GRU': 1",
     'client.infer("model", inputs)': "(2, 2)",
     "keras-gates inspect": "forget",

@@ -4,8 +4,8 @@ Select a span of one sample and a threshold: the hypothesis is the set S of unit
 activation stays above the threshold at every step of the span (and, with ``off_before`` /
 ``off_after``, below it on that many steps just before / after it). The matches are the other
 places in the batch where the same set is on: maximal runs of counted steps where every unit of S
-is above the threshold. A match's score counts how precisely it is S that is on, after LSTMVis's
-"selected cells on minus other cells on":
+is above the threshold. A match's score counts how precisely it is S that is on (in the spirit of
+LSTMVis's ranking of matches by the cells on and off):
 
     score = |S| - mean over the run's steps of (number of units outside S above the threshold)
 

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -170,7 +170,12 @@ class ProbeResult:
 
 
 def _row_json(row: ProbeRow) -> dict:
-    return {key: value for key, value in asdict(row).items() if key not in ("concept", "metric")}
+    return {
+        "layer": row.layer,
+        "signal": row.signal,
+        "unit": row.unit,
+        "score": to_json_number(row.score),
+    }
 
 
 def signal_names(trace: Mapping[str, np.ndarray]) -> list[str]:
