@@ -136,6 +136,11 @@ class Batcher:
         return len(self._queue)
 
     @property
+    def forming(self) -> int:
+        """Requests in the batch the worker is waiting to fill (0: it is not waiting)."""
+        return self._forming
+
+    @property
     def active(self) -> int:
         """Requests of this model between arrival and response (see :meth:`tracking`)."""
         return self._active
