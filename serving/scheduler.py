@@ -89,6 +89,12 @@ class ModelScheduler:
         self._states = tuple(t for t in self.inputs if t.role == "state")
         self._state_pairs = tuple((t.name, t.state_pair) for t in self._states)
         self._optional = validation.optional_inputs(self.inputs) if self._sequences else frozenset()
+        # Lengths the server fills from the time axis pass check_feeds, unless a sequence input
+        # is masked, merged step by step with another or needs rows of more than one step.
+        self._check_filled = any(
+            t.spec.mask_value is not None or t.aligned_with or t.spec.min_length > 1
+            for t in self._sequences
+        )
         self._output_names = tuple(t.name for t in self.outputs)
         self._stateless_outputs = tuple(t.name for t in self.outputs if t.role != "state")
         self._batch_only_outputs = frozenset(t.name for t in self.outputs if t.batch_only)
@@ -203,7 +209,8 @@ class ModelScheduler:
         independent = len(self._lengths_inputs) > 1
         steps = validation.check_sequences(self.name, self._sequences, inputs, independent)
         feeds = complete_feeds(self._specs_in, inputs)
-        validation.check_feeds(self.name, self.inputs, feeds)
+        if self._check_filled or any(t.name in inputs for t in self._lengths_inputs):
+            validation.check_feeds(self.name, self.inputs, feeds)
         return feeds, rows, steps
 
     async def _infer_sequence(self, feeds, rows: int, steps, sequence: SequenceControl):
