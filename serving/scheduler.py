@@ -89,6 +89,8 @@ class ModelScheduler:
         self._states = tuple(t for t in self.inputs if t.role == "state")
         self._state_pairs = tuple((t.name, t.state_pair) for t in self._states)
         self._optional = validation.optional_inputs(self.inputs) if self._sequences else frozenset()
+        self._known = frozenset(self._specs)
+        self._required = self._known - self._optional
         # Lengths the server fills from the time axis pass check_feeds, unless a sequence input
         # is masked, merged step by step with another or needs rows of more than one step.
         self._check_filled = any(
@@ -193,7 +195,8 @@ class ModelScheduler:
         return outputs
 
     def _prepare(self, inputs: dict[str, np.ndarray], in_session: bool):
-        validation.check_names(self.name, self.inputs, inputs, self._optional)
+        if not self._required <= inputs.keys() <= self._known:  # check_names says what is wrong
+            validation.check_names(self.name, self.inputs, inputs, self._optional)
         if in_session:
             for t in self._states:
                 if t.name in inputs:
