@@ -1,8 +1,9 @@
-"""What grpcio itself costs per unary call, server by server: a ``ModelInfer`` that answers a fixed
-response without a model, on grpc.aio (as ``keras-gates serve``), on the synchronous server with a
-thread pool, and on the synchronous server handing each call to an asyncio loop (the way a
-synchronous transport would feed the scheduler). Each runs in its own process, driven by
-``load_clients.py`` (``grpc-unary``); prints calls/s and server CPU per call.
+"""What grpcio itself costs per unary call, server by server: a ``ModelInfer`` that answers a
+fixed response without a model, on grpc.aio (on asyncio's loop, and on uvloop as in
+``keras-gates serve``; and two grpc.aio servers on one port: two completion queues), on the
+synchronous server with a thread pool, and on the synchronous server handing each call to an
+asyncio loop (the way a synchronous transport would feed the scheduler). Each runs in its own
+process, driven by ``load_clients.py`` (``grpc-unary``); prints calls/s and server CPU per call.
 
     python benchmarks/grpc_alternatives.py --concurrency 32 --duration 4
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-KINDS = ("aio", "aio-2cq", "sync-4", "sync-16", "sync-loop-16")
+KINDS = ("aio", "aio-uvloop", "aio-2cq", "sync-4", "sync-16", "sync-loop-16")
 
 
 def _response():
@@ -57,7 +58,12 @@ def serve(kind: str, port: int) -> None:
             print("ready", flush=True)
             await asyncio.Event().wait()
 
-        asyncio.run(main())
+        if kind == "aio-uvloop":  # the loop uvicorn runs when uvloop is installed
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
         return
     threads = int(kind.rsplit("-", 1)[1])
     loop = None

@@ -1,26 +1,30 @@
 """Load benchmark of ``keras-gates serve`` over HTTP and gRPC on loopback, next to NVIDIA Triton.
 
-Starts one server at a time: ``keras-gates serve`` (batching on, then off; with each ``--workers``
-count; gRPC on a second port), then, with ``--servers keras-gates,triton``, a real Triton
-(``tritonserver`` 2.51 from the ``nvidia-pytriton`` wheel, set up by ``tests/triton_server.py``)
-serving the repository ``keras-gates export --triton-backend python`` writes for the same model
-(onnxruntime inside Triton's Python backend, dynamic batching, one instance, one onnxruntime
-thread). Every server gets ``/infer`` driven by wrk (one sequence per request, JSON and binary
-bodies) at concurrency 1, 8 and 32 for a bounded time per cell. On the first keras-gates server
-the cells wrk cannot drive follow, from the multi-process clients of ``load_clients.py``: gRPC
-``ModelInfer`` (raw tensors) at the same concurrencies, and a streamed sequence of ``--chunks``
-chunks per client over one gRPC ``ModelStreamInfer`` stream and over HTTP (one request per
-chunk), plus HTTP binary from the same clients as a cross-check against wrk. With ``--rounds N``
-the servers take N turns and the table shows each cell's medians. Prints throughput, p50/p99
-latency, errors, the server's and the client processes' CPU use, next to in-process onnxruntime
-on the same model.
+    python benchmarks/serve_load.py            # 4 s per cell, about 3 minutes
+    python benchmarks/serve_load.py --quick    # 2 s per cell, about 2 minutes
+
+One command gives the serving table of the README: ``keras-gates serve`` with batching on (at
+most 32 rows) driven over HTTP with JSON bodies, HTTP with binary tensors, gRPC ``ModelInfer``
+(raw tensors) and gRPC ``ModelStreamInfer`` (a streamed sequence of ``--chunks`` chunks per
+client, next to the same sequence over HTTP, one request per chunk) at concurrency 1, 8 and 32;
+then the same server with batching off (``--max-batch-size 1``) for HTTP binary and gRPC unary at
+the highest concurrency. Every cell is driven by the closed-loop clients of ``load_clients.py``
+(the same generator for every transport, so that they compare; ``--http-client wrk`` drives the
+HTTP unary cells with wrk instead). Each row gives throughput, p50/p99 latency, errors, the server
+process's CPU time per request, the average rows per model call (from the model's ``/stats``)
+and the client processes' CPU use. In-process onnxruntime on the same model at batch 1 and 32
+(one thread, as the server's) is measured before and after the servers as the ceiling, and the
+issue's ratios are printed last, as markdown tables ready for the README.
+
+With ``--servers keras-gates,triton`` a real Triton (``tritonserver`` 2.51 from the
+``nvidia-pytriton`` wheel, set up by ``tests/triton_server.py``) follows, serving the repository
+``keras-gates export --triton-backend python`` writes for the same model (onnxruntime inside
+Triton's Python backend, dynamic batching, one instance, one onnxruntime thread), over HTTP.
+``--workers 1,2`` adds servers with more processes; ``--rounds N`` gives each cell's medians.
 
 The model is the issue's reference: an LSTM of 128 units + Dense(1) on 100-step sequences of 32
 features, built with ``tests/serving_models.py`` (native ONNX LSTM with a lengths input), unless
 ``--model`` names another .onnx file with a ``x``/``lengths`` signature.
-
-Needs ``wrk`` (Debian: ``apt-get install -y wrk``); this script installs nothing itself (Triton's
-files are set up once by ``python -m tests.triton_server``, which ``--servers ...,triton`` runs).
 """
 
 from __future__ import annotations

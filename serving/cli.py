@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue-delay-ms",
         type=float,
         default=scheduler.max_queue_delay_ms,
-        help="longest wait for requests still being received before a batch runs "
-        "(default: %(default)s)",
+        help="longest wait of a batch for requests still being received or, while the model is "
+        "busy, still arriving; an idle model runs a lone request at once (default: %(default)s)",
     )
     parser.add_argument(
         "--max-queue-size",

@@ -29,7 +29,8 @@ class SchedulerConfig:
 
     Args:
         max_batch_size: rows per onnxruntime call; 1 turns dynamic batching off.
-        max_queue_delay_ms: how long a batch may wait for more while other requests are active.
+        max_queue_delay_ms: how long a batch may wait for more while other requests are active
+            or, the model busy, still arriving (:class:`~keras_gates.serving.batcher.Batcher`).
         max_queue_size: queued requests per model beyond which requests get 503.
         max_sessions: open streaming sequences per model beyond which a new one gets 503.
         session_idle_timeout_s: idle time after which a sequence is evicted.
