@@ -168,10 +168,6 @@ class Batcher:
         key = batching.batch_key(feeds, self.layout.padded_inputs)
         work = Work(feeds, rows, steps, key, loop, loop.create_future())
         with self._cond:
-            now = self._clock()
-            gap = min(now - self._last_arrival, self._delay)  # an idle spell counts as one delay
-            self._gap += self.GAP_WEIGHT * (gap - self._gap)
-            self._last_arrival = work.enqueued = now
             if self._closed:
                 raise Unavailable(
                     f"Model {self._name!r} is shutting down; retry on another server."
@@ -181,6 +177,10 @@ class Batcher:
                     f"Model {self._name!r} is overloaded: {len(self._queue)} requests queued "
                     f"(the limit, --max-queue-size {self._max_queue}); retry later."
                 )
+            now = self._clock()
+            gap = min(now - self._last_arrival, self._delay)  # an idle spell counts as one delay
+            self._gap += self.GAP_WEIGHT * (gap - self._gap)
+            self._last_arrival = work.enqueued = now
             self._queue.append(work)
             if self._idle or (self._forming and self._ready(self._forming + len(self._queue))):
                 self._cond.notify()  # wake the worker only when it has something to do

@@ -378,3 +378,36 @@ def test_busy_model_waits_at_most_the_queue_delay():
         batcher.close()
     assert calls == [[1.0], [2.0], [3.0]]
     assert results[2]["y"].shape == (1, 3)
+
+
+def test_lengths_the_server_fills_are_checked_where_they_can_fail():
+    """The server skips the feed checks on the lengths it fills itself only where they cannot
+    fail: a masked input's holes and rows shorter than its ``min_length`` are still refused."""
+    import types
+
+    from keras_gates.serving.errors import BadRequest
+    from keras_gates.serving.runtime import TensorInfo
+    from keras_gates.serving.scheduler import ModelScheduler
+    from keras_gates.signature import TensorSpec
+
+    x = TensorSpec("x", "sequence", "float32", (None, None, 2), min_length=2, mask_value=0.0)
+    lengths = TensorSpec("lengths", "lengths", "int32", (None,), sequence_input="x")
+    runtime = types.SimpleNamespace(
+        name="masked",
+        version="1",
+        inputs=(TensorInfo(x, "FP32"), TensorInfo(lengths, "INT32")),
+        outputs=(TensorInfo(TensorSpec("y", "output", "float32", (None, 1)), "FP32"),),
+        run=lambda feeds: {"y": feeds["lengths"].astype(np.float32).reshape(-1, 1)},
+    )
+    scheduler = ModelScheduler(runtime, SchedulerConfig(max_batch_size=4, max_queue_delay_ms=0))
+    holes = np.ones((1, 3, 2), np.float32)
+    holes[0, 0] = 0.0  # a masked step before unmasked ones
+    try:
+        with pytest.raises(BadRequest, match=r"masked steps \(equal to 0\) before unmasked"):
+            asyncio.run(scheduler.infer({"x": holes}))
+        with pytest.raises(BadRequest, match="expected at least 2 steps per row"):
+            asyncio.run(scheduler.infer({"x": np.ones((1, 1, 2), np.float32)}))
+        answer = asyncio.run(scheduler.infer({"x": np.ones((1, 3, 2), np.float32)}))
+    finally:
+        scheduler.close()
+    np.testing.assert_array_equal(answer["y"], [[3.0]])  # the lengths the server filled
