@@ -1,11 +1,11 @@
 """Profile ``keras-gates serve`` under load: py-spy samples the server while ``load_clients.py``
-drives one transport, and the result is kept as small text files (and an SVG flame graph).
+drives one transport, and the result is kept as a small text file.
 
     python benchmarks/serve_profile.py grpc-unary --concurrency 32 --out benchmarks/profiles
 
-writes ``MODE-cC.txt`` (the functions with the most samples, by own time and by time below them,
-over every thread of the server) and ``MODE-cC.svg`` (py-spy's flame graph). Needs py-spy on the
-PATH (``pip install py-spy``) and the permission to attach to a child process (ptrace).
+writes ``MODE-cC.txt``: the functions with the most samples, by own time and by time below them,
+over every thread of the server (``--native`` adds C frames). Needs py-spy on the PATH (``pip
+install py-spy``) and the permission to attach to a child process (ptrace).
 Modes: those of ``load_clients.drive`` (grpc-unary, grpc-stream, http-unary, http-json,
 http-stream).
 """
@@ -86,11 +86,6 @@ def main(argv=None) -> int:
                 f"p50 {result['p50_ms']:.2f} ms\n"
             )
             (args.out / f"{name}.txt").write_text(header + summarize(raw))
-            svg = args.out / f"{name}.svg"
-            flame = shutil.which("flamegraph.pl")
-            if flame:
-                with svg.open("w") as f:
-                    subprocess.run([flame, str(raw)], stdout=f, check=False)
         finally:
             serve_load.stop_server(proc)
     print((args.out / f"{name}.txt").read_text()[:4000])
