@@ -1,7 +1,7 @@
 """Load benchmark of ``keras-gates serve`` over HTTP and gRPC on loopback, next to NVIDIA Triton.
 
-    python benchmarks/serve_load.py            # 4 s per cell, about 3 minutes
-    python benchmarks/serve_load.py --quick    # 2 s per cell, about 2 minutes
+    python benchmarks/serve_load.py            # 4 s per cell, 1.5 to 4 minutes
+    python benchmarks/serve_load.py --quick    # 2 s per cell, 1 to 2 minutes
 
 One command gives the serving table of the README: ``keras-gates serve`` with batching on (at
 most 32 rows) driven over HTTP with JSON bodies, HTTP with binary tensors, gRPC ``ModelInfer``
@@ -176,7 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an .onnx model (default: build the reference)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per cell (default 4)")
-    parser.add_argument("--quick", action="store_true", help="2 s per cell (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="2 s per cell (1 to 2 minutes)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated connections")
     parser.add_argument("--bodies", default="json,binary", help="json, binary or both")
     parser.add_argument(
