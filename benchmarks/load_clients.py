@@ -1,6 +1,8 @@
-"""Closed-loop load generators for ``serve_load.py`` that wrk cannot drive: gRPC unary calls, gRPC
-``ModelStreamInfer`` sequences, and HTTP sequences (one request per chunk, as over HTTP a stream
-must be sent), plus HTTP binary unary requests as a cross-check of the generator against wrk.
+"""Closed-loop load generators for ``serve_load.py``: gRPC unary calls (``grpc-unary``), gRPC
+``ModelStreamInfer`` sequences (``grpc-stream``), HTTP requests with binary tensors
+(``http-unary``) or JSON (``http-json``), and HTTP sequences (``http-stream``: one request per
+chunk, as over HTTP a stream must be sent). The same generator drives every transport, so their
+figures compare; wrk can drive the HTTP cells instead (``serve_load.py --http-client wrk``).
 
 :func:`drive` spreads ``concurrency`` clients over several processes (each an asyncio loop with
 its own connections: gRPC channels, keep-alive HTTP/1.1 sockets), starts them together and merges
@@ -40,30 +42,30 @@ def grpc_request(model: str, x: np.ndarray, seq_id=None, start=False, end=False)
     return request.SerializeToString()
 
 
-def http_request(model: str, x: np.ndarray, seq_id=None, start=False, end=False) -> bytes:
-    """A whole HTTP/1.1 request with a binary tensor body."""
-    header = {
-        "inputs": [
-            {
-                "name": "x",
-                "datatype": "FP32",
-                "shape": list(x.shape),
-                "parameters": {"binary_data_size": x.nbytes},
-            }
-        ],
-        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
-    }
+def http_request(
+    model: str, x: np.ndarray, seq_id=None, start=False, end=False, binary: bool = True
+) -> bytes:
+    """A whole HTTP/1.1 request with a binary tensor body (``binary``) or a JSON one."""
+    tensor = {"name": "x", "datatype": "FP32", "shape": list(x.shape)}
+    if binary:
+        header = {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    else:
+        header = {"inputs": [{**tensor, "data": x.ravel().tolist()}]}
     if seq_id is not None:
         header["parameters"] = {"sequence_id": seq_id, "sequence_start": start, "sequence_end": end}
     head = json.dumps(header).encode()
-    body = head + x.tobytes()
+    body = head + x.tobytes() if binary else head
     lines = [
         f"POST /v2/models/{model}/infer HTTP/1.1",
         "Host: bench",
-        "Content-Type: application/octet-stream",
-        f"Inference-Header-Content-Length: {len(head)}",
+        f"Content-Type: application/{'octet-stream' if binary else 'json'}",
         f"Content-Length: {len(body)}",
     ]
+    if binary:
+        lines.append(f"Inference-Header-Content-Length: {len(head)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -103,8 +105,8 @@ async def _client(mode: str, spec: dict, index: int, deadline_box: list, out: di
     else:
         host, port = spec["http"].rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
-        if mode == "http-unary":
-            requests = [http_request(spec["model"], x)]
+        if mode in ("http-unary", "http-json"):
+            requests = [http_request(spec["model"], x, binary=mode == "http-unary")]
         else:
             requests = [
                 http_request(spec["stream_model"], part, seq_id, i == 0, i == chunks - 1)

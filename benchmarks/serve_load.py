@@ -1,26 +1,30 @@
 """Load benchmark of ``keras-gates serve`` over HTTP and gRPC on loopback, next to NVIDIA Triton.
 
-Starts one server at a time: ``keras-gates serve`` (batching on, then off; with each ``--workers``
-count; gRPC on a second port), then, with ``--servers keras-gates,triton``, a real Triton
-(``tritonserver`` 2.51 from the ``nvidia-pytriton`` wheel, set up by ``tests/triton_server.py``)
-serving the repository ``keras-gates export --triton-backend python`` writes for the same model
-(onnxruntime inside Triton's Python backend, dynamic batching, one instance, one onnxruntime
-thread). Every server gets ``/infer`` driven by wrk (one sequence per request, JSON and binary
-bodies) at concurrency 1, 8 and 32 for a bounded time per cell. On the first keras-gates server
-the cells wrk cannot drive follow, from the multi-process clients of ``load_clients.py``: gRPC
-``ModelInfer`` (raw tensors) at the same concurrencies, and a streamed sequence of ``--chunks``
-chunks per client over one gRPC ``ModelStreamInfer`` stream and over HTTP (one request per
-chunk), plus HTTP binary from the same clients as a cross-check against wrk. With ``--rounds N``
-the servers take N turns and the table shows each cell's medians. Prints throughput, p50/p99
-latency, errors, the server's and the client processes' CPU use, next to in-process onnxruntime
-on the same model.
+    python benchmarks/serve_load.py            # 4 s per cell, 1.5 to 4 minutes
+    python benchmarks/serve_load.py --quick    # 2 s per cell, 1 to 2 minutes
+
+One command gives the serving table of the README: ``keras-gates serve`` with batching on (at
+most 32 rows) driven over HTTP with JSON bodies, HTTP with binary tensors, gRPC ``ModelInfer``
+(raw tensors) and gRPC ``ModelStreamInfer`` (a streamed sequence of ``--chunks`` chunks per
+client, next to the same sequence over HTTP, one request per chunk) at concurrency 1, 8 and 32;
+then the same server with batching off (``--max-batch-size 1``) for HTTP binary and gRPC unary at
+the highest concurrency. Every cell is driven by the closed-loop clients of ``load_clients.py``
+(the same generator for every transport, so that they compare; ``--http-client wrk`` drives the
+HTTP unary cells with wrk instead). Each row gives throughput, p50/p99 latency, errors, the server
+process's CPU time per request, the average rows per model call (from the model's ``/stats``)
+and the client processes' CPU use. In-process onnxruntime on the same model at batch 1 and 32
+(one thread, as the server's) is measured before and after the servers as the ceiling, and the
+issue's ratios are printed last, as markdown tables ready for the README.
+
+With ``--servers keras-gates,triton`` a real Triton (``tritonserver`` 2.51 from the
+``nvidia-pytriton`` wheel, set up by ``tests/triton_server.py``) follows, serving the repository
+``keras-gates export --triton-backend python`` writes for the same model (onnxruntime inside
+Triton's Python backend, dynamic batching, one instance, one onnxruntime thread), over HTTP.
+``--workers 1,2`` adds servers with more processes; ``--rounds N`` gives each cell's medians.
 
 The model is the issue's reference: an LSTM of 128 units + Dense(1) on 100-step sequences of 32
 features, built with ``tests/serving_models.py`` (native ONNX LSTM with a lengths input), unless
 ``--model`` names another .onnx file with a ``x``/``lengths`` signature.
-
-Needs ``wrk`` (Debian: ``apt-get install -y wrk``); this script installs nothing itself (Triton's
-files are set up once by ``python -m tests.triton_server``, which ``--servers ...,triton`` runs).
 """
 
 from __future__ import annotations
@@ -172,8 +176,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an .onnx model (default: build the reference)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per cell (default 4)")
+    parser.add_argument("--quick", action="store_true", help="2 s per cell (1 to 2 minutes)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated connections")
     parser.add_argument("--bodies", default="json,binary", help="json, binary or both")
+    parser.add_argument(
+        "--http-client",
+        default="clients",
+        choices=("clients", "wrk"),
+        help="what drives the HTTP unary cells: load_clients.py (the generator of the gRPC cells, "
+        "so that transports compare; default) or wrk",
+    )
     parser.add_argument("--batch-sizes", default="32,1", help="server --max-batch-size values")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="server --max-queue-delay-ms")
     parser.add_argument("--threads", type=int, default=1, help="server onnxruntime threads")
@@ -191,10 +203,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="unary,stream",
         help="cells on the first keras-gates server: unary, stream, both, or none",
     )
-    parser.add_argument("--stream-concurrency", default="1,32", help="sequences streamed at once")
     parser.add_argument("--chunks", type=int, default=10, help="chunks per streamed sequence")
     parser.add_argument("--client-processes", type=int, default=4, help="load generator processes")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 2.0
     checks = {
         "servers": (args.servers, SERVERS),
         "grpc": (args.grpc, GRPC_CELLS),
@@ -210,14 +223,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(
             f"Received an invalid value for argument `--rounds`, expected >= 1, got {args.rounds}"
         )
+    if args.http_client == "wrk" and shutil.which("wrk") is None:
+        parser.error("--http-client wrk: wrk is missing; install it (apt-get install -y wrk)")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("serve_load: wrk is missing; install it (Debian: apt-get install -y wrk).")
-        return 2
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = args.model or build_model(work / "repo", args.units, args.features)
@@ -228,6 +240,9 @@ def main(argv=None) -> int:
         if streaming:  # the streaming export next to the plain one (one worker only)
             build_model(work / "repo", args.units, args.features, streaming=True)
         bodies = write_bodies(work, args.steps, args.features)
+        ceiling = {
+            b: [in_process(model, args.steps, args.features, args.threads, b)] for b in (1, 32)
+        }
         servers = []
         if "keras-gates" in args.servers.split(","):
             servers += [
@@ -249,22 +264,16 @@ def main(argv=None) -> int:
                         repo, args.port, max_batch, args.delay_ms, args.threads, workers
                     )
                     pid = proc.pid if workers == 1 else None  # other workers are children
-                cells = [
-                    (
-                        f"HTTP {kind} (wrk)",
-                        c,
-                        functools.partial(run_wrk, url, bodies[kind], c, args.duration),
-                    )
-                    for kind in args.bodies.split(",")
-                    for c in [int(c) for c in args.concurrency.split(",")]
-                ]
-                if n == 0 and server == "keras-gates":
-                    cells += client_cells(args, url, repo is not plain)
+                first = n == 0 and server == "keras-gates"
+                cells = server_cells(args, url, bodies, first, repo is not plain, server)
                 try:
-                    for label, c, measure in cells:
-                        before = server_cpu(pid)
+                    for label, c, stats_model, measure in cells:
+                        before = server_cpu(pid), batch_counts(url, stats_model, server)
                         result = measure()
-                        result["server_ms"] = per_request(pid, before, result)
+                        result["server_ms"] = per_request(pid, before[0], result)
+                        result["rows"] = rows_per_batch(
+                            before[1], batch_counts(url, stats_model, server)
+                        )
                         cell = (server, workers, max_batch, label, c)
                         results.setdefault(cell, []).append(result)
                         print_row(*cell, result, flush=True)
@@ -273,49 +282,87 @@ def main(argv=None) -> int:
                         proc.stop()
                     else:
                         stop_server(proc)
-        print_table([(*cell, median(runs)) for cell, runs in results.items()], args.rounds)
-        for batch in (1, 32):
-            rate, ms = in_process(model, args.steps, args.features, args.threads, batch)
-            print(f"in-process onnxruntime batch {batch:>2}: {rate:8.0f} seq/s ({ms:.2f} ms/call)")
+        for b in (1, 32):
+            ceiling[b].append(in_process(model, args.steps, args.features, args.threads, b))
+        rows = [(*cell, median(runs)) for cell, runs in results.items()]
+        print_table(rows, args.rounds)
+        print_ceiling(ceiling)
+        print_goals(rows, ceiling)
     return 0
 
 
-def client_cells(args, url: str, streaming: bool) -> list:
-    """``(label, concurrency, measure)`` of the cells driven by ``load_clients``."""
+HTTP_LABELS = {"json": "HTTP JSON", "binary": "HTTP binary"}
+
+
+def server_cells(args, url: str, bodies, first: bool, streaming: bool, server: str) -> list:
+    """``(label, concurrency, model for /stats, measure)`` of one server's cells: every transport
+    at every concurrency on the first keras-gates server; HTTP binary and gRPC unary at the
+    highest concurrency on the other keras-gates servers (batching off: the ratio); HTTP on
+    Triton."""
     import load_clients
 
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    spec = client_spec(url, args.steps, args.features, args.chunks)
+    drive = functools.partial(load_clients.drive, seconds=args.duration)
+    drive = functools.partial(drive, processes=args.client_processes)
+    cells = []
+    for kind in args.bodies.split(","):
+        for c in concurrencies if first or server == "triton" else concurrencies[-1:]:
+            if kind == "json" and not (first or server == "triton"):
+                continue
+            if args.http_client == "wrk":
+                measure = functools.partial(run_wrk, url, bodies[kind], c, args.duration)
+                label = f"{HTTP_LABELS[kind]} (wrk)"
+            else:
+                mode = "http-unary" if kind == "binary" else "http-json"
+                measure = functools.partial(drive, mode, spec, c)
+                label = HTTP_LABELS[kind]
+            cells.append((label, c, "model", measure))
+    if server == "triton":
+        return cells
+    if "unary" in args.grpc:
+        for c in concurrencies if first else concurrencies[-1:]:
+            cells.append(
+                ("gRPC unary", c, "model", functools.partial(drive, "grpc-unary", spec, c))
+            )
+    if streaming and first:
+        for c in concurrencies:
+            for mode, label in (("grpc-stream", "gRPC stream"), ("http-stream", "HTTP stream")):
+                measure = functools.partial(drive, mode, spec, c)
+                cells.append((f"{label}, per chunk", c, "stream", measure))
+    return cells
+
+
+def client_spec(url: str, steps: int, features: int, chunks: int) -> dict:
+    """What ``load_clients.drive`` needs to reach a server started by :func:`start_server`."""
     port = int(url.rsplit(":", 1)[1])
-    spec = {
+    return {
         "http": f"127.0.0.1:{port}",
         "grpc": f"127.0.0.1:{port + 1}",
         "model": "model",
         "stream_model": "stream",
-        "steps": args.steps,
-        "features": args.features,
-        "chunks": args.chunks,
+        "steps": steps,
+        "features": features,
+        "chunks": chunks,
     }
-    cells = []
-    if "unary" in args.grpc:
-        cells += [("grpc-unary", int(c)) for c in args.concurrency.split(",")]
-        cells.append(("http-unary", max(int(c) for c in args.concurrency.split(","))))
-    if streaming:
-        for c in [int(c) for c in args.stream_concurrency.split(",")]:
-            cells += [("grpc-stream", c), ("http-stream", c)]
-    labels = {
-        "grpc-unary": "gRPC raw",
-        "http-unary": "HTTP binary (clients)",
-        "grpc-stream": f"gRPC stream chunk (1/{args.chunks} seq)",
-        "http-stream": f"HTTP stream chunk (1/{args.chunks} seq)",
-    }
-    drive = load_clients.drive
-    return [
-        (
-            labels[mode],
-            c,
-            functools.partial(drive, mode, spec, c, args.duration, args.client_processes),
-        )
-        for mode, c in cells
-    ]
+
+
+def batch_counts(url: str, model: str, server: str) -> tuple[int, int] | None:
+    """The model's ``(inference_count, execution_count)`` from its Triton-style ``/stats``."""
+    if server != "keras-gates":
+        return None
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=10) as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    return stats["inference_count"], stats["execution_count"]
+
+
+def rows_per_batch(before, after) -> float | None:
+    """Average rows per model call between two :func:`batch_counts`."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def server_cpu(pid: int | None) -> float:
@@ -337,20 +384,23 @@ def per_request(pid: int | None, before: float, result: dict) -> float | None:
 def median(runs: list[dict]) -> dict:
     """The median of each figure over rounds (errors: the total)."""
     merged = {"errors": sum(r["errors"] for r in runs)}
-    for key in ("rps", "p50_ms", "p99_ms", "server_ms", "client_cores"):
+    for key in ("rps", "p50_ms", "p99_ms", "server_ms", "client_cores", "rows"):
         values = [r[key] for r in runs if r.get(key) is not None]
         merged[key] = float(np.median(values)) if values else None
     return merged
 
 
+def _figure(value, digits: int = 2, none: str = "-") -> str:
+    return none if value is None else f"{value:.{digits}f}"
+
+
 def print_row(server, workers, max_batch, kind, c, r, flush=False) -> None:
     batching = "on " if max_batch > 1 else "off"
-    cores = "" if r["client_cores"] is None else f"  client CPU {r['client_cores']:.2f} cores"
-    cpu = "" if r.get("server_ms") is None else f"  server CPU {r['server_ms']:.2f} ms/req"
     print(
-        f"{server:<11} workers {workers} batching {batching} {kind:<34} c={c:<3} "
+        f"{server:<11} workers {workers} batching {batching} {kind:<24} c={c:<3} "
         f"{r['rps']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
-        f"errors {r['errors']}{cpu}{cores}",
+        f"errors {r['errors']}  server CPU {_figure(r.get('server_ms'))} ms/req  "
+        f"rows/batch {_figure(r.get('rows'), 1)}  client CPU {_figure(r['client_cores'])} cores",
         flush=flush,
     )
 
@@ -358,19 +408,84 @@ def print_row(server, workers, max_batch, kind, c, r, flush=False) -> None:
 def print_table(rows, rounds: int) -> None:
     if rounds > 1:
         print(f"\nmedians of {rounds} rounds (errors: total)")
+    several = len({(server, workers) for server, workers, *_ in rows}) > 1
+    lead = "| server | workers " if several else ""
     print(
-        "\n| server | workers | batching | transport | concurrency | req/s | p50 ms | p99 ms "
-        "| errors | server CPU ms/req | client CPU (cores) |"
+        f"\n{lead}| batching | transport | concurrency | req/s | p50 (ms) | p99 (ms) | errors "
+        "| server CPU (ms/req) | rows/batch | client CPU (cores) |"
     )
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(("|---|---:" if several else "") + "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for server, workers, max_batch, kind, c, r in rows:
         batching = f"on (max {max_batch})" if max_batch > 1 else "off"
-        cores = "wrk" if r["client_cores"] is None else f"{r['client_cores']:.2f}"
-        cpu = "-" if r.get("server_ms") is None else f"{r['server_ms']:.2f}"
+        lead = f"| {server} | {workers} " if several else ""
         print(
-            f"| {server} | {workers} | {batching} | {kind} | {c} | {r['rps']:.0f} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu} | {cores} |"
+            f"{lead}| {batching} | {kind} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['errors']} | {_figure(r.get('server_ms'))} | "
+            f"{_figure(r.get('rows'), 1)} | {_figure(r['client_cores'], none='wrk')} |"
         )
+
+
+def print_ceiling(ceiling: dict) -> None:
+    for batch, runs in ceiling.items():
+        text = ", ".join(f"{rate:.0f} seq/s ({ms:.2f} ms/call)" for rate, ms in runs)
+        print(f"in-process onnxruntime batch {batch:>2} (before, after the servers): {text}")
+
+
+def print_goals(rows, ceiling: dict) -> None:
+    """The issue's ratios, from the first keras-gates server (and the batching-off one)."""
+    on, off = {}, {}
+    for server, workers, max_batch, kind, c, r in rows:
+        if server == "keras-gates" and workers == rows[0][1]:
+            (on if max_batch > 1 else off)[(kind, c)] = r
+    top = max((c for _, c in on), default=None)
+    ort32 = float(np.mean([rate for rate, _ in ceiling[32]]))
+
+    def rate(table, kind, c=top):
+        found = table.get((kind, c)) or table.get((f"{kind} (wrk)", c))
+        return found and found["rps"]
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    def cpu(kind):
+        found = on.get((kind, top))
+        return found and found.get("server_ms")
+
+    stream = cpu("gRPC stream, per chunk"), cpu("HTTP stream, per chunk")
+    c1 = on.get(("HTTP binary", 1)) or on.get(("HTTP binary (wrk)", 1))
+    goals = [
+        (
+            "gRPC unary / HTTP binary req/s",
+            ratio(rate(on, "gRPC unary"), rate(on, "HTTP binary")),
+            ">= 0.9",
+        ),
+        ("server CPU per chunk, gRPC stream / HTTP stream", ratio(*stream), "<= 1"),
+        (
+            "HTTP binary / in-process onnxruntime at batch 32",
+            ratio(rate(on, "HTTP binary"), ort32),
+            ">= 0.45",
+        ),
+        (
+            "HTTP JSON / in-process onnxruntime at batch 32",
+            ratio(rate(on, "HTTP JSON"), ort32),
+            ">= 0.35",
+        ),
+        (
+            "HTTP binary, batching on / off",
+            ratio(rate(on, "HTTP binary"), rate(off, "HTTP binary")),
+            ">= 1.5",
+        ),
+        (
+            "gRPC unary, batching on / off",
+            ratio(rate(on, "gRPC unary"), rate(off, "gRPC unary")),
+            "-",
+        ),
+    ]
+    print(f"\n| ratio at c={top} | measured | goal |\n|---|---:|---|")
+    for label, value, goal in goals:
+        print(f"| {label} | {_figure(value)} | {goal} |")
+    if c1:
+        print(f"| HTTP binary p50 at c=1 (ms) | {c1['p50_ms']:.2f} | about 1 ms or less |")
 
 
 if __name__ == "__main__":

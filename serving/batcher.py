@@ -8,6 +8,14 @@ the loop with one callback per batch. The key, the padding and the cutting are
 :mod:`keras_gates.batching`'s, the layout Triton's ``model.py`` batches by too. onnxruntime
 releases the GIL, so the loop keeps decoding new requests while a batch runs; they form the next
 batch.
+
+How long a batch waits for more (:meth:`Batcher._wait_s`) adapts to the load, as Triton's dynamic
+batcher does with ``max_queue_delay_microseconds`` but off when the model is idle, so that a lone
+client never waits: a batch waits for requests the server has begun to receive (they count as
+active), and, when the model is busy (requests arrived while it ran the previous batch), for as
+long as requests keep arriving at their recent rate, at most ``max_queue_delay_s`` after the
+model became free. Calls that reach the batcher one at a time (gRPC: grpcio hands the event loop
+one call after another) then still meet in one batch.
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ class Work:
         self.key = key
         self.loop = loop
         self.future = future
-        self.enqueued = time.perf_counter()
+        self.enqueued = 0.0  # set by Batcher.submit, on the batcher's clock
         self.started = 0.0
 
 
@@ -88,7 +96,11 @@ class Batcher:
         max_queue_size: queued requests beyond which :meth:`submit` answers 503.
         observer: told about every batch (metrics).
         name: for messages and the thread name.
+        clock: seconds, monotonic (tests pass their own to make the arrival rate what they say).
     """
+
+    GAPS_TO_WAIT = 2.0  # a busy model waits while the last arrival is younger than 2 mean gaps
+    GAP_WEIGHT = 0.2  # weight of the newest inter-arrival gap in the running mean
 
     def __init__(
         self,
@@ -99,8 +111,10 @@ class Batcher:
         max_queue_size: int = 1024,
         observer: BatchObserver | None = None,
         name: str = "model",
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self._run = run
+        self._clock = clock
         self.layout = layout
         self._delay = max_queue_delay_s
         self._max_queue = max_queue_size
@@ -112,12 +126,19 @@ class Batcher:
         self._active = 0  # requests between arrival and response; under _cond (see tracking)
         self._idle = False  # the worker waits for a first request
         self._forming = 0  # requests in the batch the worker is waiting to fill (0: not waiting)
+        self._last_arrival = clock()  # when the newest request was queued; under _cond
+        self._gap = max_queue_delay_s  # running mean of the gaps between arrivals; under _cond
         self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def forming(self) -> int:
+        """Requests in the batch the worker is waiting to fill (0: it is not waiting)."""
+        return self._forming
 
     @property
     def active(self) -> int:
@@ -156,6 +177,10 @@ class Batcher:
                     f"Model {self._name!r} is overloaded: {len(self._queue)} requests queued "
                     f"(the limit, --max-queue-size {self._max_queue}); retry later."
                 )
+            now = self._clock()
+            gap = min(now - self._last_arrival, self._delay)  # an idle spell counts as one delay
+            self._gap += self.GAP_WEIGHT * (gap - self._gap)
+            self._last_arrival = work.enqueued = now
             self._queue.append(work)
             if self._idle or (self._forming and self._ready(self._forming + len(self._queue))):
                 self._cond.notify()  # wake the worker only when it has something to do
@@ -179,6 +204,7 @@ class Batcher:
     def _next_batch(self) -> list[Work] | None:
         limit = self.layout.max_batch_size
         with self._cond:
+            busy = bool(self._queue)  # requests arrived while the model ran the previous batch
             while not self._queue:
                 if self._closed:
                     return None
@@ -187,16 +213,33 @@ class Batcher:
                 self._idle = False
             first = self._queue.popleft()
             batch, rows = [first], first.rows
-            deadline = first.enqueued + self._delay
+            free_since = self._clock() if busy else None
             while rows < limit:
                 rows = self._take_compatible(first.key, batch, rows, limit)
-                remaining = deadline - time.perf_counter()
-                if rows >= limit or remaining <= 0 or self._closed or self._ready(len(batch)):
+                if rows >= limit or self._closed:
+                    break
+                wait = self._wait_s(first, len(batch), free_since)
+                if wait <= 0:
                     break
                 self._forming = len(batch)
-                self._cond.wait(remaining)
+                self._cond.wait(wait)
                 self._forming = 0
         return batch
+
+    def _wait_s(self, first: Work, gathered: int, free_since: float | None) -> float:
+        """How long a batch of ``gathered`` requests waits for more (0: run it now).
+
+        It waits up to ``max_queue_delay_s`` after ``first`` arrived for active requests not yet
+        queued (:meth:`_ready`); and, when the model is busy (``free_since``: when it became free
+        with requests waiting), up to ``max_queue_delay_s`` after that while requests keep
+        arriving: until the newest arrival is :attr:`GAPS_TO_WAIT` mean gaps old.
+        """
+        now = self._clock()  # caller holds self._cond
+        wait = 0.0 if self._ready(gathered) else first.enqueued + self._delay - now
+        if free_since is not None:
+            lull = self._last_arrival + self.GAPS_TO_WAIT * self._gap
+            wait = max(wait, min(free_since + self._delay, lull) - now)
+        return wait
 
     def _ready(self, gathered: int) -> bool:
         """Whether a batch of ``gathered`` requests should run rather than wait for more.
@@ -226,7 +269,7 @@ class Batcher:
         return rows
 
     def _execute(self, batch: list[Work]) -> None:
-        start = time.perf_counter()
+        start = self._clock()
         for work in batch:
             work.started = start
         try:
@@ -238,7 +281,7 @@ class Batcher:
                     self._execute([work])
                 return
             results = [err]
-        compute = time.perf_counter() - start
+        compute = self._clock() - start
         batch[0].loop.call_soon_threadsafe(self._deliver, batch, results, compute)
 
     def _assemble(self, batch: list[Work]) -> Feeds:

@@ -14,9 +14,15 @@ import argparse
 import json
 import os
 import re
+import sys
 
 WORKER_ENV = "KERAS_GATES_SERVE_ARGS"  # the flags, as JSON, for the worker processes
 _MIB = 1024 * 1024
+# How long a thread holding the GIL runs before handing it over (Python's default: 5 ms). The
+# batcher's worker needs the GIL for a moment after each onnxruntime call while the event loop
+# decodes requests; at 5 ms it waited up to that long per batch (HTTP binary at c=32: about 30 %
+# more requests/s at 0.1 ms; benchmarks/profiles/NOTES.md).
+GIL_SWITCH_INTERVAL_S = 0.0001
 # The flag of each config field whose name differs (the others are the field's name with dashes).
 _FLAG_OF_FIELD = {"repository_poll_s": "repository-poll-secs", "max_body_bytes": "max-body-mb"}
 
@@ -61,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue-delay-ms",
         type=float,
         default=scheduler.max_queue_delay_ms,
-        help="longest wait for requests still being received before a batch runs "
-        "(default: %(default)s)",
+        help="longest wait of a batch for requests still being received or, while the model is "
+        "busy, still arriving; an idle model runs a lone request at once (default: %(default)s)",
     )
     parser.add_argument(
         "--max-queue-size",
@@ -175,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     _check_grpc_port(args)
     _configure_logging(args)
     _warn_if_open(args.host, config)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     repository = _load(args)
     if args.workers > 1:
         _refuse_streaming(repository, args.workers)
@@ -231,6 +238,7 @@ def worker_app():
 
     args = argparse.Namespace(**json.loads(os.environ[WORKER_ENV]))
     _configure_logging(args)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return create_app(_load(args), _server_config(args), _grpc_config(args))
 
 

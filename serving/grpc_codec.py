@@ -120,12 +120,18 @@ def _from_contents(name: str, tensor, dtype: np.dtype, shape: list[int]) -> np.n
 
 
 def encode_infer_response(
-    model_name: str, model_version: str, request_id: str | None, outputs: dict[str, np.ndarray]
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: dict[str, np.ndarray],
+    response: service_pb2.ModelInferResponse | None = None,
 ) -> service_pb2.ModelInferResponse:
-    """A ``ModelInferResponse`` with every output's bytes in ``raw_output_contents``."""
-    response = service_pb2.ModelInferResponse(
-        model_name=model_name, model_version=model_version, id=request_id or ""
-    )
+    """A ``ModelInferResponse`` with every output's bytes in ``raw_output_contents``, written into
+    ``response`` when given (a stream message's ``infer_response``: no copy)."""
+    if response is None:
+        response = service_pb2.ModelInferResponse()
+    response.model_name, response.model_version = model_name, model_version
+    response.id = request_id or ""
     raw = response.raw_output_contents
     for name, value in outputs.items():
         array = np.ascontiguousarray(value)

@@ -178,11 +178,12 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
             context.set_details(SHUTDOWN_MESSAGE)
 
     async def infer(
-        self, request, context, path: str, admitted: bool = False
+        self, request, context, path: str, admitted: bool = False, response=None
     ) -> service_pb2.ModelInferResponse:
         """One inference request; raises a ServingError (an unexpected error becomes a logged
         INTERNAL one). Counted in the metrics and the request log like an HTTP request.
-        ``admitted``: read while the server was ready (see :meth:`InferenceServer.infer`)."""
+        ``admitted``: read while the server was ready (see :meth:`InferenceServer.infer`);
+        ``response``: the message to write the answer into (default: a new one)."""
         record = RequestRecord(path)
 
         async def decode() -> InferRequest:
@@ -193,7 +194,7 @@ class GrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 request.model_name, request.model_version or None, decode, record, admitted
             )
             return grpc_codec.encode_infer_response(
-                scheduler.name, scheduler.version, decoded.id, outputs
+                scheduler.name, scheduler.version, decoded.id, outputs, response
             )
         except asyncio.CancelledError:
             record.status = 499  # the client went away
@@ -256,9 +257,11 @@ class _Stream:
     async def _answer(self, request, admitted: bool) -> None:
         """Answer one message; one read while the server was ready is served even if the server
         has begun shutting down since (the stream's messages already read are answered)."""
+        response = service_pb2.ModelStreamInferResponse()
         try:
-            result = await self.service.infer(request, self.context, STREAM_PATH, admitted)
-            response = service_pb2.ModelStreamInferResponse(infer_response=result)
+            await self.service.infer(
+                request, self.context, STREAM_PATH, admitted, response.infer_response
+            )
         except ServingError as err:
             echo = service_pb2.ModelInferResponse(
                 model_name=request.model_name, model_version=request.model_version, id=request.id

@@ -29,7 +29,8 @@ class SchedulerConfig:
 
     Args:
         max_batch_size: rows per onnxruntime call; 1 turns dynamic batching off.
-        max_queue_delay_ms: how long a batch may wait for more while other requests are active.
+        max_queue_delay_ms: how long a batch may wait for more while other requests are active
+            or, the model busy, still arriving (:class:`~keras_gates.serving.batcher.Batcher`).
         max_queue_size: queued requests per model beyond which requests get 503.
         max_sessions: open streaming sequences per model beyond which a new one gets 503.
         session_idle_timeout_s: idle time after which a sequence is evicted.
@@ -89,6 +90,14 @@ class ModelScheduler:
         self._states = tuple(t for t in self.inputs if t.role == "state")
         self._state_pairs = tuple((t.name, t.state_pair) for t in self._states)
         self._optional = validation.optional_inputs(self.inputs) if self._sequences else frozenset()
+        self._known = frozenset(self._specs)
+        self._required = self._known - self._optional
+        # Lengths the server fills from the time axis pass check_feeds, unless a sequence input
+        # is masked, merged step by step with another or needs rows of more than one step.
+        self._check_filled = any(
+            t.spec.mask_value is not None or t.aligned_with or t.spec.min_length > 1
+            for t in self._sequences
+        )
         self._output_names = tuple(t.name for t in self.outputs)
         self._stateless_outputs = tuple(t.name for t in self.outputs if t.role != "state")
         self._batch_only_outputs = frozenset(t.name for t in self.outputs if t.batch_only)
@@ -187,7 +196,8 @@ class ModelScheduler:
         return outputs
 
     def _prepare(self, inputs: dict[str, np.ndarray], in_session: bool):
-        validation.check_names(self.name, self.inputs, inputs, self._optional)
+        if not self._required <= inputs.keys() <= self._known:  # check_names says what is wrong
+            validation.check_names(self.name, self.inputs, inputs, self._optional)
         if in_session:
             for t in self._states:
                 if t.name in inputs:
@@ -203,7 +213,8 @@ class ModelScheduler:
         independent = len(self._lengths_inputs) > 1
         steps = validation.check_sequences(self.name, self._sequences, inputs, independent)
         feeds = complete_feeds(self._specs_in, inputs)
-        validation.check_feeds(self.name, self.inputs, feeds)
+        if self._check_filled or any(t.name in inputs for t in self._lengths_inputs):
+            validation.check_feeds(self.name, self.inputs, feeds)
         return feeds, rows, steps
 
     async def _infer_sequence(self, feeds, rows: int, steps, sequence: SequenceControl):

@@ -267,3 +267,147 @@ def test_inputs_merged_step_by_step_are_padded_together(tmp_path):
         assert got["y_steps"].shape == (rows, steps, 2)
         for name in ("y", "y_steps"):
             np.testing.assert_allclose(got[name], want[name], atol=ATOL, err_msg=name)
+
+
+class FakeClock:
+    """The batcher's clock, moved only by the test: arrival gaps and deadlines are what it says."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def held_batcher(max_batch_size: int, delay_s: float):
+    """A Batcher whose model call doubles ``x``, records the rows of each call and holds the
+    first call until ``release`` is set."""
+    from keras_gates.serving.batcher import Batcher, BatchLayout
+
+    calls, entered, release = [], threading.Event(), threading.Event()
+
+    def run(feeds):
+        calls.append([float(v) for v in feeds["x"][:, 0]])
+        entered.set()
+        assert release.wait(30), "never released"
+        return {"y": feeds["x"] * 2}
+
+    clock = FakeClock()
+    layout = BatchLayout(max_batch_size=max_batch_size)
+    batcher = Batcher(run, layout, max_queue_delay_s=delay_s, clock=clock, name="held")
+    return batcher, calls, entered, release, clock
+
+
+async def forming(batcher, requests: int) -> None:
+    """Wait until the worker waits to fill a batch of ``requests`` requests."""
+    message = f"the worker forming a batch of {requests} requests"
+    await asyncio.to_thread(wait_until, lambda: batcher.forming == requests, 30, 0.005, message)
+
+
+def one_row(value: float, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.full((1, width), value, np.float32)}
+
+
+def test_busy_model_gathers_requests_arriving_one_at_a_time():
+    """Requests that reach a busy model one at a time (as gRPC hands them over) share a call:
+    the batch waits for the next arrival instead of running the one request it has."""
+    batcher, calls, entered, release, clock = held_batcher(max_batch_size=3, delay_s=1000.0)
+
+    async def scenario():
+        first = batcher.submit(one_row(1), 1, None)
+        await asyncio.to_thread(entered.wait, 30)  # the model is busy with request 1
+        second = batcher.submit(one_row(2), 1, None)  # arrives while it runs
+        release.set()
+        await forming(batcher, 1)
+        futures = [first, second]
+        for value in (3, 4):  # one at a time, each after the worker waits for more
+            clock.now += 0.001
+            futures.append(batcher.submit(one_row(value), 1, None))
+            if value == 3:
+                await forming(batcher, 2)
+        return await asyncio.wait_for(asyncio.gather(*futures), 30)
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert calls == [[1.0], [2.0, 3.0, 4.0]]  # the three arrivals met in one full batch
+    for value, result in zip((1, 2, 3, 4), results, strict=True):
+        np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * value, np.float32))
+
+
+def test_idle_model_runs_a_lone_request_at_once():
+    """An idle model does not wait for company, however long the queue delay: a lone client's
+    latency does not grow (a wait would outlast the test's hang bound)."""
+    batcher, calls, _, release, _ = held_batcher(max_batch_size=8, delay_s=1e6)
+    release.set()
+
+    async def scenario():
+        answers = []
+        for value in (1, 2, 3):  # a closed-loop client: the next request after the answer
+            answers.append(await asyncio.wait_for(batcher.submit(one_row(value), 1, None), 30))
+        return answers
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert calls == [[1.0], [2.0], [3.0]]
+    assert [float(a["y"][0, 0]) for a in answers] == [2.0, 4.0, 6.0]
+
+
+def test_busy_model_waits_at_most_the_queue_delay():
+    """A busy model's batch runs with what it has once max_queue_delay has passed since the model
+    became free; a request of another shape arriving then gets its own call."""
+    batcher, calls, entered, release, clock = held_batcher(max_batch_size=4, delay_s=0.2)
+
+    async def scenario():
+        first = batcher.submit(one_row(1), 1, None)
+        await asyncio.to_thread(entered.wait, 30)
+        second = batcher.submit(one_row(2), 1, None)
+        release.set()
+        await forming(batcher, 1)
+        clock.now += 1.0  # past the delay: the next wake-up runs the batch as it is
+        other = batcher.submit(one_row(3, width=3), 1, None)  # wakes it; cannot share the call
+        clock.now += 1.0  # and the delay of the batch that the other one starts passes too
+        return await asyncio.wait_for(asyncio.gather(first, second, other), 30)
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert calls == [[1.0], [2.0], [3.0]]
+    assert results[2]["y"].shape == (1, 3)
+
+
+def test_lengths_the_server_fills_are_checked_where_they_can_fail():
+    """The server skips the feed checks on the lengths it fills itself only where they cannot
+    fail: a masked input's holes and rows shorter than its ``min_length`` are still refused."""
+    import types
+
+    from keras_gates.serving.errors import BadRequest
+    from keras_gates.serving.runtime import TensorInfo
+    from keras_gates.serving.scheduler import ModelScheduler
+    from keras_gates.signature import TensorSpec
+
+    x = TensorSpec("x", "sequence", "float32", (None, None, 2), min_length=2, mask_value=0.0)
+    lengths = TensorSpec("lengths", "lengths", "int32", (None,), sequence_input="x")
+    runtime = types.SimpleNamespace(
+        name="masked",
+        version="1",
+        inputs=(TensorInfo(x, "FP32"), TensorInfo(lengths, "INT32")),
+        outputs=(TensorInfo(TensorSpec("y", "output", "float32", (None, 1)), "FP32"),),
+        run=lambda feeds: {"y": feeds["lengths"].astype(np.float32).reshape(-1, 1)},
+    )
+    scheduler = ModelScheduler(runtime, SchedulerConfig(max_batch_size=4, max_queue_delay_ms=0))
+    holes = np.ones((1, 3, 2), np.float32)
+    holes[0, 0] = 0.0  # a masked step before unmasked ones
+    try:
+        with pytest.raises(BadRequest, match=r"masked steps \(equal to 0\) before unmasked"):
+            asyncio.run(scheduler.infer({"x": holes}))
+        with pytest.raises(BadRequest, match="expected at least 2 steps per row"):
+            asyncio.run(scheduler.infer({"x": np.ones((1, 1, 2), np.float32)}))
+        answer = asyncio.run(scheduler.infer({"x": np.ones((1, 3, 2), np.float32)}))
+    finally:
+        scheduler.close()
+    np.testing.assert_array_equal(answer["y"], [[3.0]])  # the lengths the server filled

@@ -70,9 +70,10 @@ def test_shutdown_after_the_client_half_closed_still_ends_the_stream():
         class Service:  # answers once released
             server = types.SimpleNamespace(ready=True)
 
-            async def infer(self, request, context, path, admitted):
+            async def infer(self, request, context, path, admitted, response):
                 await release.wait()
-                return service_pb2.ModelInferResponse(id=request.id)
+                response.id = request.id  # written into the stream's message, as GrpcService
+                return response
 
         async def requests():  # one message, then the client half-closes
             yield service_pb2.ModelInferRequest(id="last")
