@@ -65,8 +65,9 @@ bench: $(STAMP) $(TRITON)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/onnx_latency.py
 	$(PY) benchmarks/triton_ragged.py
-	@command -v wrk >/dev/null || { echo "serve_load.py needs wrk: apt-get install -y wrk"; exit 1; }
-	$(PY) benchmarks/serve_load.py --workers 1,2
+	$(PY) benchmarks/quantize.py
+	$(PY) benchmarks/probe_speed.py
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) build *.egg-info .pytest_cache
