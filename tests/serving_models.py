@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -369,7 +370,6 @@ def serve_process(
     (default: ``python -m keras_gates.cli``; the tests of what users type pass the installed
     console script). A server that exits or is not ready within ``timeout`` fails the test with
     its output."""
-    import subprocess
     import sys
     import urllib.request
 
@@ -415,16 +415,21 @@ def serve_process(
         wait_until(ready, timeout, interval=0.05, message=lambda: failed("not ready"))
         yield served
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        output.finish()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc, output)
+
+
+def stop_process(proc: subprocess.Popen, output: ChildOutput) -> None:
+    """Stop a server started by a test (SIGTERM, then SIGKILL after 30 s) and close its output."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    output.finish()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 class ServerThread:

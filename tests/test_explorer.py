@@ -25,7 +25,7 @@ from keras_gates.inspect import explorer as explorer_module
 from keras_gates.inspect import match, trace_model
 from keras_gates.inspect.explorer import build_exploration, create_app, split_text
 from tests import browser, quote_text
-from tests.serving_models import ServerThread
+from tests.serving_models import ServerThread, stop_process
 from tests.test_inspect_probe import STEPS, quote_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,14 +219,7 @@ def explore_url(files):
         assert line is not True, f"explore exited with {proc.returncode}:\n{output.tail()}"
         yield line[1]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        output.finish()
-        proc.stdout.close()
+        stop_process(proc, output)
 
 
 @pytest.mark.slow  # a subprocess serving the page and a real browser

@@ -30,13 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", required=True, metavar="SAMPLES.npy", help="input batch saved with numpy.save"
     )
-    parser.add_argument(
-        "--mask-value",
-        type=float,
-        default=None,
-        metavar="V",
-        help="input steps equal to V in every feature are padding and not counted",
-    )
+    add_mask_value(parser)
     parser.add_argument(
         "--labels",
         default=None,
@@ -85,7 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_verbose_flag(parser)
 
 
-def _require_file(path: str, argument: str, fix: str) -> None:
+def add_mask_value(parser: argparse.ArgumentParser) -> None:
+    """``--mask-value V``, as ``inspect`` and ``explore`` both take it."""
+    parser.add_argument(
+        "--mask-value",
+        type=float,
+        default=None,
+        metavar="V",
+        help="input steps equal to V in every feature are padding and not counted",
+    )
+
+
+def require_file(path: str, argument: str, fix: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{argument} '{path}' does not exist or is not a file: {fix}.")
 
@@ -94,7 +99,7 @@ def load_samples(path: str, max_samples: int):
     """Load a .npy input batch, keeping the first ``max_samples`` samples."""
     import numpy as np
 
-    _require_file(path, "--input", "pass an array saved with numpy.save(path, x)")
+    require_file(path, "--input", "pass an array saved with numpy.save(path, x)")
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -118,7 +123,7 @@ def load_labels(path: str, input_path: str, max_samples: int) -> dict:
 
     from keras_gates.inspect.probes import check_labels
 
-    _require_file(path, "--labels", "pass concept arrays saved with numpy.savez(path, name=array)")
+    require_file(path, "--labels", "pass concept arrays saved with numpy.savez(path, name=array)")
     fix = "save one (batch, time) array per concept with numpy.savez(path, name=array)"
     try:
         archive = np.load(path, allow_pickle=False)

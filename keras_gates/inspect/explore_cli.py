@@ -9,9 +9,9 @@ file is checked before the model is traced; heavy imports (Keras, FastAPI) happe
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from keras_gates.inspect.cli import add_mask_value, require_file
 from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 
 DEFAULT_PORT = 8050
@@ -36,13 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the input's characters (UTF-8), one per time step, the samples one after another "
         "(batch x time characters, newlines included): shown under the heatmap",
     )
-    parser.add_argument(
-        "--mask-value",
-        type=float,
-        default=None,
-        metavar="V",
-        help="input steps equal to V in every feature are padding and not counted",
-    )
+    add_mask_value(parser)
     parser.add_argument(
         "--port",
         type=int,
@@ -53,14 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_verbose_flag(parser)
 
 
-def _require_file(path: str, argument: str, fix: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{argument} '{path}' does not exist or is not a file: {fix}.")
-
-
 def load_text(path: str) -> str:
     """The ``--text`` file as it is (UTF-8, no newline translation: each character counts)."""
-    _require_file(path, "--text", "pass a UTF-8 text file of the input's characters")
+    require_file(path, "--text", "pass a UTF-8 text file of the input's characters")
     try:
         with open(path, encoding="utf-8", newline="") as file:
             return file.read()
