@@ -1,6 +1,6 @@
 """The layers on every Keras backend, as a user runs them: a fresh process with ``KERAS_BACKEND``.
 
-Each child runs the parity, layer, model-inspection and concept-probe tests (and
+Each child runs the parity, layer, model-inspection, concept-probe and explorer-API tests (and
 keras_gates.interop's checks, tests/interop_checks.py) with TensorFlow made unimportable
 (``KERAS_GATES_NO_TENSORFLOW=1``, see conftest.py), so a JAX or PyTorch user never needs it.
 A model trained on JAX is then exported by ``keras-gates export`` (TensorFlow, its own process),
@@ -83,7 +83,11 @@ def _run(command: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: int
 
 
 # Files that ride along in another file's JAX child (cheap: they trace a few tiny models).
-RIDERS = {"tests/test_inspect_trace.py": ["tests/test_inspect_probe.py"]}
+# The explorer's API tests too (its browser test starts `keras-gates explore`: TensorFlow's side).
+RIDERS = {"tests/test_inspect_trace.py": ["tests/test_inspect_probe.py", "tests/test_explorer.py"]}
+BROWSER_TEST = (
+    "tests/test_explorer.py::test_brushing_a_quoted_string_lists_the_other_quoted_strings"
+)
 
 # keras_gates.interop against PyTorch and the ONNX files of tests/interop_files.py (torch on the
 # path in every child: tests/torch_cache.py).
@@ -92,7 +96,7 @@ INTEROP_TESTS = "tests/interop_checks.py"
 # One child per JAX test file (JAX compiles every loop: the files run in parallel under
 # ``pytest -n``); PyTorch's child runs them all, after one torch import.
 CHILD_SUITES = [
-    ("jax", [tests, *RIDERS.get(tests, [])], JAX_DESELECT)
+    ("jax", [tests, *RIDERS.get(tests, [])], [*JAX_DESELECT, BROWSER_TEST])
     for tests in [*LAYER_TESTS, INTEROP_TESTS]
 ]
 CHILD_SUITES.append(
@@ -104,7 +108,7 @@ CHILD_SUITES.append(
             "tests/test_gate_orders.py",
             INTEROP_TESTS,
         ],
-        TORCH_DESELECT,
+        [*TORCH_DESELECT, BROWSER_TEST],
     )
 )
 
