@@ -50,6 +50,7 @@ PRINTS = {
     'client.infer("model", inputs)': "(2, 2)",
     "keras-gates inspect": "forget",
     "-o sunspots.onnx --triton-repo": "wrote Triton model repo/sunspots",
+    "--quantize int8": "int8_error",
     "curl -s": '"outputs"',
     "--triton-backend python": "wrote Triton model repo/sunspots_py (version 1, python)",
     "grpcclient.InferenceServerClient": "True",
