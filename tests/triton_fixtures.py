@@ -122,7 +122,7 @@ def token_model():
 
 @pytest.fixture(scope="session")
 def keras_models(tmp_path_factory):
-    """The three models exported from Keras (a few seconds): ``{name: (keras model, path)}``."""
+    """The models exported from Keras (a few seconds): ``{name: (keras model, path)}``."""
     from keras_gates.export import to_onnx  # TensorFlow: only where these tests run
     from tests.export_helpers import aligned_model, randomize
 
@@ -132,6 +132,9 @@ def keras_models(tmp_path_factory):
         model = randomize(build())
         to_onnx(model, root / f"{name}.onnx", print_fn=None)
         out[name] = (model, root / f"{name}.onnx")
+    # the token model in int8 (DynamicQuantizeLSTM, DynamicQuantizeMatMul, an 8-bit Embedding)
+    to_onnx(out["tokens"][0], root / "tokens_int8.onnx", quantize="int8", print_fn=None)
+    out["tokens_int8"] = (out["tokens"][0], root / "tokens_int8.onnx")
     return out
 
 
