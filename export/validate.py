@@ -76,14 +76,20 @@ def report(result: ValidationResult, path: Path, print_fn: Callable[[str], Any] 
         print_fn(result.table())
     if not result.passed:
         tolerance = f"`atol={result.atol:g}`"
+        fix = ""
         if result.rtol is not None:
             tolerance = (
                 f"`int8_tolerance={result.rtol:g}` x each output's range (float32 `atol="
                 f"{result.atol:g}`)"
             )
+            fix = (
+                " Where that int8 error is acceptable for your task, raise int8_tolerance "
+                "(--int8-tolerance); else export in float32 (no quantize)."
+            )
         raise ValidationError(
             f"The exported model differs from Keras by up to {result.max_error:.3g}, above the "
-            f"tolerance {tolerance}; nothing was written to {str(path)!r}.\n{result.table()}"
+            f"tolerance {tolerance}; nothing was written to {str(path)!r}.{fix}\n"
+            f"{result.table()}"
         )
 
 

@@ -136,6 +136,7 @@ def test_int8_beyond_its_tolerance_fails_validation_and_writes_nothing(exported,
     with pytest.raises(ValidationError, match="int8_tolerance=1e-07") as raised:
         to_onnx(exported["lstm"][0], path, quantize="int8", int8_tolerance=1e-7, print_fn=None)
     assert "int8_error" in str(raised.value) and not path.exists()
+    assert "raise int8_tolerance (--int8-tolerance)" in str(raised.value)  # what to do
     assert list(tmp_path.iterdir()) == []
 
 
