@@ -21,7 +21,7 @@ from keras_gates.export.triton import write_triton_repo
 from tests import triton_server
 from tests.export_helpers import keras_row
 from tests.serving_models import make_rnn_model, run_direct
-from tests.triton_fixtures import HELD_ROWS, IDLE_S, assert_same_classes, reference, sample
+from tests.triton_fixtures import HELD_ROWS, assert_same_classes, reference, sample
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # child processes or real servers: make test, not make check
@@ -472,31 +472,40 @@ def test_streamed_chunks_equal_whole_sequence(url, sources):
         np.testing.assert_allclose(steps, want["y_steps"], atol=ATOL)
 
 
-def test_idle_sequence_is_dropped(url, urls):
+def test_idle_sequence_is_dropped(url, urls, triton):
     """A sequence idle for longer than ``max_sequence_idle_microseconds`` is dropped.
 
-    The behaviour under test is a timeout, so this is the suite's one wait on the clock, and it
-    waits twice the idle time, not a margin: any further request on the sequence would keep it
-    alive, so Triton cannot be polled. keras-gates serve is polled on its open-sessions gauge.
+    No request may probe it meanwhile (one would keep it alive), so each server is watched from
+    the side: keras-gates serve on its open-sessions gauge, Triton in its log, where its sequence
+    reaper says (verbose level 1, switched on through Triton's logging extension) that it
+    force-ended the sequence.
     """
-    import time
-
     from tritonclient.utils import InferenceServerException
 
     client = client_for(url)
     x = sample((1, 2, 3), seed=80)
+    on_triton = url == urls["triton"]
+    if on_triton:
+        httpx.post(f"{url}/v2/logging", json={"log_verbose_level": 1}).raise_for_status()
     try:
         infer(client, "stream", x, sequence_id=77, sequence_start=True)
-        if url == urls["keras-gates"]:
+        if on_triton:
+            ended = "Reaper: force-ending CORRID 77"
+            wait_until(
+                lambda: ended in triton.log.read_text(errors="replace"),
+                timeout=60,
+                message=f"Triton's log has no {ended!r}",
+            )
+        else:
             gone = 'keras_gates_active_sessions{model="stream",version="1"} 0.0'
             wait_until(lambda: gone in httpx.get(f"{url}/metrics").text, message="not evicted")
-        else:
-            time.sleep(2 * IDLE_S)
         with pytest.raises(InferenceServerException) as caught:
             infer(client, "stream", x, sequence_id=77)
         assert caught.value.status() == "400"
     finally:
         client.close()
+        if on_triton:
+            httpx.post(f"{url}/v2/logging", json={"log_verbose_level": 0}).raise_for_status()
 
 
 # ---- the classification extension --------------------------------------------------------------
