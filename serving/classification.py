@@ -13,13 +13,12 @@ Labels (:func:`model_labels`): the file named by the output's ``label_filename``
 repository's ``config.pbtxt`` (Triton's way, written by ``write_triton_repo``), else the model's
 metadata (``to_onnx(..., labels=...)``), else a ``labels.txt`` in the model's folder when the
 model has one output. A post-processing step of the server (:meth:`InferenceServer.infer`): the
-transports only encode BYTES tensors (:func:`serialize_bytes`).
+transports only encode BYTES tensors (:func:`.tensors.serialize_bytes`).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,12 +79,6 @@ def top_k(array: np.ndarray, k: int, labels: Sequence[str], batched: bool) -> np
                 text += f":{labels[index]}"
             found[r, c] = text.encode()
     return found if batched else found[0]
-
-
-def serialize_bytes(array: np.ndarray) -> bytes:
-    """A BYTES tensor on the wire (binary HTTP data, gRPC raw contents): each element's length
-    as a little-endian uint32, then its bytes, in row-major order."""
-    return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
 
 
 def model_labels(

@@ -14,10 +14,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .classification import serialize_bytes
 from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
-from .tensors import InferRequest, array_from_values, requested_outputs, tensor_header
+from .tensors import (
+    InferRequest,
+    array_from_values,
+    requested_outputs,
+    serialize_bytes,
+    tensor_header,
+)
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 

@@ -17,10 +17,15 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from .classification import serialize_bytes
 from .datatypes import NUMPY_TO_V2
 from .errors import BadRequest
-from .tensors import InferRequest, array_from_values, requested_outputs, tensor_header
+from .tensors import (
+    InferRequest,
+    array_from_values,
+    requested_outputs,
+    serialize_bytes,
+    tensor_header,
+)
 
 # The typed ``contents`` field each datatype's values travel in (FP16 has none: raw only).
 CONTENTS_FIELD = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array as pyarray
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -114,3 +115,9 @@ def requested_outputs(
 
 
 __all__ = ["InferRequest", "array_from_values", "requested_outputs", "tensor_header"]
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor on the wire (binary HTTP data, gRPC raw contents): each element's length
+    as a little-endian uint32, then its bytes, in row-major order."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
