@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keras_gates.inspect.scores import METRICS, average_ranks, pearson, roc_auc, strength
-from keras_gates.inspect.stats import to_json_number
+from keras_gates.inspect.stats import NON_GATE_KEYS, to_json_number
 from keras_gates.inspect.trace import trace_model
 
 PROBE_FORMAT = "keras-gates-probe/1"
@@ -181,7 +181,7 @@ def _row_json(row: ProbeRow) -> dict:
 def signal_names(trace: Mapping[str, np.ndarray]) -> list[str]:
     """The per-unit signals of a layer trace: ``hidden``, ``cell`` (LSTM), then each gate."""
     first = [name for name in ("hidden", "cell") if name in trace]
-    return first + [name for name in trace if name not in ("hidden", "cell", "mask")]
+    return first + [name for name in trace if name not in NON_GATE_KEYS]
 
 
 def counted_steps(key: str, trace: Mapping, mask: np.ndarray | None) -> np.ndarray:
