@@ -11,6 +11,10 @@ Keras' outputs. Then the sunspot demo's model (examples/sunspots_forecast.py) is
 its forecast error on the held-out years is reported for Keras, float32 and int8.
 
     .venv/bin/python benchmarks/quantize.py [--rounds 11] [--epochs 40] [--out DIR]
+    .venv/bin/python benchmarks/quantize.py --crossover
+
+``--crossover`` measures where the int8 LSTM's ``DynamicQuantizeLSTM`` stops beating the float32
+``LSTM`` (``export/lstm_int8.py``: ``FLOAT_FROM_BATCH``): both at batch 1 to 64, 64 to 512 units.
 """
 
 from __future__ import annotations
@@ -126,6 +130,41 @@ def measure(rounds: int, folder: Path) -> list[dict]:
     return rows
 
 
+def crossover(rounds: int, folder: Path) -> str:
+    """float32 time / ``DynamicQuantizeLSTM`` time by units and batch (> 1: int8 faster)."""
+    from keras_gates.export import lstm_int8
+
+    batches, lines = (1, 4, 8, 12, 16, 24, 32, 64), []
+    lines.append("| units | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    lines.append("|---:|" + "---:|" * len(batches))
+    default = lstm_int8.FLOAT_FROM_BATCH
+    for units in (64, 128, 256, 512):
+        model = build("LSTM", units)
+        paths = {v: folder / f"cross{units}_{v}.onnx" for v in ("float32", "int8")}
+        to_onnx(model, paths["float32"], print_fn=None)
+        lstm_int8.FLOAT_FROM_BATCH = 1 << 30  # the int8 branch at every batch
+        try:
+            to_onnx(model, paths["int8"], quantize="int8", print_fn=None)
+        finally:
+            lstm_int8.FLOAT_FROM_BATCH = default
+        sessions = {v: session(p) for v, p in paths.items()}
+        rng, ratios = np.random.default_rng(3), []
+        for batch in batches:
+            x = feeds(rng.normal(size=(batch, STEPS, FEATURES)).astype(np.float32))
+            times: dict = {v: [] for v in sessions}
+            for s in sessions.values():
+                s.run(None, x)
+            for _ in range(max(rounds, 320 // batch)):
+                for v, s in sessions.items():
+                    start = time.perf_counter()
+                    s.run(None, x)
+                    times[v].append(time.perf_counter() - start)
+            ratios.append(statistics.median(times["float32"]) / statistics.median(times["int8"]))
+        lines.append(f"| {units} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+        print(f"measured LSTM({units})", file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| model | file | size | x float32 | batch 1 | speed-up | batch 64 | speed-up | "
@@ -197,11 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=40, help="sunspot demo training epochs")
     parser.add_argument("--out", type=Path, default=None, help="keep the files here")
+    parser.add_argument(
+        "--crossover", action="store_true", help="int8 vs float32 LSTM speed by batch and units"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.out or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        if args.crossover:
+            print(f"float32 / DynamicQuantizeLSTM time, one thread, {STEPS} steps")
+            print(crossover(args.rounds, folder))
+            print(f"({time.perf_counter() - start:.0f} s)")
+            return 0
         rows = measure(args.rounds, folder)
         print(
             f"onnxruntime {ort.__version__}, one thread, {STEPS} steps, {FEATURES} features, "

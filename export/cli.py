@@ -7,7 +7,7 @@ from pathlib import Path
 
 from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 
-RNN_OPS = ("LSTM", "GRU", "DynamicQuantizeLSTM", "Loop", "Scan")
+RNN_OPS = ("LSTM", "GRU", "Loop", "Scan", "If")  # If: the int8 LSTM (export/lstm_int8.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         q = result.quantization
         ratio = q["bytes"] / q["float32_bytes"]
         print(f"quantized {q['mode']}: {q['bytes']} bytes, {ratio:.2f}x the float32 model")
+        for node, kind in q["nodes"].items():
+            print(f"  {node}: {kind}")
     if args.triton_repo is not None:
         folder = write_triton_repo(
             output, args.triton_repo, name, version=args.version, backend=args.triton_backend

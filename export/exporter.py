@@ -35,7 +35,7 @@ from . import cutting, metadata, splice
 from . import quantize as quantization
 from . import validate as validation
 from .errors import ExportError
-from .samples import validation_samples
+from .samples import validation_samples, with_batch
 from .validation_result import ValidationResult, refusal_lines
 
 DEFAULT_OPSET = 17
@@ -123,6 +123,8 @@ def to_onnx(
     result = None
     if validate:
         inputs = validation_samples(model, converted, samples)
+        if quantized is not None and quantized.float_from_batch is not None:
+            inputs = with_batch(model, inputs, quantized.float_from_batch)  # both int8 branches
         result = validation.run(model, onnx_model.SerializeToString(), signature, inputs, atol)
         if quantized is not None:
             int8_bytes = quantized.model.SerializeToString()

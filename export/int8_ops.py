@@ -1,14 +1,16 @@
-"""What the int8 handlers share: symmetric per-row quantization, zeroing the padding."""
+"""What the int8 handlers share: symmetric quantization per row or per tensor, zeroing the
+padding."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
 LEVELS = 127  # folded weights: 8 bits
 DYNAMIC_LEVELS = 63  # weights of the uint8 x int8 kernels: 7 bits (see export/quantize.py)
+CLIP_RATIOS = np.linspace(0.5, 1.0, 26)  # peaks tried by quantize_tensor, x max |weight|
 
 
 def quantize_rows(
@@ -22,24 +24,39 @@ def quantize_rows(
     return np.clip(np.round(weight / scale), -levels, levels).astype(np.int8), scale
 
 
+def quantize_tensor(weight: np.ndarray, levels: int = LEVELS) -> tuple[np.ndarray, np.float32]:
+    """``(int8 values, float32 scale)``, one symmetric scale for the whole tensor: of the peaks
+    ``CLIP_RATIOS`` x ``max |weight|``, the one with the least squared rounding error (clipping
+    the few largest weights buys a finer step for all the others)."""
+    peak = float(np.abs(weight).max())
+    if peak == 0:
+        return np.zeros(weight.shape, np.int8), np.float32(1.0)
+    best = None
+    for ratio in CLIP_RATIOS:
+        scale = np.float32(peak * ratio / levels)
+        values = np.clip(np.round(weight / scale), -levels, levels)
+        error = float(np.square(values * scale - weight).sum())
+        if best is None or error < best[0]:
+            best = (error, values, scale)
+    return best[1].astype(np.int8), best[2]
+
+
 def zero_padding(name: str, x: str, lengths: str) -> tuple[list[onnx.NodeProto], str]:
-    """Nodes zeroing ``x`` ``[T, B, I]`` past each row's length, and the result's name: the
-    input is quantized with one scale per tensor, which garbage in the padding would widen."""
+    """Nodes zeroing ``x`` ``[T, B, I]`` past each row's ``lengths`` (int32), and the result's
+    name: the input is quantized with one scale per tensor, which garbage in the padding (even
+    inf or NaN) would widen."""
     p = f"{name}.pad_mask"
     make = helper.make_node
+    one = numpy_helper.from_array(np.array([1], np.int32))
     nodes = [
-        make("Shape", [x], [f"{p}.shape"], name=f"{p}.shape", start=0, end=1),
-        make("Squeeze", [f"{p}.shape"], [f"{p}.steps"], name=f"{p}.steps"),
-        make("Constant", [], [f"{p}.zero"], name=f"{p}.zero", value_int=0),
-        make("Constant", [], [f"{p}.one"], name=f"{p}.one", value_int=1),
-        make("Range", [f"{p}.zero", f"{p}.steps", f"{p}.one"], [f"{p}.t"], name=f"{p}.t"),
-        make("Constant", [], [f"{p}.axis1"], name=f"{p}.axis1", value_ints=[1]),
-        make("Unsqueeze", [f"{p}.t", f"{p}.axis1"], [f"{p}.tcol"], name=f"{p}.tcol"),
-        make("Cast", [lengths], [f"{p}.lengths"], name=f"{p}.lengths", to=TensorProto.INT64),
-        make("Less", [f"{p}.tcol", f"{p}.lengths"], [f"{p}.valid"], name=f"{p}.valid"),
-        make("Cast", [f"{p}.valid"], [f"{p}.float"], name=f"{p}.float", to=TensorProto.FLOAT),
+        make("Shape", [x], [f"{p}.shape"], name=f"{p}.shape", start=0, end=2),
+        make("ConstantOfShape", [f"{p}.shape"], [f"{p}.ones"], name=f"{p}.ones", value=one),
+        make("Constant", [], [f"{p}.axis0"], name=f"{p}.axis0", value_int=0),
+        make("CumSum", [f"{p}.ones", f"{p}.axis0"], [f"{p}.t"], name=f"{p}.t", exclusive=1),
+        make("Less", [f"{p}.t", lengths], [f"{p}.valid"], name=f"{p}.valid"),  # [T, B]
         make("Constant", [], [f"{p}.axis2"], name=f"{p}.axis2", value_ints=[2]),
-        make("Unsqueeze", [f"{p}.float", f"{p}.axis2"], [p], name=p),
-        make("Mul", [x, p], [f"{name}.X"], name=f"{name}.X"),
+        make("Unsqueeze", [f"{p}.valid", f"{p}.axis2"], [p], name=p),
+        make("Constant", [], [f"{p}.zero"], name=f"{p}.zero", value_float=0.0),
+        make("Where", [p, x, f"{p}.zero"], [f"{name}.X"], name=f"{name}.X"),
     ]
     return nodes, f"{name}.X"

@@ -5,8 +5,10 @@ the float initializers and returns the nodes that replace it with their 8-bit in
 ``None`` to leave the node as it is). The designs were measured (``benchmarks/quantize.py``,
 README "int8 export"), one thread, 100 steps:
 
-- ``LSTM`` -> onnxruntime's ``DynamicQuantizeLSTM``: W and R in 8 bits per gate row, the
-  input and the hidden state quantized at run time; 2-3x faster at batch 1.
+- ``LSTM`` (:mod:`.lstm_int8`) -> an ``If`` on the batch size: below ``FLOAT_FROM_BATCH`` rows
+  onnxruntime's ``DynamicQuantizeLSTM`` (W in 8 bits per gate row, R per direction, the input
+  and the hidden state quantized at run time; 2-3.5x faster at batch 1), from it the float32
+  ``LSTM`` on the same 8-bit weights (where the int8 kernel is slower than float32).
 - ``GRU`` (onnxruntime has no int8 GRU kernel), two designs by width:
   - from ``LOOP_MIN_UNITS`` (384) units, a ``Loop`` of int8 steps (:mod:`.gru_loop`): the input
     projection for all steps and ``h @ R`` each step through ``DynamicQuantizeMatMul``; 1.6x
@@ -22,14 +24,15 @@ README "int8 export"), one thread, 100 steps:
 - ``Conv`` (``Conv1D``), ``Gemm`` and ``Gather`` on a constant table (``Embedding``) -> the
   same node reading ``Cast * scale`` of an 8-bit initializer (folded at session start).
 
-Every weight gets one symmetric scale per output row. The kernels that quantize activations at
-run time (``DynamicQuantizeLSTM``, ``DynamicQuantizeMatMul``) multiply ``uint8`` activations by
-``int8`` weights; on CPUs without VNNI (AVX2) they sum pairs of products in 16 bits, which
-saturate with full-range weights (measured: 6-15% of the output range off, what
-``quantize_dynamic``'s defaults give). Their weights are ``int8`` in ``[-63, 63]`` (7 bits, like
-``quantize_dynamic(reduce_range=True)``): as fast, 1% off. ``uint8`` weights (zero point 128)
-would not saturate either but take a 35% slower ``uint8 x uint8`` kernel. The folded weights
-(GRU, Conv, Gemm, Gather) are ``int8`` in ``[-127, 127]``.
+Every weight gets one symmetric scale per output row (the LSTM's R: one per direction). The
+kernels that quantize activations at run time (``DynamicQuantizeLSTM``,
+``DynamicQuantizeMatMul``) multiply ``uint8`` activations by ``int8`` weights; on CPUs without
+VNNI (AVX2) they sum pairs of products in 16 bits, which saturate with full-range weights
+(measured: 6-15% of the output range off, what ``quantize_dynamic``'s defaults give). Their
+weights are ``int8`` in ``[-63, 63]`` (7 bits, like ``quantize_dynamic(reduce_range=True)``): as
+fast, 1% off. ``uint8`` weights (zero point 128) would not saturate either but take a 35% slower
+``uint8 x uint8`` kernel. The folded weights (GRU, Conv, Gemm, Gather) are ``int8`` in
+``[-127, 127]``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ExportError
 from .gru_loop import LOOP_MIN_UNITS, int8_loop
-from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, zero_padding
+from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows
+from .lstm_int8 import FLOAT_FROM_BATCH, int8_lstm
 
 MODES = ("int8",)
 DEFAULT_INT8_TOLERANCE = 0.02  # max abs error of the int8 file, relative to each output's range
@@ -57,6 +61,7 @@ class Replacement:
     nodes: list[onnx.NodeProto]
     initializers: list[onnx.TensorProto]
     kind: str  # how the node is quantized, for the metadata
+    float_from_batch: int | None = None  # it runs another branch from this batch size on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Quantized:
     nodes: dict[str, str]  # node name -> how it was quantized
     float_bytes: int
     bytes: int
+    float_from_batch: int | None  # some nodes run float32 on the 8-bit weights from this batch
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -75,9 +81,11 @@ class Quantized:
             "nodes": self.nodes,
             "float32_bytes": self.float_bytes,
             "bytes": self.bytes,
-            "weights": "int8, one scale per output row; in [-63, 63] for the int8 kernels",
+            "weights": "int8, one scale per output row (LSTM R: per direction); in [-63, 63] "
+            "for the int8 kernels",
             "activations": "quantized at run time (DynamicQuantizeLSTM, DynamicQuantizeMatMul); "
             "other nodes compute in float32 from their 8-bit weights",
+            "float_from_batch": self.float_from_batch,
         }
 
 
@@ -135,7 +143,7 @@ def quantize(onnx_model: onnx.ModelProto, mode: str) -> Quantized:
     model = onnx.ModelProto()
     model.CopyFrom(onnx_model)
     graph, weights = model.graph, Weights(model.graph)
-    nodes, inits, kinds = [], [], {}
+    nodes, inits, kinds, float_from = [], [], {}, []
     for node in graph.node:
         handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         replacement = handler(node, weights) if handler else None
@@ -145,13 +153,16 @@ def quantize(onnx_model: onnx.ModelProto, mode: str) -> Quantized:
         nodes.extend(replacement.nodes)
         inits.extend(replacement.initializers)
         kinds[node.name or node.output[0]] = replacement.kind
+        if replacement.float_from_batch is not None:
+            float_from.append(replacement.float_from_batch)
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     _drop_unused_initializers(graph)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return Quantized(model, mode, kinds, onnx_model.ByteSize(), model.ByteSize())
+    size = model.ByteSize()
+    return Quantized(model, mode, kinds, onnx_model.ByteSize(), size, min(float_from, default=None))
 
 
 def _folded(name: str, weight: np.ndarray, axis: int) -> tuple[str, Replacement]:
@@ -194,32 +205,14 @@ def _with_folded(
 
 @quantizes("LSTM")
 def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
-    """``DynamicQuantizeLSTM``: W ``[D, I, 4U]`` and R ``[D, U, 4U]`` in 8 bits, one scale per
-    direction and gate row."""
+    """``DynamicQuantizeLSTM`` below ``FLOAT_FROM_BATCH`` rows, the float32 ``LSTM`` on the same
+    8-bit weights from there (:mod:`.lstm_int8`)."""
     w, r = (weights.get(node.input[i], ndim=3) for i in (1, 2))
     if w is None or r is None or any(a.name == "layout" and a.i for a in node.attribute):
         return None
-    name = node.name or node.output[0]
-    lengths = node.input[4] if len(node.input) > 4 else ""
-    nodes, x = ([], node.input[0]) if not lengths else zero_padding(name, node.input[0], lengths)
-    inputs = [x, f"{name}.W.int8", f"{name}.R.int8"]
-    inputs += [node.input[i] if i < len(node.input) else "" for i in range(3, 8)]
-    inits = []
-    for key, array in (("W", w), ("R", r)):
-        transposed = np.transpose(array, (0, 2, 1))  # [D, in, 4U]: ONNX rows become columns
-        per_direction = [quantize_rows(d, 1, DYNAMIC_LEVELS) for d in transposed]
-        values = np.stack([v for v, _ in per_direction])
-        scale = np.stack([s.reshape(-1) for _, s in per_direction])
-        zero = np.zeros(scale.shape, np.int8)
-        inits += [
-            numpy_helper.from_array(values, f"{name}.{key}.int8"),
-            numpy_helper.from_array(scale, f"{name}.{key}.scale"),
-            numpy_helper.from_array(zero, f"{name}.{key}.zero_point"),
-        ]
-    inputs += [f"{name}.{k}.{p}" for k in ("W", "R") for p in ("scale", "zero_point")]
-    new = helper.make_node("DynamicQuantizeLSTM", inputs, node.output, name=name, domain=MS_DOMAIN)
-    new.attribute.extend(a for a in node.attribute if a.name != "layout")
-    return Replacement([*nodes, new], inits, "DynamicQuantizeLSTM")
+    nodes, inits = int8_lstm(node, w, r, node.name or node.output[0])
+    kind = f"DynamicQuantizeLSTM below batch {FLOAT_FROM_BATCH}, else LSTM on the 8-bit weights"
+    return Replacement(nodes, inits, kind, FLOAT_FROM_BATCH)
 
 
 @quantizes("GRU")

@@ -73,6 +73,17 @@ def validation_samples(
     return result
 
 
+def with_batch(model: Any, samples: list[list[np.ndarray]], batch: int) -> list[list[np.ndarray]]:
+    """``samples`` and, unless one has ``batch`` rows or more (or the model's batch is fixed),
+    the last one with its rows repeated up to ``batch`` rows: the int8 LSTM takes another
+    branch from there (:mod:`.lstm_int8`)."""
+    fixed = any(t.shape[0] is not None for t in model.inputs)
+    if fixed or not samples or max(s[0].shape[0] for s in samples) >= batch:
+        return samples
+    last = samples[-1]
+    return [*samples, [np.take(a, np.arange(batch) % a.shape[0], axis=0) for a in last]]
+
+
 def _input_steps(converted: Converted, name: str, time: int) -> int:
     """Steps of one input: its fixed time, else ``time + 2k`` for the ``k``-th input (inputs
     merged step by step share one), more when its rows need more."""

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from keras_gates import GatedGRU, GatedLSTM
 from keras_gates.export import ExportError, Predictor, ValidationError, to_onnx, write_triton_repo
 from keras_gates.serving import ServerConfig, create_app
+from keras_gates.export.lstm_int8 import FLOAT_FROM_BATCH
 from tests.export_helpers import keras_row, padded, randomize
 from tests.reference import EXPORT_ATOL
 from tests.serving_models import ServerThread
@@ -66,8 +67,13 @@ def test_int8_nodes_size_and_metadata(exported, kind):
     model, f32, i8, result, _ = exported[kind]
     counts = result.op_counts
     assert counts.get("DynamicQuantizeMatMul") == 1 and counts.get("MatMul", 0) == 0
-    if kind == "lstm":
-        assert counts.get("DynamicQuantizeLSTM") == 1 and counts.get("LSTM", 0) == 0
+    if kind == "lstm":  # int8 below the batch threshold, float32 on the 8-bit weights from it
+        assert counts.get("If") == 1 and counts.get("LSTM", 0) == 0
+        (node,) = [n for n in onnx.load(str(i8)).graph.node if n.op_type == "If"]
+        branches = {a.name: [n.op_type for n in a.g.node] for a in node.attribute}
+        assert branches["then_branch"].count("DynamicQuantizeLSTM") == 1
+        assert branches["else_branch"].count("LSTM") == 1
+        assert result.quantization["float_from_batch"] == FLOAT_FROM_BATCH
     else:  # the GRU node reads its W and R from 8-bit initializers
         assert counts.get("GRU") == 1
         graph = onnx.load(str(i8)).graph
@@ -111,6 +117,36 @@ def test_int8_matches_keras_and_float32_on_full_and_padded_batches(exported, kin
         np.testing.assert_allclose(got8, want, atol=INT8_RTOL * scale, rtol=0)
         np.testing.assert_allclose(got8, got32, atol=INT8_RTOL * scale, rtol=0)
         assert np.abs(got8 - got32).max() > 0  # the int8 file is not the float32 one
+
+
+def test_int8_lstm_branches_by_batch_and_both_are_validated(tmp_path):
+    """Below ``FLOAT_FROM_BATCH`` rows ``DynamicQuantizeLSTM`` (its input quantized per batch, so
+    a row's answer moves with its batch mates), from it the float32 ``LSTM`` on the same 8-bit
+    weights (a row's answer does not move). Both within the bound of each padded row run alone
+    in Keras, with inf and nan in the padding."""
+    keras.utils.set_random_seed(6)
+    x = keras.Input((None, 4), name="x")
+    model = randomize(keras.Model(x, GatedLSTM(16, name="lstm")(x)), seed=6)
+    path = tmp_path / "lstm8.onnx"
+    result = to_onnx(model, path, quantize="int8", print_fn=None)
+    assert {r.batch for r in result.validation.rows} >= {1, FLOAT_FROM_BATCH}
+    rng = np.random.default_rng(11)
+    predictor = Predictor(path, device="cpu")
+    for batch in (FLOAT_FROM_BATCH - 1, FLOAT_FROM_BATCH):
+        lengths = np.array([13 - (r % 11) for r in range(batch)], np.int32)
+        x = padded(rng, batch, 13, 4, lengths)
+        for r, n in enumerate(lengths[:4]):
+            x[r, n:] = [np.inf, -np.inf, np.nan, 1e30][r]
+        want = np.concatenate([keras_row(model, x[r : r + 1, :n]) for r, n in enumerate(lengths)])
+        (got,) = predictor.predict(x, lengths=lengths).values()
+        np.testing.assert_allclose(got, want, atol=INT8_RTOL * float(np.ptp(want)), rtol=0)
+        mates = x.copy()  # the same rows after the first, whose values grow 8x
+        mates[0, : lengths[0]] *= 8
+        (moved,) = predictor.predict(mates, lengths=lengths).values()
+        if batch < FLOAT_FROM_BATCH:
+            assert np.abs(moved[1:] - got[1:]).max() > 0  # quantized with its batch mates
+        else:
+            np.testing.assert_array_equal(moved[1:], got[1:])  # float32: each row alone
 
 
 @pytest.mark.parametrize(
@@ -209,3 +245,10 @@ def test_gru_loop_design_keeps_padding_and_state_exact(monkeypatch, tmp_path):
         want = keras_row(model, x[r : r + 1, :n])[0]
         np.testing.assert_allclose(got8[r, :n], want, atol=INT8_RTOL * float(np.ptp(want)))
         np.testing.assert_allclose(got8[r, n:], got32[r, n:], atol=1e-6)  # Dense of zeros
+
+
+def test_int8_lstm_file_is_refused_by_from_onnx_with_what_to_inspect(exported):
+    from keras_gates.interop import OnnxImportError, from_onnx
+
+    with pytest.raises(OnnxImportError, match="is an int8 export.*float32 export or the .keras"):
+        from_onnx(exported["lstm"][2])

@@ -133,6 +133,12 @@ def model_layers(model: Any, path: str | os.PathLike) -> dict[str, keras.layers.
     nodes = recurrent_nodes(model)
     if not nodes:
         found = sorted({node.op_type for node in model.graph.node})
+        if any(op.startswith("DynamicQuantize") for op in _op_types(model.graph)):
+            raise OnnxImportError(
+                f"'{path}' is an int8 export: its recurrent layers run on 8-bit weights "
+                "(DynamicQuantizeLSTM, an int8 Loop), which are not read gate by gate. Inspect "
+                "the float32 export or the .keras model instead."
+            )
         raise OnnxImportError(
             f"'{path}' has no LSTM or GRU node (its operators: {', '.join(found) or 'none'}). A "
             "recurrent layer exported as a Loop or Scan cannot be read gate by gate; export it "
@@ -140,6 +146,17 @@ def model_layers(model: Any, path: str | os.PathLike) -> dict[str, keras.layers.
         )
     stored = stored_values(model.graph)
     return {key: node_layer(node, key, stored) for key, node in nodes}
+
+
+def _op_types(graph: Any) -> set[str]:
+    """The operators of ``graph`` and of its nodes' subgraphs (``If`` branches, ``Loop`` bodies)."""
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found |= _op_types(sub)
+    return found
 
 
 def _attributes(node: Any) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""An int8 LSTM that is faster than float32 at small batches and never slower at large ones.
+
+onnxruntime's ``DynamicQuantizeLSTM`` multiplies by 8-bit W and R each step, quantizing the
+input and the hidden state at run time: 2-3.5x faster than the float32 ``LSTM`` at batch 1. At
+large batches its per-step quantization of ``h`` costs more than the int8 product saves (0.86x
+float32 at batch 64 and 128 units, measured on an AVX2 CPU without VNNI). So the node becomes
+
+    If batch < FLOAT_FROM_BATCH:
+        DynamicQuantizeLSTM(X with the padding zeroed, W.int8, R.int8, ...)
+    else:
+        LSTM(X, W.int8 * W.scale, R.int8 * R.scale, ...)     # float32 on the same 8-bit weights
+
+Both branches read the same 8-bit initializers: the file holds each weight once. The float
+branch's ``Cast * scale`` is folded by onnxruntime when the session starts (the weights are
+then held in float32 too, and packed like the float32 export's).
+
+W ``[D, I, 4U]`` has one scale per direction and gate row; R ``[D, U, 4U]`` one per direction
+(:func:`~.int8_ops.quantize_tensor`): with a scale per row onnxruntime takes its per-column
+output path on every step's product, 10% slower at batch 1 and 128 units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, quantize_tensor, zero_padding
+
+FLOAT_FROM_BATCH = 16  # measured crossover, benchmarks/quantize.py --crossover
+
+
+def int8_lstm(
+    node: onnx.NodeProto, w: np.ndarray, r: np.ndarray, name: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes and initializers replacing the ``LSTM`` ``node`` (W ``[D, 4U, I]``, R
+    ``[D, 4U, U]`` in ONNX's layout)."""
+    inits = _weights(name, w, r)
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    outputs = list(node.output)
+    make = helper.make_node
+    batch, small = f"{name}.batch", f"{name}.small_batch"
+    nodes = [
+        make("Shape", [inputs[0]], [batch], name=batch, start=1, end=2),
+        make("Less", [batch, f"{name}.float_from_batch"], [f"{small}.1"], name=f"{small}.1"),
+        make("Squeeze", [f"{small}.1"], [small], name=small),
+    ]
+    threshold = np.array([FLOAT_FROM_BATCH], np.int64)
+    inits.append(numpy_helper.from_array(threshold, f"{name}.float_from_batch"))
+    branches = {
+        "then_branch": _int8_branch(node, inputs, outputs, name),
+        "else_branch": _float_branch(node, inputs, outputs, name),
+    }
+    nodes.append(make("If", [small], [o for o in outputs if o], name=name, **branches))
+    return nodes, inits
+
+
+def _weights(name: str, w: np.ndarray, r: np.ndarray) -> list[onnx.TensorProto]:
+    """``<name>.{W,R}.{int8,scale,zero_point}`` in ``DynamicQuantizeLSTM``'s layout (``[D, in,
+    4U]``): W per direction and gate row, R per direction."""
+    inits = []
+    for key, array in (("W", w), ("R", r)):
+        transposed = np.transpose(array, (0, 2, 1))  # [D, in, 4U]: ONNX rows become columns
+        if key == "W":
+            parts = [quantize_rows(d, 1, DYNAMIC_LEVELS) for d in transposed]
+            scale = np.stack([s.reshape(-1) for _, s in parts])  # [D, 4U]
+        else:
+            parts = [quantize_tensor(d, DYNAMIC_LEVELS) for d in transposed]
+            scale = np.array([s for _, s in parts], np.float32)  # [D]
+        values = np.stack([v for v, _ in parts])
+        inits += [
+            numpy_helper.from_array(values, f"{name}.{key}.int8"),
+            numpy_helper.from_array(scale, f"{name}.{key}.scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}.{key}.zero_point"),
+        ]
+    return inits
+
+
+def _int8_branch(
+    node: onnx.NodeProto, inputs: list[str], outputs: list[str], name: str
+) -> onnx.GraphProto:
+    """``DynamicQuantizeLSTM`` on the input zeroed past each length."""
+    lengths = inputs[4]
+    nodes, x = ([], inputs[0]) if not lengths else zero_padding(f"{name}.int8", inputs[0], lengths)
+    ins = [x, f"{name}.W.int8", f"{name}.R.int8", *inputs[3:8]]
+    ins += [f"{name}.{k}.{p}" for k in ("W", "R") for p in ("scale", "zero_point")]
+    outs = _branch_outputs(outputs, "int8")
+    lstm = helper.make_node("DynamicQuantizeLSTM", ins, outs, name=f"{name}.int8", domain=MS_DOMAIN)
+    lstm.attribute.extend(a for a in node.attribute if a.name != "layout")
+    return _graph(f"{name}.int8", [*nodes, lstm], outs)
+
+
+def _float_branch(
+    node: onnx.NodeProto, inputs: list[str], outputs: list[str], name: str
+) -> onnx.GraphProto:
+    """The float32 ``LSTM`` on ``Transpose(Cast(<key>.int8) * <key>.scale)`` (folded)."""
+    make = helper.make_node
+    nodes, weights = [], []
+    for key, axes in (("W", [1]), ("R", [1, 2])):  # scale [D, 4U] -> [D, 1, 4U]; [D] -> [D, 1, 1]
+        p, q, s = f"{name}.float.{key}", f"{name}.{key}.int8", f"{name}.{key}.scale"
+        nodes += [
+            make("Cast", [q], [f"{p}.cast"], name=f"{p}.cast", to=TensorProto.FLOAT),
+            make("Constant", [], [f"{p}.axes"], name=f"{p}.axes", value_ints=axes),
+            make("Unsqueeze", [s, f"{p}.axes"], [f"{p}.scale"], name=f"{p}.scale"),
+            make("Mul", [f"{p}.cast", f"{p}.scale"], [f"{p}.mul"], name=f"{p}.mul"),
+            make("Transpose", [f"{p}.mul"], [p], name=p, perm=[0, 2, 1]),  # back to [D, 4U, in]
+        ]
+        weights.append(p)
+    outs = _branch_outputs(outputs, "float")
+    lstm = make("LSTM", [inputs[0], *weights, *inputs[3:8]], outs, name=f"{name}.float")
+    lstm.attribute.extend(node.attribute)
+    return _graph(f"{name}.float", [*nodes, lstm], outs)
+
+
+def _branch_outputs(outputs: list[str], branch: str) -> list[str]:
+    return [f"{o}.{branch}" if o else "" for o in outputs]
+
+
+def _graph(name: str, nodes: list[onnx.NodeProto], outputs: list[str]) -> onnx.GraphProto:
+    values = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs if o]
+    return helper.make_graph(nodes, name, [], values)
