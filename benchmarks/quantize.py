@@ -11,10 +11,11 @@ Keras' outputs. Then the sunspot demo's model (examples/sunspots_forecast.py) is
 its forecast error on the held-out years is reported for Keras, float32 and int8.
 
     .venv/bin/python benchmarks/quantize.py [--rounds 11] [--epochs 40] [--out DIR]
-    .venv/bin/python benchmarks/quantize.py --crossover
+    .venv/bin/python benchmarks/quantize.py --crossover [--units 64,128] [--batches 1,2,4]
 
 ``--crossover`` measures where the int8 LSTM's ``DynamicQuantizeLSTM`` stops beating the float32
-``LSTM`` (``export/lstm_int8.py``: ``FLOAT_FROM_BATCH``): both at batch 1 to 64, 64 to 512 units.
+``LSTM`` (``export/lstm_int8.py``: ``float_from_batch``), by units and batch (``--units``,
+``--batches``: comma-separated lists).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from keras_gates import GatedGRU, GatedLSTM  # noqa: E402
@@ -45,6 +47,8 @@ BATCHES = (1, 64)
 LAYERS = {"LSTM": GatedLSTM, "GRU": GatedGRU}
 UNITS = (128, 512)
 VARIANTS = ("float32", "int8", "quantize_dynamic")
+CROSSOVER_UNITS = "32,48,64,96,128,256,512"
+CROSSOVER_BATCHES = "1,2,3,4,5,6,8,16,64"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -130,23 +134,15 @@ def measure(rounds: int, folder: Path) -> list[dict]:
     return rows
 
 
-def crossover(rounds: int, folder: Path) -> str:
+def crossover(rounds: int, folder: Path, widths: list[int], batches: list[int]) -> str:
     """float32 time / ``DynamicQuantizeLSTM`` time by units and batch (> 1: int8 faster)."""
-    from keras_gates.export import lstm_int8
-
-    batches, lines = (1, 4, 8, 12, 16, 24, 32, 64), []
+    lines = []
     lines.append("| units | " + " | ".join(f"batch {b}" for b in batches) + " |")
     lines.append("|---:|" + "---:|" * len(batches))
-    default = lstm_int8.FLOAT_FROM_BATCH
-    for units in (64, 128, 256, 512):
-        model = build("LSTM", units)
+    for units in widths:
         paths = {v: folder / f"cross{units}_{v}.onnx" for v in ("float32", "int8")}
-        to_onnx(model, paths["float32"], print_fn=None)
-        lstm_int8.FLOAT_FROM_BATCH = 1 << 30  # the int8 branch at every batch
-        try:
-            to_onnx(model, paths["int8"], quantize="int8", print_fn=None)
-        finally:
-            lstm_int8.FLOAT_FROM_BATCH = default
+        to_onnx(build("LSTM", units), paths["float32"], print_fn=None)
+        onnx.save(int8_branch_only(onnx.load(paths["float32"])), paths["int8"])
         sessions = {v: session(p) for v, p in paths.items()}
         rng, ratios = np.random.default_rng(3), []
         for batch in batches:
@@ -163,6 +159,27 @@ def crossover(rounds: int, folder: Path) -> str:
         lines.append(f"| {units} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
         print(f"measured LSTM({units})", file=sys.stderr, flush=True)
     return "\n".join(lines)
+
+
+def int8_branch_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its ``LSTM`` node replaced by the int8 export's design whose
+    ``DynamicQuantizeLSTM`` branch runs at every batch (whatever the width)."""
+    from onnx import helper, numpy_helper
+
+    from keras_gates.export.lstm_int8 import int8_lstm
+
+    graph = model.graph
+    stored = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    (index,) = [i for i, n in enumerate(graph.node) if n.op_type == "LSTM"]
+    node = graph.node[index]
+    w, r = stored[node.input[1]], stored[node.input[2]]
+    nodes, inits = int8_lstm(node, w, r, node.name or "lstm", threshold=1 << 30)
+    kept = [*graph.node[:index], *nodes, *graph.node[index + 1 :]]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(inits)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
 
 
 def table(rows: list[dict]) -> str:
@@ -239,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crossover", action="store_true", help="int8 vs float32 LSTM speed by batch and units"
     )
+    parser.add_argument("--units", default=CROSSOVER_UNITS, help="--crossover: layer widths")
+    parser.add_argument("--batches", default=CROSSOVER_BATCHES, help="--crossover: batch sizes")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.out or Path(scratch)
@@ -246,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if args.crossover:
             print(f"float32 / DynamicQuantizeLSTM time, one thread, {STEPS} steps")
-            print(crossover(args.rounds, folder))
+            widths, batches = ([int(v) for v in a.split(",")] for a in (args.units, args.batches))
+            print(crossover(args.rounds, folder, widths, batches))
             print(f"({time.perf_counter() - start:.0f} s)")
             return 0
         rows = measure(args.rounds, folder)

@@ -1,5 +1,4 @@
-"""What the int8 handlers share: symmetric quantization per row or per tensor, zeroing the
-padding."""
+"""What the int8 handlers share: symmetric per-row quantization, zeroing the padding."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from onnx import helper, numpy_helper
 MS_DOMAIN = "com.microsoft"
 LEVELS = 127  # folded weights: 8 bits
 DYNAMIC_LEVELS = 63  # weights of the uint8 x int8 kernels: 7 bits (see export/quantize.py)
-CLIP_RATIOS = np.linspace(0.5, 1.0, 26)  # peaks tried by quantize_tensor, x max |weight|
 
 
 def quantize_rows(
@@ -22,23 +20,6 @@ def quantize_rows(
     peak = np.abs(weight).max(axis=others, keepdims=True)
     scale = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
     return np.clip(np.round(weight / scale), -levels, levels).astype(np.int8), scale
-
-
-def quantize_tensor(weight: np.ndarray, levels: int = LEVELS) -> tuple[np.ndarray, np.float32]:
-    """``(int8 values, float32 scale)``, one symmetric scale for the whole tensor: of the peaks
-    ``CLIP_RATIOS`` x ``max |weight|``, the one with the least squared rounding error (clipping
-    the few largest weights buys a finer step for all the others)."""
-    peak = float(np.abs(weight).max())
-    if peak == 0:
-        return np.zeros(weight.shape, np.int8), np.float32(1.0)
-    best = None
-    for ratio in CLIP_RATIOS:
-        scale = np.float32(peak * ratio / levels)
-        values = np.clip(np.round(weight / scale), -levels, levels)
-        error = float(np.square(values * scale - weight).sum())
-        if best is None or error < best[0]:
-            best = (error, values, scale)
-    return best[1].astype(np.int8), best[2]
 
 
 def zero_padding(name: str, x: str, lengths: str) -> tuple[list[onnx.NodeProto], str]:

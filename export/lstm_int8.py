@@ -1,22 +1,26 @@
-"""An int8 LSTM that is faster than float32 at small batches and never slower at large ones.
+"""An int8 LSTM that is faster than float32 at small batches and never slower at larger ones.
 
 onnxruntime's ``DynamicQuantizeLSTM`` multiplies by 8-bit W and R each step, quantizing the
-input and the hidden state at run time: 2-3.5x faster than the float32 ``LSTM`` at batch 1. At
-large batches its per-step quantization of ``h`` costs more than the int8 product saves (0.86x
-float32 at batch 64 and 128 units, measured on an AVX2 CPU without VNNI). So the node becomes
+input and the hidden state at run time: 2-3.5x faster than the float32 ``LSTM`` at batch 1 from
+128 units. From a few rows on, and at any batch for narrow layers, its per-step quantization of
+``h`` costs more than the int8 product saves (0.9x float32 at batch 64 and 128 units, measured
+on an AVX2 CPU without VNNI; :data:`UNITS_PER_INT8_ROW`). So from 64 units the node becomes
 
-    If batch < FLOAT_FROM_BATCH:
+    If batch < float_from_batch(units):
         DynamicQuantizeLSTM(X with the padding zeroed, W.int8, R.int8, ...)
     else:
         LSTM(X, W.int8 * W.scale, R.int8 * R.scale, ...)     # float32 on the same 8-bit weights
 
 Both branches read the same 8-bit initializers: the file holds each weight once. The float
 branch's ``Cast * scale`` is folded by onnxruntime when the session starts (the weights are
-then held in float32 too, and packed like the float32 export's).
+then held in float32 too, and packed like the float32 export's). Narrower layers keep the
+float32 ``LSTM`` on 8-bit constants only (``export/quantize.py``), as narrow GRUs do.
 
-W ``[D, I, 4U]`` has one scale per direction and gate row; R ``[D, U, 4U]`` one per direction
-(:func:`~.int8_ops.quantize_tensor`): with a scale per row onnxruntime takes its per-column
-output path on every step's product, 10% slower at batch 1 and 128 units.
+W ``[D, I, 4U]`` and R ``[D, U, 4U]`` have one scale per direction and gate row. One scale
+per direction for R would be faster at batch 1 (onnxruntime then skips its per-column output
+path on every step: 10% at 128 units), but on a trained character model (GatedLSTM(128)) it
+took the error from 2.4% to 7.4% of the output range (4.4% with the clipping of least squared
+error), so the rows keep their own scales.
 """
 
 from __future__ import annotations
@@ -25,16 +29,27 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, quantize_tensor, zero_padding
+from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, zero_padding
 
-FLOAT_FROM_BATCH = 16  # measured crossover, benchmarks/quantize.py --crossover
+# Where DynamicQuantizeLSTM beats the float32 LSTM (benchmarks/quantize.py --crossover; one
+# thread, AVX2 without VNNI, 100 steps): below about units / 32 rows, never from 5 rows on
+# (1.9x at batch 1 and 0.98x at batch 4 for 128 units; 3.5x and 1.0x at batch 1 and 5 for 512),
+# and at no batch below 64 units (0.69x at batch 1 for 32 units).
+UNITS_PER_INT8_ROW = 32
+MAX_FLOAT_FROM_BATCH = 5
+
+
+def float_from_batch(units: int) -> int:
+    """The batch size from which the float32 ``LSTM`` is the faster one at ``units`` (1: at
+    every batch)."""
+    return max(1, min(MAX_FLOAT_FROM_BATCH, units // UNITS_PER_INT8_ROW))
 
 
 def int8_lstm(
-    node: onnx.NodeProto, w: np.ndarray, r: np.ndarray, name: str
+    node: onnx.NodeProto, w: np.ndarray, r: np.ndarray, name: str, threshold: int
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The nodes and initializers replacing the ``LSTM`` ``node`` (W ``[D, 4U, I]``, R
-    ``[D, 4U, U]`` in ONNX's layout)."""
+    ``[D, 4U, U]`` in ONNX's layout): ``DynamicQuantizeLSTM`` below ``threshold`` rows."""
     inits = _weights(name, w, r)
     inputs = list(node.input) + [""] * (8 - len(node.input))
     outputs = list(node.output)
@@ -45,8 +60,8 @@ def int8_lstm(
         make("Less", [batch, f"{name}.float_from_batch"], [f"{small}.1"], name=f"{small}.1"),
         make("Squeeze", [f"{small}.1"], [small], name=small),
     ]
-    threshold = np.array([FLOAT_FROM_BATCH], np.int64)
-    inits.append(numpy_helper.from_array(threshold, f"{name}.float_from_batch"))
+    limit = np.array([threshold], np.int64)
+    inits.append(numpy_helper.from_array(limit, f"{name}.float_from_batch"))
     branches = {
         "then_branch": _int8_branch(node, inputs, outputs, name),
         "else_branch": _float_branch(node, inputs, outputs, name),
@@ -57,16 +72,12 @@ def int8_lstm(
 
 def _weights(name: str, w: np.ndarray, r: np.ndarray) -> list[onnx.TensorProto]:
     """``<name>.{W,R}.{int8,scale,zero_point}`` in ``DynamicQuantizeLSTM``'s layout (``[D, in,
-    4U]``): W per direction and gate row, R per direction."""
+    4U]``), one scale per direction and gate row."""
     inits = []
     for key, array in (("W", w), ("R", r)):
         transposed = np.transpose(array, (0, 2, 1))  # [D, in, 4U]: ONNX rows become columns
-        if key == "W":
-            parts = [quantize_rows(d, 1, DYNAMIC_LEVELS) for d in transposed]
-            scale = np.stack([s.reshape(-1) for _, s in parts])  # [D, 4U]
-        else:
-            parts = [quantize_tensor(d, DYNAMIC_LEVELS) for d in transposed]
-            scale = np.array([s for _, s in parts], np.float32)  # [D]
+        parts = [quantize_rows(d, 1, DYNAMIC_LEVELS) for d in transposed]
+        scale = np.stack([s.reshape(-1) for _, s in parts])  # [D, 4U]
         values = np.stack([v for v, _ in parts])
         inits += [
             numpy_helper.from_array(values, f"{name}.{key}.int8"),
@@ -96,11 +107,11 @@ def _float_branch(
     """The float32 ``LSTM`` on ``Transpose(Cast(<key>.int8) * <key>.scale)`` (folded)."""
     make = helper.make_node
     nodes, weights = [], []
-    for key, axes in (("W", [1]), ("R", [1, 2])):  # scale [D, 4U] -> [D, 1, 4U]; [D] -> [D, 1, 1]
+    for key in ("W", "R"):
         p, q, s = f"{name}.float.{key}", f"{name}.{key}.int8", f"{name}.{key}.scale"
         nodes += [
             make("Cast", [q], [f"{p}.cast"], name=f"{p}.cast", to=TensorProto.FLOAT),
-            make("Constant", [], [f"{p}.axes"], name=f"{p}.axes", value_ints=axes),
+            make("Constant", [], [f"{p}.axes"], name=f"{p}.axes", value_ints=[1]),  # [D, 1, 4U]
             make("Unsqueeze", [s, f"{p}.axes"], [f"{p}.scale"], name=f"{p}.scale"),
             make("Mul", [f"{p}.cast", f"{p}.scale"], [f"{p}.mul"], name=f"{p}.mul"),
             make("Transpose", [f"{p}.mul"], [p], name=p, perm=[0, 2, 1]),  # back to [D, 4U, in]

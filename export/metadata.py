@@ -11,14 +11,13 @@ import onnx
 
 from keras_gates.atomic import write_bytes
 from keras_gates.labels import LABELS_KEY, Labels, labels_to_json
+from keras_gates.quantization import QUANTIZATION_KEY
 from keras_gates.signature import METADATA_KEY, Signature, TensorSpec
 from keras_gates.version import __version__
 
 from .cutting import Converted
 from .graph import functional_of
 from .validation_result import ValidationResult
-
-QUANTIZATION_KEY = "keras_gates.quantization"
 
 
 def build_signature(model: Any, converted: Converted, streaming: bool) -> Signature:

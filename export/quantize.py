@@ -5,10 +5,11 @@ the float initializers and returns the nodes that replace it with their 8-bit in
 ``None`` to leave the node as it is). The designs were measured (``benchmarks/quantize.py``,
 README "int8 export"), one thread, 100 steps:
 
-- ``LSTM`` (:mod:`.lstm_int8`) -> an ``If`` on the batch size: below ``FLOAT_FROM_BATCH`` rows
-  onnxruntime's ``DynamicQuantizeLSTM`` (W in 8 bits per gate row, R per direction, the input
-  and the hidden state quantized at run time; 2-3.5x faster at batch 1), from it the float32
-  ``LSTM`` on the same 8-bit weights (where the int8 kernel is slower than float32).
+- ``LSTM`` (:mod:`.lstm_int8`), from 64 units -> an ``If`` on the batch size: below a few rows
+  onnxruntime's ``DynamicQuantizeLSTM`` (W and R in 8 bits per gate row, the input and the
+  hidden state quantized at run time; 2-3.5x faster at batch 1), from there the float32
+  ``LSTM`` on the same 8-bit weights (where the int8 kernel is slower than float32); narrower,
+  the same ``LSTM`` node on folded 8-bit weights, as below for the GRU.
 - ``GRU`` (onnxruntime has no int8 GRU kernel), two designs by width:
   - from ``LOOP_MIN_UNITS`` (384) units, a ``Loop`` of int8 steps (:mod:`.gru_loop`): the input
     projection for all steps and ``h @ R`` each step through ``DynamicQuantizeMatMul``; 1.6x
@@ -24,15 +25,14 @@ README "int8 export"), one thread, 100 steps:
 - ``Conv`` (``Conv1D``), ``Gemm`` and ``Gather`` on a constant table (``Embedding``) -> the
   same node reading ``Cast * scale`` of an 8-bit initializer (folded at session start).
 
-Every weight gets one symmetric scale per output row (the LSTM's R: one per direction). The
-kernels that quantize activations at run time (``DynamicQuantizeLSTM``,
-``DynamicQuantizeMatMul``) multiply ``uint8`` activations by ``int8`` weights; on CPUs without
-VNNI (AVX2) they sum pairs of products in 16 bits, which saturate with full-range weights
-(measured: 6-15% of the output range off, what ``quantize_dynamic``'s defaults give). Their
-weights are ``int8`` in ``[-63, 63]`` (7 bits, like ``quantize_dynamic(reduce_range=True)``): as
-fast, 1% off. ``uint8`` weights (zero point 128) would not saturate either but take a 35% slower
-``uint8 x uint8`` kernel. The folded weights (GRU, Conv, Gemm, Gather) are ``int8`` in
-``[-127, 127]``.
+Every weight gets one symmetric scale per output row. The kernels that quantize activations at
+run time (``DynamicQuantizeLSTM``, ``DynamicQuantizeMatMul``) multiply ``uint8`` activations by
+``int8`` weights; on CPUs without VNNI (AVX2) they sum pairs of products in 16 bits, which
+saturate with full-range weights (measured: 6-15% of the output range off, what
+``quantize_dynamic``'s defaults give). Their weights are ``int8`` in ``[-63, 63]`` (7 bits, like
+``quantize_dynamic(reduce_range=True)``): as fast, 1% off. ``uint8`` weights (zero point 128)
+would not saturate either but take a 35% slower ``uint8 x uint8`` kernel. The folded weights
+(GRU, Conv, Gemm, Gather) are ``int8`` in ``[-127, 127]``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import ExportError
 from .gru_loop import LOOP_MIN_UNITS, int8_loop
 from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows
-from .lstm_int8 import FLOAT_FROM_BATCH, int8_lstm
+from .lstm_int8 import float_from_batch, int8_lstm
 
 MODES = ("int8",)
 DEFAULT_INT8_TOLERANCE = 0.02  # max abs error of the int8 file, relative to each output's range
@@ -61,7 +61,7 @@ class Replacement:
     nodes: list[onnx.NodeProto]
     initializers: list[onnx.TensorProto]
     kind: str  # how the node is quantized, for the metadata
-    float_from_batch: int | None = None  # it runs another branch from this batch size on
+    float_from_batch: int | None = None  # it runs float32 from this batch size on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Quantized:
     nodes: dict[str, str]  # node name -> how it was quantized
     float_bytes: int
     bytes: int
-    float_from_batch: int | None  # some nodes run float32 on the 8-bit weights from this batch
+    float_from_batch: int | None  # from this batch size every node runs float32 (8-bit weights)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -81,8 +81,7 @@ class Quantized:
             "nodes": self.nodes,
             "float32_bytes": self.float_bytes,
             "bytes": self.bytes,
-            "weights": "int8, one scale per output row (LSTM R: per direction); in [-63, 63] "
-            "for the int8 kernels",
+            "weights": "int8, one scale per output row; in [-63, 63] for the int8 kernels",
             "activations": "quantized at run time (DynamicQuantizeLSTM, DynamicQuantizeMatMul); "
             "other nodes compute in float32 from their 8-bit weights",
             "float_from_batch": self.float_from_batch,
@@ -162,7 +161,7 @@ def quantize(onnx_model: onnx.ModelProto, mode: str) -> Quantized:
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     size = model.ByteSize()
-    return Quantized(model, mode, kinds, onnx_model.ByteSize(), size, min(float_from, default=None))
+    return Quantized(model, mode, kinds, onnx_model.ByteSize(), size, max(float_from, default=None))
 
 
 def _folded(name: str, weight: np.ndarray, axis: int) -> tuple[str, Replacement]:
@@ -205,14 +204,18 @@ def _with_folded(
 
 @quantizes("LSTM")
 def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
-    """``DynamicQuantizeLSTM`` below ``FLOAT_FROM_BATCH`` rows, the float32 ``LSTM`` on the same
-    8-bit weights from there (:mod:`.lstm_int8`)."""
+    """From 64 units ``DynamicQuantizeLSTM`` below a few rows and the float32 ``LSTM`` on the
+    same 8-bit weights from there (:mod:`.lstm_int8`); narrower, the same ``LSTM`` node with W
+    ``[D, 4U, I]`` and R ``[D, 4U, U]`` 8-bit per gate row (the int8 kernel is slower there)."""
     w, r = (weights.get(node.input[i], ndim=3) for i in (1, 2))
     if w is None or r is None or any(a.name == "layout" and a.i for a in node.attribute):
         return None
-    nodes, inits = int8_lstm(node, w, r, node.name or node.output[0])
-    kind = f"DynamicQuantizeLSTM below batch {FLOAT_FROM_BATCH}, else LSTM on the 8-bit weights"
-    return Replacement(nodes, inits, kind, FLOAT_FROM_BATCH)
+    threshold = float_from_batch(r.shape[2])
+    if threshold == 1:
+        return _with_folded(node, weights, {1: 1, 2: 1}, "LSTM, 8-bit W and R")
+    nodes, inits = int8_lstm(node, w, r, node.name or node.output[0], threshold)
+    kind = f"DynamicQuantizeLSTM below batch {threshold}, else LSTM on the 8-bit weights"
+    return Replacement(nodes, inits, kind, threshold)
 
 
 @quantizes("GRU")

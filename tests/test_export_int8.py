@@ -18,15 +18,15 @@ from tritonclient.grpc import model_config_pb2
 
 from keras_gates import GatedGRU, GatedLSTM
 from keras_gates.export import ExportError, Predictor, ValidationError, to_onnx, write_triton_repo
+from keras_gates.export.lstm_int8 import float_from_batch
 from keras_gates.serving import ServerConfig, create_app
-from keras_gates.export.lstm_int8 import FLOAT_FROM_BATCH
 from tests.export_helpers import keras_row, padded, randomize
 from tests.reference import EXPORT_ATOL
 from tests.serving_models import ServerThread
 
-# int8 weights (one scale per gate row, 127 levels) and, for the LSTM and Dense, inputs
-# quantized per tensor at run time: measured 0.2-0.8% of the output range at 16 units over
-# <= 13 steps; the exporter's default bound is 2% of the range.
+# int8 weights (one scale per gate row) and, for the Dense head (and LSTMs from 64 units at small
+# batches), inputs quantized per tensor at run time: measured 0.2-0.8% of the output range at 16
+# units over <= 13 steps; the exporter's default bound is 2% of the range.
 INT8_RTOL = 0.02
 LAYERS = {"lstm": GatedLSTM, "gru": GatedGRU}
 LENGTHS = [13, 9, 4]
@@ -67,21 +67,15 @@ def test_int8_nodes_size_and_metadata(exported, kind):
     model, f32, i8, result, _ = exported[kind]
     counts = result.op_counts
     assert counts.get("DynamicQuantizeMatMul") == 1 and counts.get("MatMul", 0) == 0
-    if kind == "lstm":  # int8 below the batch threshold, float32 on the 8-bit weights from it
-        assert counts.get("If") == 1 and counts.get("LSTM", 0) == 0
-        (node,) = [n for n in onnx.load(str(i8)).graph.node if n.op_type == "If"]
-        branches = {a.name: [n.op_type for n in a.g.node] for a in node.attribute}
-        assert branches["then_branch"].count("DynamicQuantizeLSTM") == 1
-        assert branches["else_branch"].count("LSTM") == 1
-        assert result.quantization["float_from_batch"] == FLOAT_FROM_BATCH
-    else:  # the GRU node reads its W and R from 8-bit initializers
-        assert counts.get("GRU") == 1
-        graph = onnx.load(str(i8)).graph
-        (gru,) = [n for n in graph.node if n.op_type == "GRU"]
-        inits = {i.name: i for i in graph.initializer}
-        assert gru.input[1] not in inits and gru.input[2] not in inits
-        stored = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
-        assert {"gru.W.int8", "gru.R.int8"} <= stored
+    # 16 units: the int8 kernel would be slower, so the node reads W and R from 8-bit initializers
+    op = kind.upper()
+    assert counts.get(op) == 1 and result.quantization["float_from_batch"] is None
+    graph = onnx.load(str(i8)).graph
+    (node,) = [n for n in graph.node if n.op_type == op]
+    inits = {i.name: i for i in graph.initializer}
+    assert node.input[1] not in inits and node.input[2] not in inits
+    stored = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert {f"{kind}.W.int8", f"{kind}.R.int8"} <= stored
     # every weight matrix (W, R, the Dense kernel) is stored in 1 byte a value instead of 4
     floats, bytes_ = _weights(f32, onnx.TensorProto.FLOAT), _weights(i8, onnx.TensorProto.INT8)
     assert sorted(a.size for a in bytes_) == sorted(a.size for a in floats)
@@ -120,30 +114,36 @@ def test_int8_matches_keras_and_float32_on_full_and_padded_batches(exported, kin
 
 
 def test_int8_lstm_branches_by_batch_and_both_are_validated(tmp_path):
-    """Below ``FLOAT_FROM_BATCH`` rows ``DynamicQuantizeLSTM`` (its input quantized per batch, so
-    a row's answer moves with its batch mates), from it the float32 ``LSTM`` on the same 8-bit
-    weights (a row's answer does not move). Both within the bound of each padded row run alone
-    in Keras, with inf and nan in the padding."""
+    """From 64 units: below ``float_from_batch(units)`` rows ``DynamicQuantizeLSTM`` (its input
+    quantized per batch, so a row's answer moves with its batch mates), from there the float32
+    ``LSTM`` on the same 8-bit weights (a row's answer does not move). Both within the bound of
+    each padded row run alone in Keras, with inf and nan in the padding."""
     keras.utils.set_random_seed(6)
     x = keras.Input((None, 4), name="x")
-    model = randomize(keras.Model(x, GatedLSTM(16, name="lstm")(x)), seed=6)
+    model = keras.Model(x, GatedLSTM(128, name="lstm")(x))  # Keras initializers: not chaotic
     path = tmp_path / "lstm8.onnx"
     result = to_onnx(model, path, quantize="int8", print_fn=None)
-    assert {r.batch for r in result.validation.rows} >= {1, FLOAT_FROM_BATCH}
+    threshold = float_from_batch(128)
+    assert threshold == 4 and result.quantization["float_from_batch"] == threshold
+    assert {r.batch for r in result.validation.rows} >= {1, threshold}  # both branches
+    (node,) = [n for n in onnx.load(str(path)).graph.node if n.op_type == "If"]
+    branches = {a.name: [n.op_type for n in a.g.node] for a in node.attribute}
+    assert branches["then_branch"].count("DynamicQuantizeLSTM") == 1
+    assert branches["else_branch"].count("LSTM") == 1
     rng = np.random.default_rng(11)
     predictor = Predictor(path, device="cpu")
-    for batch in (FLOAT_FROM_BATCH - 1, FLOAT_FROM_BATCH):
-        lengths = np.array([13 - (r % 11) for r in range(batch)], np.int32)
+    for batch in (threshold - 1, threshold):
+        lengths = np.array([13 - 3 * r for r in range(batch)], np.int32)
         x = padded(rng, batch, 13, 4, lengths)
-        for r, n in enumerate(lengths[:4]):
-            x[r, n:] = [np.inf, -np.inf, np.nan, 1e30][r]
+        for r, n in enumerate(lengths[1:], 1):
+            x[r, n:] = [np.inf, -np.inf, np.nan][r - 1]
         want = np.concatenate([keras_row(model, x[r : r + 1, :n]) for r, n in enumerate(lengths)])
         (got,) = predictor.predict(x, lengths=lengths).values()
         np.testing.assert_allclose(got, want, atol=INT8_RTOL * float(np.ptp(want)), rtol=0)
         mates = x.copy()  # the same rows after the first, whose values grow 8x
         mates[0, : lengths[0]] *= 8
         (moved,) = predictor.predict(mates, lengths=lengths).values()
-        if batch < FLOAT_FROM_BATCH:
+        if batch < threshold:
             assert np.abs(moved[1:] - got[1:]).max() > 0  # quantized with its batch mates
         else:
             np.testing.assert_array_equal(moved[1:], got[1:])  # float32: each row alone

@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_gates import gates as gate_orders
 from keras_gates.export.activations import KERAS_TO_ONNX
+from keras_gates.quantization import quantization_mode
 
 from .layers import bidirectional, gated_layer, rows_to_gates
 
@@ -130,15 +131,16 @@ def from_onnx(path: str | os.PathLike) -> dict[str, keras.layers.Layer]:
 
 def model_layers(model: Any, path: str | os.PathLike) -> dict[str, keras.layers.Layer]:
     """:func:`from_onnx` of a loaded ``onnx.ModelProto`` (``path`` names it in errors)."""
+    quantized = "DynamicQuantizeLSTM" in _op_types(model.graph)  # ours, or quantize_dynamic's
+    if quantized or quantization_mode(model) is not None:
+        raise OnnxImportError(
+            f"'{path}' is an int8 export: its recurrent layers run on 8-bit weights "
+            "(DynamicQuantizeLSTM, an int8 Loop, weights computed from 8-bit constants), which "
+            "are not read gate by gate. Inspect the float32 export or the .keras model instead."
+        )
     nodes = recurrent_nodes(model)
     if not nodes:
         found = sorted({node.op_type for node in model.graph.node})
-        if any(op.startswith("DynamicQuantize") for op in _op_types(model.graph)):
-            raise OnnxImportError(
-                f"'{path}' is an int8 export: its recurrent layers run on 8-bit weights "
-                "(DynamicQuantizeLSTM, an int8 Loop), which are not read gate by gate. Inspect "
-                "the float32 export or the .keras model instead."
-            )
         raise OnnxImportError(
             f"'{path}' has no LSTM or GRU node (its operators: {', '.join(found) or 'none'}). A "
             "recurrent layer exported as a Loop or Scan cannot be read gate by gate; export it "
