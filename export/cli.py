@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--atol", type=float, default=1e-5, help="max abs error allowed by validation (1e-5)"
     )
     parser.add_argument(
+        "--samples",
+        metavar="FILE",
+        help="validate on these inputs instead of random ones: a .npy batch (one input) or a "
+        ".npz with one batch per input name (numpy.savez); real data matters most with "
+        "--quantize int8, whose error depends on the values it sees",
+    )
+    parser.add_argument(
         "--quantize",
         choices=("int8",),
         default=None,
@@ -84,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.atol <= 0:
         raise ValueError(f"Received an invalid value for --atol, expected > 0, got {args.atol}.")
     labels = _labels(args.labels)  # before the export: a missing file fails fast
+    samples = None if args.samples is None else [_samples(args.samples)]
     result = to_onnx(
         args.model,
         output,
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         streaming=True if args.streaming else None,
         validate=not args.no_validate,
         atol=args.atol,
+        samples=samples,
         labels=labels,
         quantize=args.quantize,
         int8_tolerance=args.int8_tolerance,
@@ -109,6 +118,26 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote Triton model {folder} (version {args.version}, {args.triton_backend})")
     return 0
+
+
+def _samples(path: str):
+    """The ``--samples`` file: an array (.npy) or ``{input name: array}`` (.npz)."""
+    import numpy as np
+
+    from keras_gates.cli import require_file
+
+    require_file(path, "--samples", "save a batch with numpy.save, or numpy.savez by input name")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"--samples '{path}' is neither a .npy array nor a .npz archive ({err}); save a batch "
+            "with numpy.save, or one per input name with numpy.savez."
+        ) from err
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        return {name: loaded[name] for name in loaded.files}
 
 
 def _names(specs) -> str:

@@ -35,7 +35,7 @@ from . import cutting, metadata, splice
 from . import quantize as quantization
 from . import validate as validation
 from .errors import ExportError
-from .samples import validation_samples, with_batch
+from .samples import around_batch, validation_samples
 from .validation_result import ValidationResult, refusal_lines
 
 DEFAULT_OPSET = 17
@@ -92,7 +92,9 @@ def to_onnx(
         validate: Compare onnxruntime with Keras before writing; fail beyond ``atol``.
         atol: Max abs error allowed per output (float32 default 1e-5).
         samples: Inputs to validate on instead of random ones: a list of samples, each an array
-            (single-input models) or a list of arrays (one per model input).
+            (single-input models), a list of arrays (one per model input) or a dict of arrays
+            by input name. Real data matters most for ``quantize="int8"``: its error depends on
+            the values it sees.
         print_fn: Where the validation table goes (``None`` for silence).
         labels: Class names for the classification extension of ``keras-gates serve`` and
             Triton: a list (label ``i`` names class ``i`` of the model's one output) or a dict
@@ -124,7 +126,7 @@ def to_onnx(
     if validate:
         inputs = validation_samples(model, converted, samples)
         if quantized is not None and quantized.float_from_batch is not None:
-            inputs = with_batch(model, inputs, quantized.float_from_batch)  # both int8 branches
+            inputs = around_batch(model, inputs, quantized.float_from_batch)  # both int8 branches
         result = validation.run(model, onnx_model.SerializeToString(), signature, inputs, atol)
         if quantized is not None:
             int8_bytes = quantized.model.SerializeToString()

@@ -6,7 +6,7 @@ distribution, token ids from 1 so that ``Embedding(mask_zero=True)`` masks nothi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from keras_gates.signature import Signature
 from keras_gates.stateful import states_preserved
 
 from .cutting import Converted
+from .errors import ExportError
 
 PADDED_LENGTHS = (13, 12, 9, 8)  # odd and even, every remainder mod 3, never the whole row
 VALIDATION_BATCHES = (1, 3)
@@ -54,8 +55,7 @@ def validation_samples(
     stateful model its fixed batch size.
     """
     if samples is not None:
-        as_lists = [s if isinstance(s, (list, tuple)) else [s] for s in samples]
-        return [[np.asarray(a) for a in sample] for sample in as_lists]
+        return [_user_sample(converted, i, sample) for i, sample in enumerate(samples)]
     io = converted.io
     batch = next((int(t.shape[0]) for t in model.inputs if t.shape[0] is not None), None)
     batches = (batch,) if batch else VALIDATION_BATCHES
@@ -73,15 +73,49 @@ def validation_samples(
     return result
 
 
-def with_batch(model: Any, samples: list[list[np.ndarray]], batch: int) -> list[list[np.ndarray]]:
-    """``samples`` and, unless one has ``batch`` rows or more (or the model's batch is fixed),
-    the last one with its rows repeated up to ``batch`` rows: the int8 LSTM takes another
-    branch from there (:mod:`.lstm_int8`)."""
-    fixed = any(t.shape[0] is not None for t in model.inputs)
-    if fixed or not samples or max(s[0].shape[0] for s in samples) >= batch:
+def _user_sample(converted: Converted, index: int, sample: Any) -> list[np.ndarray]:
+    """One user sample (an array, a list of arrays or ``{input name: array}``) as a list of
+    arrays in the model's input order, its shapes checked against the inputs'."""
+    specs = [(name, spec) for name, spec, _ in converted.io.data_inputs]
+    names = [name for name, _ in specs]
+    if isinstance(sample, Mapping):
+        if set(sample) != set(names):
+            raise ExportError(
+                f"samples[{index}] names the inputs {sorted(sample)}, expected exactly the "
+                f"model's inputs {names}."
+            )
+        sample = [sample[name] for name in names]
+    arrays = [np.asarray(a) for a in (sample if isinstance(sample, (list, tuple)) else [sample])]
+    if len(arrays) != len(specs):
+        raise ExportError(
+            f"samples[{index}] has {len(arrays)} arrays, expected {len(specs)}: one per model "
+            f"input {names} (a list in that order, or a dict by name)."
+        )
+    for (name, spec), array in zip(specs, arrays):
+        want = [None, *spec.shape[1:]]
+        if array.ndim != len(want) or any(w not in (None, g) for w, g in zip(want, array.shape)):
+            shape = ", ".join("any" if w is None else str(w) for w in want[1:])
+            raise ExportError(
+                f"samples[{index}] for input {name!r} has shape {array.shape}, expected "
+                f"(batch, {shape})."
+            )
+    return arrays
+
+
+def around_batch(model: Any, samples: list[list[np.ndarray]], batch: int) -> list[list[np.ndarray]]:
+    """``samples`` with, where none has, one of fewer than ``batch`` rows (the first sample's
+    first row) and one of ``batch`` rows or more (the last sample's rows repeated): the int8
+    LSTM changes branch at ``batch`` (:mod:`.lstm_int8`). A fixed batch size stays as it is."""
+    if any(t.shape[0] is not None for t in model.inputs) or not samples:
         return samples
-    last = samples[-1]
-    return [*samples, [np.take(a, np.arange(batch) % a.shape[0], axis=0) for a in last]]
+    sizes = [s[0].shape[0] for s in samples]
+    below = [] if min(sizes) < batch else [[a[:1] for a in samples[0]]]
+    above = [] if max(sizes) >= batch else [[_rows(a, batch) for a in samples[-1]]]
+    return [*below, *samples, *above]
+
+
+def _rows(array: np.ndarray, count: int) -> np.ndarray:
+    return np.take(array, np.arange(count) % array.shape[0], axis=0)
 
 
 def _input_steps(converted: Converted, name: str, time: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,12 @@ COMMANDS = (
     ("export", "keras_gates.export.cli", "export a Keras model to ONNX with native LSTM/GRU nodes"),
     ("serve", "keras_gates.serving.cli", "serve ONNX models over the Open Inference Protocol (v2)"),
 )
+
+
+def require_file(path: str, argument: str, fix: str) -> None:
+    """A clear error when the file a subcommand's ``argument`` names is not there."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{argument} '{path}' does not exist or is not a file: {fix}.")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -97,8 +97,11 @@ def test_load_model_finds_the_layers_on_every_import_route(route, saved):
 
 
 def test_export_command(saved, tmp_path):
-    out = as_users_run("export", str(saved / "model.keras"), "-o", str(tmp_path / "m.onnx"))
+    model, samples = str(saved / "model.keras"), str(saved / "samples.npy")
+    out = as_users_run("export", model, "-o", str(tmp_path / "m.onnx"), "--samples", samples)
     assert "max_abs_error" in out.stdout and "wrote" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if " full " in line]
+    assert [r[2:4] for r in rows] == [["4", "9"]]  # validated on the 4 x 9 samples given
     got = _onnx_run(tmp_path / "m.onnx", np.load(saved / "samples.npy"))
     np.testing.assert_allclose(got, np.load(saved / "model_out.npy"), atol=FP32_ATOL)
 
@@ -110,6 +113,8 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
 
     repo = tmp_path / "not" / "yet" / "there"
     (tmp_path / "classes.txt").write_text("low\nhigh\n")  # y's two classes
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, x=np.load(saved / "samples.npy"))
     done = run(
         KERAS_GATES,
         "export",
@@ -125,6 +130,10 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
         str(tmp_path / "classes.txt"),
         "--quantize",  # the int8 flag rides along: one process, an int8 streaming repository
         "int8",
+        "--samples",  # real inputs by input name: y spans only 0.05 on them, so the int8
+        str(npz),  # error (1e-3) is 2.1% of that range: the bound is raised as the error says
+        "--int8-tolerance",
+        "0.05",
     )
     config = text_format.Parse(
         (repo / "seq" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
@@ -139,7 +148,9 @@ def test_export_command_writes_a_triton_repository_into_a_new_folder(saved, tmp_
     assert {t.name: t.label_filename for t in config.output}["y"] == "labels.txt"
     assert (repo / "seq" / "labels.txt").read_text() == "low\nhigh\n"
     assert "int8_error" in done.stdout and "quantized int8" in done.stdout
-    assert "DynamicQuantizeLSTM" in done.stdout
+    assert "LSTM, 8-bit W and R" in done.stdout  # 6 units: the int8 kernel would be slower
+    rows = [line.split() for line in done.stdout.splitlines() if " full " in line]
+    assert {(r[2], r[3]) for r in rows} == {("4", "9")}  # the samples given
     written = onnx.load(str(repo / "seq" / "1" / "model.onnx"))
     meta = {p.key: p.value for p in written.metadata_props}
     assert json.loads(meta["keras_gates.quantization"])["mode"] == "int8"

@@ -252,3 +252,31 @@ def test_int8_lstm_file_is_refused_by_from_onnx_with_what_to_inspect(exported):
 
     with pytest.raises(OnnxImportError, match="is an int8 export.*float32 export or the .keras"):
         from_onnx(exported["lstm"][2])
+
+
+def test_user_samples_by_name_and_wrong_ones_are_refused_naming_the_input(exported, tmp_path):
+    model = exported["gru"][0]
+    x = np.random.default_rng(4).normal(size=(2, 7, 4)).astype(np.float32)
+    result = to_onnx(model, tmp_path / "ok.onnx", samples=[{"x": x}], print_fn=None)
+    assert [(r.batch, r.time) for r in result.validation.rows if not r.padded] == [(2, 7)]
+    wrong = [
+        ([{"y": x}], r"names the inputs \['y'\], expected exactly the model's inputs \['x'\]"),
+        ([x[:, :, :3]], r"input 'x' has shape \(2, 7, 3\), expected \(batch, any, 4\)"),
+        ([x[0]], r"input 'x' has shape \(7, 4\), expected \(batch, any, 4\)"),
+        ([[x, x]], r"has 2 arrays, expected 1: one per model input \['x'\]"),
+    ]
+    for samples, message in wrong:
+        with pytest.raises(ExportError, match=message):
+            to_onnx(model, tmp_path / "bad.onnx", samples=samples, print_fn=None)
+        assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_int8_validation_runs_both_lstm_branches_on_user_samples(tmp_path):
+    """A user batch of 8 rows (all float32 branch at 128 units) gets a 1-row sample too."""
+    keras.utils.set_random_seed(7)
+    x = keras.Input((None, 4), name="x")
+    model = keras.Model(x, GatedLSTM(128, name="lstm")(x))
+    batch = np.random.default_rng(5).normal(size=(8, 6, 4)).astype(np.float32)
+    result = to_onnx(model, tmp_path / "l.onnx", quantize="int8", samples=[batch], print_fn=None)
+    full = sorted((r.batch, r.time) for r in result.validation.rows if not r.padded)
+    assert full == [(1, 6), (8, 6)] and float_from_batch(128) == 4

@@ -13,8 +13,8 @@ imports (Keras, TensorFlow, matplotlib) happen in :func:`run`.
 from __future__ import annotations
 
 import argparse
-import os
 
+from keras_gates.cli import require_file
 from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 from keras_gates.saving import load_model
 
@@ -88,11 +88,6 @@ def add_mask_value(parser: argparse.ArgumentParser) -> None:
         metavar="V",
         help="input steps equal to V in every feature are padding and not counted",
     )
-
-
-def require_file(path: str, argument: str, fix: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{argument} '{path}' does not exist or is not a file: {fix}.")
 
 
 def load_samples(path: str, max_samples: int):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from keras_gates.inspect.cli import add_mask_value, require_file
+from keras_gates.cli import require_file
+from keras_gates.inspect.cli import add_mask_value
 from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 
 DEFAULT_PORT = 8050
