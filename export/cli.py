@@ -122,22 +122,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _samples(path: str):
     """The ``--samples`` file: an array (.npy) or ``{input name: array}`` (.npz)."""
-    import numpy as np
+    from keras_gates.cli import read_numpy
 
-    from keras_gates.cli import require_file
-
-    require_file(path, "--samples", "save a batch with numpy.save, or numpy.savez by input name")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"--samples '{path}' is neither a .npy array nor a .npz archive ({err}); save a batch "
-            "with numpy.save, or one per input name with numpy.savez."
-        ) from err
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        return {name: loaded[name] for name in loaded.files}
+    return read_numpy(
+        path, "--samples", "save a batch with numpy.save, or one per input name with numpy.savez"
+    )
 
 
 def _names(specs) -> str:

@@ -33,6 +33,24 @@ def require_file(path: str, argument: str, fix: str) -> None:
         raise FileNotFoundError(f"{argument} '{path}' does not exist or is not a file: {fix}.")
 
 
+def read_numpy(path: str, argument: str, fix: str):
+    """The array (``.npy``) or ``{name: array}`` (``.npz``) in the file ``argument`` names, pickles
+    refused; a clear error ending in ``fix`` when it is missing or not numpy's."""
+    import numpy as np
+
+    require_file(path, argument, fix)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except (OSError, ValueError) as err:  # not numpy's, or object arrays (pickles)
+        raise ValueError(
+            f"{argument} '{path}' is not a readable .npy/.npz file ({err}); {fix}."
+        ) from err
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (so ``serve`` never loads TensorFlow)."""
     parser = argparse.ArgumentParser(

@@ -126,6 +126,8 @@ class Batcher:
         self._active = 0  # requests between arrival and response; under _cond (see tracking)
         self._idle = False  # the worker waits for a first request
         self._forming = 0  # requests in the batch the worker is waiting to fill (0: not waiting)
+        self._running = False  # the model runs a batch whose answers are not yet handed back
+        self._busy = False  # a request arrived while _running: the model is in demand
         self._last_arrival = clock()  # when the newest request was queued; under _cond
         self._gap = max_queue_delay_s  # running mean of the gaps between arrivals; under _cond
         self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
@@ -182,6 +184,7 @@ class Batcher:
             self._gap += self.GAP_WEIGHT * (gap - self._gap)
             self._last_arrival = work.enqueued = now
             self._queue.append(work)
+            self._busy = self._busy or self._running
             if self._idle or (self._forming and self._ready(self._forming + len(self._queue))):
                 self._cond.notify()  # wake the worker only when it has something to do
         return work.future
@@ -204,7 +207,7 @@ class Batcher:
     def _next_batch(self) -> list[Work] | None:
         limit = self.layout.max_batch_size
         with self._cond:
-            busy = bool(self._queue)  # requests arrived while the model ran the previous batch
+            busy, self._busy = self._busy, False  # requests arrived while the model ran
             while not self._queue:
                 if self._closed:
                     return None
@@ -224,6 +227,7 @@ class Batcher:
                 self._forming = len(batch)
                 self._cond.wait(wait)
                 self._forming = 0
+            self._running = True
         return batch
 
     def _wait_s(self, first: Work, gathered: int, free_since: float | None) -> float:
@@ -282,6 +286,8 @@ class Batcher:
                 return
             results = [err]
         compute = self._clock() - start
+        with self._cond:  # before the answers: a request they prompt did not arrive while it ran
+            self._running = False
         batch[0].loop.call_soon_threadsafe(self._deliver, batch, results, compute)
 
     def _assemble(self, batch: list[Work]) -> Feeds:

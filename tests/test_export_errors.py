@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -151,3 +153,29 @@ def test_fixed_time_retry_is_used_when_the_dynamic_trace_fails(tmp_path, monkeyp
     monkeypatch.setattr(cutting, "convert_traced", trace)
     result = to_onnx(_small(), tmp_path / "x.onnx", print_fn=None)
     assert calls == [True, False] and result.validation.passed
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.npy", None, "--samples .*missing.npy' does not exist"),
+        ("text.npy", b"not numpy", "--samples .*text.npy' is not a readable .npy/.npz file"),
+        ("pickled.npy", "object", "--samples .*pickled.npy' is not a readable .npy/.npz file"),
+        ("wrong.npy", "rank", r"samples\[0\] for input .* has shape \(2, 3\), expected \(batch,"),
+    ],
+)
+def test_bad_samples_file_is_refused_before_anything_is_written(
+    tmp_path, capsys, name, content, message
+):
+    source = tmp_path / "m.keras"
+    _small().save(source)
+    path = tmp_path / name
+    if content == "object":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif content == "rank":
+        np.save(path, np.zeros((2, 3), np.float32))
+    elif content is not None:
+        path.write_bytes(content)
+    assert _cli(source, "-o", tmp_path / "out.onnx", "--samples", path) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out.onnx").exists()

@@ -119,7 +119,7 @@ def test_cli_bad_input_exits_non_zero_with_a_message(files, capsys, model, sampl
         ("short.npz", r"shape \(3, 4\) for concept 'in_word': expected \(3, 5\), one label per"),
         ("strings.npz", "dtype <U1 for concept 'odd': expected bool or 0/1"),
         ("labels.npy", "single .npy array, not a .npz archive"),
-        ("labels.txt", r"labels\.txt' is not a \.npz archive"),
+        ("labels.txt", r"labels\.txt' is not a readable \.npy/\.npz file"),
         ("missing.npz", "does not exist"),
     ],
 )

@@ -356,6 +356,36 @@ def test_idle_model_runs_a_lone_request_at_once():
     assert [float(a["y"][0, 0]) for a in answers] == [2.0, 4.0, 6.0]
 
 
+def test_lone_client_whose_next_request_beats_the_worker_back_does_not_wait(monkeypatch):
+    """The interleaving a loaded machine makes: the answer reaches the client, whose next request
+    is queued before the worker thread comes back for it. That request did not arrive while the
+    model ran, so it runs at once instead of waiting (here forever) for company."""
+    batcher, calls, _, release, _ = held_batcher(max_batch_size=8, delay_s=1e6)
+    release.set()
+    back, took = threading.Event(), batcher._next_batch
+
+    def next_batch():
+        assert back.wait(30), "the worker was never let back"
+        return took()
+
+    monkeypatch.setattr(batcher, "_next_batch", next_batch)  # from the worker's next pass on
+
+    async def scenario():
+        answers = [await asyncio.wait_for(batcher.submit(one_row(1), 1, None), 30)]
+        following = batcher.submit(one_row(2), 1, None)  # queued; the worker is held
+        back.set()
+        answers.append(await asyncio.wait_for(following, 30))
+        return answers
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        back.set()
+        batcher.close()
+    assert calls == [[1.0], [2.0]]
+    assert [float(a["y"][0, 0]) for a in answers] == [2.0, 4.0]
+
+
 def test_busy_model_waits_at_most_the_queue_delay():
     """A busy model's batch runs with what it has once max_queue_delay has passed since the model
     became free; a request of another shape arriving then gets its own call."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_gates.cli import require_file
+from keras_gates.cli import read_numpy
 from keras_gates.native_logs import add_verbose_flag, quiet_native_logs
 from keras_gates.saving import load_model
 
@@ -94,13 +94,7 @@ def load_samples(path: str, max_samples: int):
     """Load a .npy input batch, keeping the first ``max_samples`` samples."""
     import numpy as np
 
-    require_file(path, "--input", "pass an array saved with numpy.save(path, x)")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"--input '{path}' is not a .npy array ({err}); save the batch with numpy.save."
-        ) from err
+    x = read_numpy(path, "--input", "save the batch with numpy.save(path, x)")
     if not isinstance(x, np.ndarray) or x.ndim < 2:
         raise ValueError(
             f"--input '{path}' must hold one array of shape (batch, time, ...), got "
@@ -118,21 +112,10 @@ def load_labels(path: str, input_path: str, max_samples: int) -> dict:
 
     from keras_gates.inspect.probes import check_labels
 
-    require_file(path, "--labels", "pass concept arrays saved with numpy.savez(path, name=array)")
     fix = "save one (batch, time) array per concept with numpy.savez(path, name=array)"
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--labels '{path}' is not a .npz archive ({err}); {fix}.") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
+    labels = read_numpy(path, "--labels", fix)
+    if isinstance(labels, np.ndarray):
         raise ValueError(f"--labels '{path}' is a single .npy array, not a .npz archive; {fix}.")
-    with archive:
-        try:
-            labels = {name: archive[name] for name in archive.files}
-        except ValueError as err:  # object arrays need pickle, which is refused
-            raise ValueError(
-                f"--labels '{path}' holds an unreadable array ({err}); {fix}."
-            ) from err
     shape = np.load(input_path, mmap_mode="r", allow_pickle=False).shape[:2]
     try:
         labels = check_labels(labels, shape)
