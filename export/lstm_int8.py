@@ -33,8 +33,8 @@ from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, zero_padding
 
 # Where DynamicQuantizeLSTM beats the float32 LSTM (benchmarks/quantize.py --crossover; one
 # thread, AVX2 without VNNI, 100 steps): below about units / 32 rows, never from 5 rows on
-# (1.9x at batch 1 and 0.98x at batch 4 for 128 units; 3.5x and 1.0x at batch 1 and 5 for 512),
-# and at no batch below 64 units (0.69x at batch 1 for 32 units).
+# (128 units: 1.92x at batch 1, 1.02x at 4, 0.97x at 5; 512 units: 3.35x at 1, 1.00x at 5), and
+# at no batch below 64 units (0.72x at batch 1 for 32 units). README "int8 export" has the table.
 UNITS_PER_INT8_ROW = 32
 MAX_FLOAT_FROM_BATCH = 5
 
