@@ -135,6 +135,9 @@ def keras_models(tmp_path_factory):
     # a token model in int8 (Keras' initializers): at 96 units its LSTM runs DynamicQuantizeLSTM
     # below 3 rows and float32 on its 8-bit weights from there; an 8-bit Embedding, and
     # DynamicQuantizeMatMul for the Dense
+    import keras
+
+    keras.utils.set_random_seed(96)  # the same weights on every run
     wide = token_model(units=96)
     to_onnx(wide, root / "tokens_int8.onnx", quantize="int8", print_fn=None)
     out["tokens_int8"] = (wide, root / "tokens_int8.onnx")
