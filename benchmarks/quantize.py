@@ -12,11 +12,12 @@ as one batch (batch 64), relative to the range of Keras' outputs. Then the sunsp
 reported for Keras, float32 and int8.
 
     .venv/bin/python benchmarks/quantize.py [--rounds 11] [--epochs 40] [--out DIR]
-    .venv/bin/python benchmarks/quantize.py --crossover [--units 64,128] [--batches 1,2,4]
+    .venv/bin/python benchmarks/quantize.py --crossover [--kind GRU] [--units 64,128] [--batches 1,2]
 
-``--crossover`` measures where the int8 LSTM's ``DynamicQuantizeLSTM`` stops beating the float32
-``LSTM`` (``export/lstm_int8.py``: ``float_from_batch``), by units and batch (``--units``,
-``--batches``: comma-separated lists).
+``--crossover`` measures where the int8 design stops beating float32, by units and batch
+(``--units``, ``--batches``: comma-separated lists): ``DynamicQuantizeLSTM`` against the
+``LSTM`` (``--kind LSTM``, ``export/lstm_int8.py``) or the ``Loop`` of int8 steps against the
+``GRU`` (``--kind GRU``, ``export/gru_loop.py``); each export switches to float32 where it loses.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ BATCHES = (1, 64)
 LAYERS = {"LSTM": GatedLSTM, "GRU": GatedGRU}
 UNITS = (128, 512)
 VARIANTS = ("float32", "int8", "quantize_dynamic")
-CROSSOVER_UNITS = "32,48,64,96,128,256,512"
+CROSSOVER_UNITS = {"LSTM": "32,48,64,96,128,256,512", "GRU": "256,384,512,768,1024"}
 CROSSOVER_BATCHES = "1,2,3,4,5,6,8,16,64"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -142,15 +143,17 @@ def measure(rounds: int, folder: Path) -> list[dict]:
     return rows
 
 
-def crossover(rounds: int, folder: Path, widths: list[int], batches: list[int]) -> str:
-    """float32 time / ``DynamicQuantizeLSTM`` time by units and batch (> 1: int8 faster)."""
+def crossover(
+    rounds: int, folder: Path, kind: str, widths: list[int], batches: list[int]
+) -> str:
+    """float32 time / int8 design time by units and batch (> 1: int8 faster)."""
     lines = []
     lines.append("| units | " + " | ".join(f"batch {b}" for b in batches) + " |")
     lines.append("|---:|" + "---:|" * len(batches))
     for units in widths:
         paths = {v: folder / f"cross{units}_{v}.onnx" for v in ("float32", "int8")}
-        to_onnx(build("LSTM", units), paths["float32"], print_fn=None)
-        onnx.save(int8_branch_only(onnx.load(paths["float32"])), paths["int8"])
+        to_onnx(build(kind, units), paths["float32"], print_fn=None)
+        onnx.save(int8_branch_only(onnx.load(paths["float32"]), kind), paths["int8"])
         sessions = {v: session(p) for v, p in paths.items()}
         rng, ratios = np.random.default_rng(3), []
         for batch in batches:
@@ -165,23 +168,28 @@ def crossover(rounds: int, folder: Path, widths: list[int], batches: list[int]) 
                     times[v].append(time.perf_counter() - start)
             ratios.append(statistics.median(times["float32"]) / statistics.median(times["int8"]))
         lines.append(f"| {units} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
-        print(f"measured LSTM({units})", file=sys.stderr, flush=True)
+        print(f"measured {kind}({units})", file=sys.stderr, flush=True)
     return "\n".join(lines)
 
 
-def int8_branch_only(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with its ``LSTM`` node replaced by the int8 export's design whose
-    ``DynamicQuantizeLSTM`` branch runs at every batch (whatever the width)."""
+def int8_branch_only(model: onnx.ModelProto, kind: str) -> onnx.ModelProto:
+    """``model`` with its ``LSTM``/``GRU`` node replaced by the int8 export's design whose int8
+    branch (``DynamicQuantizeLSTM``, the ``Loop`` of int8 steps) runs at every batch, whatever
+    the width."""
     from onnx import helper, numpy_helper
 
+    from keras_gates.export.gru_loop import int8_gru
     from keras_gates.export.lstm_int8 import int8_lstm
 
     graph = model.graph
     stored = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    (index,) = [i for i, n in enumerate(graph.node) if n.op_type == "LSTM"]
+    (index,) = [i for i, n in enumerate(graph.node) if n.op_type == kind]
     node = graph.node[index]
-    w, r = stored[node.input[1]], stored[node.input[2]]
-    nodes, inits = int8_lstm(node, w, r, node.name or "lstm", threshold=1 << 30)
+    w, r, name, always = stored[node.input[1]], stored[node.input[2]], node.name or kind, 1 << 30
+    if kind == "LSTM":
+        nodes, inits = int8_lstm(node, w, r, name, threshold=always)
+    else:
+        nodes, inits = int8_gru(node, w, r, stored.get(node.input[3]), name, threshold=always)
     kept = [*graph.node[:index], *nodes, *graph.node[index + 1 :]]
     del graph.node[:]
     graph.node.extend(kept)
@@ -265,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crossover", action="store_true", help="int8 vs float32 LSTM speed by batch and units"
     )
-    parser.add_argument("--units", default=CROSSOVER_UNITS, help="--crossover: layer widths")
+    parser.add_argument("--kind", choices=("LSTM", "GRU"), default="LSTM", help="--crossover")
+    parser.add_argument("--units", default=None, help="--crossover: layer widths (comma-separated)")
     parser.add_argument("--batches", default=CROSSOVER_BATCHES, help="--crossover: batch sizes")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
@@ -273,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         if args.crossover:
-            print(f"float32 / DynamicQuantizeLSTM time, one thread, {STEPS} steps")
-            widths, batches = ([int(v) for v in a.split(",")] for a in (args.units, args.batches))
-            print(crossover(args.rounds, folder, widths, batches))
+            units = args.units or CROSSOVER_UNITS[args.kind]
+            widths, batches = ([int(v) for v in a.split(",")] for a in (units, args.batches))
+            design = {"LSTM": "DynamicQuantizeLSTM", "GRU": "the Loop of int8 GRU steps"}
+            print(f"float32 / {design[args.kind]} time, one thread, {STEPS} steps")
+            print(crossover(args.rounds, folder, args.kind, widths, batches))
             print(f"({time.perf_counter() - start:.0f} s)")
             return 0
         rows = measure(args.rounds, folder)

@@ -12,7 +12,9 @@ becomes (measured with ``benchmarks/quantize.py``):
         h = where(t < length, n + z * (h - n), h);  Y[t] = where(t < length, h, 0)
 
 which is ONNX's ``GRU`` with ``linear_before_reset=1`` (Keras ``reset_after=True``) and the
-default activations, one direction forward. Other nodes keep the folded ``GRU``.
+default activations, one direction forward. Other nodes keep the folded ``GRU``. As for the
+LSTM, an ``If`` runs the ``Loop`` below :func:`float_from_batch` rows and the float32 ``GRU`` on
+the same 8-bit weights from there, where the ``Loop`` would be slower.
 """
 
 from __future__ import annotations
@@ -21,9 +23,23 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, zero_padding
+from .int8_ops import (
+    DYNAMIC_LEVELS,
+    MS_DOMAIN,
+    batch_switch,
+    branch,
+    branch_outputs,
+    float_weight,
+    quantize_rows,
+    zero_padding,
+)
 
 LOOP_MIN_UNITS = 384  # measured: the Loop is slower at batch 1 up to ~320 units
+# The Loop beats the float32 GRU below about units / 128 - 1 rows (benchmarks/quantize.py
+# --crossover --kind GRU; one thread, AVX2 without VNNI): 384 units 1.24x at batch 1, 1.04x at
+# 2, 1.00x at 3; 512 units 1.28x at 2, 1.06x at 3, 0.99x at 4; 768 units 1.09x at 4, 0.93x at
+# 5. From there the float32 GRU on the same 8-bit weights runs (0.99-1.00x at batch 4 to 64).
+UNITS_PER_INT8_ROW = 128
 _DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh"]
 
 
@@ -42,13 +58,95 @@ def eligible(node: onnx.NodeProto, w: np.ndarray) -> bool:
     )
 
 
-def int8_loop(
-    node: onnx.NodeProto, w: np.ndarray, r: np.ndarray, b: np.ndarray | None, name: str
+def float_from_batch(units: int) -> int:
+    """The batch size from which the float32 ``GRU`` is the faster one at ``units``."""
+    return max(1, units // UNITS_PER_INT8_ROW - 1)
+
+
+def int8_gru(
+    node: onnx.NodeProto,
+    w: np.ndarray,
+    r: np.ndarray,
+    b: np.ndarray | None,
+    name: str,
+    threshold: int,
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None:
-    """The nodes and initializers replacing ``node``, or ``None`` when it is not
-    :func:`eligible`."""
+    """``If`` the batch has fewer than ``threshold`` rows the ``Loop`` of int8 steps, else the
+    float32 ``GRU`` on the same 8-bit weights; ``None`` when ``node`` is not :func:`eligible`."""
     if not eligible(node, w):
         return None
+    outputs = list(node.output)
+    looped = onnx.NodeProto()
+    looped.CopyFrom(node)
+    del looped.output[:]
+    looped.output.extend(branch_outputs(outputs, "int8"))
+    nodes, inits = int8_loop(looped, w, r, b, name)
+    stored = {i.name: i for i in inits}
+    nodes = _branch_local([stored[f"{name}.{k}.int8"] for k in ("W", "R")], nodes)
+    small = branch(f"{name}.int8", nodes, list(looped.output))
+    large = _float_branch(node, outputs, name)
+    switch, limit = batch_switch(name, node.input[0], outputs, threshold, small, large)
+    return switch, [*inits, limit]
+
+
+def _branch_local(
+    weights: list[onnx.TensorProto], nodes: list[onnx.NodeProto]
+) -> list[onnx.NodeProto]:
+    """``nodes`` reading ``<weight>.local``, a ``Reshape`` of each weight to its own shape that
+    onnxruntime folds into the branch. Read two scopes up (main graph -> ``If`` -> ``Loop``
+    body), the weights are not packed and every step repacks them (measured at 512 units, batch
+    1: 10.4 ms against 4.5 ms, float32 7.6 ms)."""
+    renames, made = {}, []
+    for weight in weights:
+        local, shape = f"{weight.name}.local", f"{weight.name}.local_shape"
+        dims = numpy_helper.from_array(np.array(weight.dims, np.int64))
+        made += [
+            helper.make_node("Constant", [], [shape], name=shape, value=dims),
+            helper.make_node("Reshape", [weight.name, shape], [local], name=local),
+        ]
+        renames[weight.name] = local
+    for node in nodes:
+        _rename_inputs(node, renames)
+    return [*made, *nodes]
+
+
+def _rename_inputs(node: onnx.NodeProto, renames: dict[str, str]) -> None:
+    for i, name in enumerate(node.input):
+        node.input[i] = renames.get(name, name)
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            for inner in attr.g.node:
+                _rename_inputs(inner, renames)
+
+
+def _float_branch(node: onnx.NodeProto, outputs: list[str], name: str) -> onnx.GraphProto:
+    """The float32 ``GRU`` on the Loop's 8-bit W and R (``[in, 3U]`` -> ``[1, 3U, in]``) and its
+    two biases, folded when the session starts."""
+    make = helper.make_node
+    p = f"{name}.float"
+    nodes, weights = [], []
+    for key in ("W", "R"):
+        made, weight = float_weight(
+            f"{p}.{key}.2d", f"{name}.{key}.int8", f"{name}.{key}.scale", [0], [1, 0]
+        )
+        nodes += [*made, make("Unsqueeze", [weight, f"{name}.axis0"], [f"{p}.{key}"])]
+        weights.append(f"{p}.{key}")
+    nodes += [
+        make("Concat", [f"{name}.W.bias", f"{name}.R.bias"], [f"{p}.B.1d"], axis=0),
+        make("Unsqueeze", [f"{p}.B.1d", f"{name}.axis0"], [f"{p}.B"]),
+    ]
+    inputs = list(node.input) + [""] * (6 - len(node.input))
+    outs = branch_outputs(outputs, "float")
+    gru = make("GRU", [inputs[0], *weights, f"{p}.B", *inputs[4:6]], outs, name=p)
+    gru.attribute.extend(node.attribute)
+    return branch(p, [*nodes, gru], outs)
+
+
+def int8_loop(
+    node: onnx.NodeProto, w: np.ndarray, r: np.ndarray, b: np.ndarray | None, name: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes and initializers of the ``Loop`` design computing ``node`` (an
+    :func:`eligible` one)."""
     units = r.shape[2]
     bias = np.zeros(6 * units, np.float32) if b is None else b[0]
     p = name

@@ -1,10 +1,12 @@
-"""What the int8 handlers share: symmetric per-row quantization, zeroing the padding."""
+"""What the int8 handlers share: symmetric per-row quantization, zeroing the padding, the
+``If`` that runs an int8 design below a batch size and float32 on the same 8-bit weights from
+there, and those float32 weights."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
 LEVELS = 127  # folded weights: 8 bits
@@ -41,3 +43,57 @@ def zero_padding(name: str, x: str, lengths: str) -> tuple[list[onnx.NodeProto],
         make("Where", [p, x, f"{p}.zero"], [f"{name}.X"], name=f"{name}.X"),
     ]
     return nodes, f"{name}.X"
+
+
+def batch_switch(
+    name: str,
+    x: str,
+    outputs: list[str],
+    threshold: int,
+    small: onnx.GraphProto,
+    large: onnx.GraphProto,
+) -> tuple[list[onnx.NodeProto], onnx.TensorProto]:
+    """Nodes making ``outputs`` with ``small`` when ``x`` (``[T, B, ...]``) has fewer than
+    ``threshold`` rows, else with ``large`` (graphs from :func:`branch`), and the threshold's
+    initializer."""
+    make = helper.make_node
+    batch, below, limit = f"{name}.switch.rows", f"{name}.switch.below", f"{name}.float_from_batch"
+    nodes = [
+        make("Shape", [x], [batch], name=batch, start=1, end=2),
+        make("Less", [batch, limit], [f"{below}.1"], name=f"{below}.1"),
+        make("Squeeze", [f"{below}.1"], [below], name=below),
+        make(
+            "If",
+            [below],
+            [o for o in outputs if o],
+            name=name,
+            then_branch=small,
+            else_branch=large,
+        ),
+    ]
+    return nodes, numpy_helper.from_array(np.array([threshold], np.int64), limit)
+
+
+def branch_outputs(outputs: list[str], branch: str) -> list[str]:
+    """The names a branch gives ``outputs`` (empty ones stay empty)."""
+    return [f"{o}.{branch}" if o else "" for o in outputs]
+
+
+def branch(name: str, nodes: list[onnx.NodeProto], outputs: list[str]) -> onnx.GraphProto:
+    """One branch of :func:`batch_switch`: ``nodes`` making ``outputs`` (branch names)."""
+    values = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs if o]
+    return helper.make_graph(nodes, name, [], values)
+
+
+def float_weight(name: str, values: str, scale: str, axes: list[int], perm: list[int]):
+    """Nodes making float32 ``name`` = ``Transpose(Cast(values) * Unsqueeze(scale, axes),
+    perm)`` of 8-bit initializers (folded once when the session starts), and ``name``."""
+    make = helper.make_node
+    nodes = [
+        make("Cast", [values], [f"{name}.cast"], name=f"{name}.cast", to=TensorProto.FLOAT),
+        make("Constant", [], [f"{name}.axes"], name=f"{name}.axes", value_ints=axes),
+        make("Unsqueeze", [scale, f"{name}.axes"], [f"{name}.scale"], name=f"{name}.scale"),
+        make("Mul", [f"{name}.cast", f"{name}.scale"], [f"{name}.mul"], name=f"{name}.mul"),
+        make("Transpose", [f"{name}.mul"], [name], name=name, perm=perm),
+    ]
+    return nodes, name

@@ -27,9 +27,18 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows, zero_padding
+from .int8_ops import (
+    DYNAMIC_LEVELS,
+    MS_DOMAIN,
+    batch_switch,
+    branch,
+    branch_outputs,
+    float_weight,
+    quantize_rows,
+    zero_padding,
+)
 
 # Where DynamicQuantizeLSTM beats the float32 LSTM (benchmarks/quantize.py --crossover; one
 # thread, AVX2 without VNNI, 100 steps): below about units / 32 rows, never from 5 rows on
@@ -52,22 +61,10 @@ def int8_lstm(
     ``[D, 4U, U]`` in ONNX's layout): ``DynamicQuantizeLSTM`` below ``threshold`` rows."""
     inits = _weights(name, w, r)
     inputs = list(node.input) + [""] * (8 - len(node.input))
-    outputs = list(node.output)
-    make = helper.make_node
-    batch, small = f"{name}.batch", f"{name}.small_batch"
-    nodes = [
-        make("Shape", [inputs[0]], [batch], name=batch, start=1, end=2),
-        make("Less", [batch, f"{name}.float_from_batch"], [f"{small}.1"], name=f"{small}.1"),
-        make("Squeeze", [f"{small}.1"], [small], name=small),
-    ]
-    limit = np.array([threshold], np.int64)
-    inits.append(numpy_helper.from_array(limit, f"{name}.float_from_batch"))
-    branches = {
-        "then_branch": _int8_branch(node, inputs, outputs, name),
-        "else_branch": _float_branch(node, inputs, outputs, name),
-    }
-    nodes.append(make("If", [small], [o for o in outputs if o], name=name, **branches))
-    return nodes, inits
+    small = _int8_branch(node, inputs, list(node.output), name)
+    large = _float_branch(node, inputs, list(node.output), name)
+    nodes, limit = batch_switch(name, inputs[0], list(node.output), threshold, small, large)
+    return nodes, [*inits, limit]
 
 
 def _weights(name: str, w: np.ndarray, r: np.ndarray) -> list[onnx.TensorProto]:
@@ -95,38 +92,24 @@ def _int8_branch(
     nodes, x = ([], inputs[0]) if not lengths else zero_padding(f"{name}.int8", inputs[0], lengths)
     ins = [x, f"{name}.W.int8", f"{name}.R.int8", *inputs[3:8]]
     ins += [f"{name}.{k}.{p}" for k in ("W", "R") for p in ("scale", "zero_point")]
-    outs = _branch_outputs(outputs, "int8")
+    outs = branch_outputs(outputs, "int8")
     lstm = helper.make_node("DynamicQuantizeLSTM", ins, outs, name=f"{name}.int8", domain=MS_DOMAIN)
     lstm.attribute.extend(a for a in node.attribute if a.name != "layout")
-    return _graph(f"{name}.int8", [*nodes, lstm], outs)
+    return branch(f"{name}.int8", [*nodes, lstm], outs)
 
 
 def _float_branch(
     node: onnx.NodeProto, inputs: list[str], outputs: list[str], name: str
 ) -> onnx.GraphProto:
     """The float32 ``LSTM`` on ``Transpose(Cast(<key>.int8) * <key>.scale)`` (folded)."""
-    make = helper.make_node
     nodes, weights = [], []
-    for key in ("W", "R"):
-        p, q, s = f"{name}.float.{key}", f"{name}.{key}.int8", f"{name}.{key}.scale"
-        nodes += [
-            make("Cast", [q], [f"{p}.cast"], name=f"{p}.cast", to=TensorProto.FLOAT),
-            make("Constant", [], [f"{p}.axes"], name=f"{p}.axes", value_ints=[1]),  # [D, 1, 4U]
-            make("Unsqueeze", [s, f"{p}.axes"], [f"{p}.scale"], name=f"{p}.scale"),
-            make("Mul", [f"{p}.cast", f"{p}.scale"], [f"{p}.mul"], name=f"{p}.mul"),
-            make("Transpose", [f"{p}.mul"], [p], name=p, perm=[0, 2, 1]),  # back to [D, 4U, in]
-        ]
-        weights.append(p)
-    outs = _branch_outputs(outputs, "float")
-    lstm = make("LSTM", [inputs[0], *weights, *inputs[3:8]], outs, name=f"{name}.float")
+    for key in ("W", "R"):  # [D, in, 4U] * [D, 1, 4U] -> [D, 4U, in]
+        made, weight = float_weight(
+            f"{name}.float.{key}", f"{name}.{key}.int8", f"{name}.{key}.scale", [1], [0, 2, 1]
+        )
+        nodes += made
+        weights.append(weight)
+    outs = branch_outputs(outputs, "float")
+    lstm = helper.make_node("LSTM", [inputs[0], *weights, *inputs[3:8]], outs, name=f"{name}.float")
     lstm.attribute.extend(node.attribute)
-    return _graph(f"{name}.float", [*nodes, lstm], outs)
-
-
-def _branch_outputs(outputs: list[str], branch: str) -> list[str]:
-    return [f"{o}.{branch}" if o else "" for o in outputs]
-
-
-def _graph(name: str, nodes: list[onnx.NodeProto], outputs: list[str]) -> onnx.GraphProto:
-    values = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs if o]
-    return helper.make_graph(nodes, name, [], values)
+    return branch(f"{name}.float", [*nodes, lstm], outs)

@@ -46,7 +46,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ExportError
-from .gru_loop import LOOP_MIN_UNITS, int8_loop
+from .gru_loop import LOOP_MIN_UNITS, int8_gru
+from .gru_loop import float_from_batch as gru_float_from_batch
 from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows
 from .lstm_int8 import float_from_batch, int8_lstm
 
@@ -226,9 +227,11 @@ def _gru(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     w, r = (weights.get(node.input[i], ndim=3) for i in (1, 2))
     b = weights.get(node.input[3], ndim=2) if len(node.input) > 3 and node.input[3] else None
     if w is not None and r is not None and r.shape[2] >= LOOP_MIN_UNITS:
-        loop = int8_loop(node, w, r, b, node.name or node.output[0])
+        threshold = gru_float_from_batch(r.shape[2])
+        loop = int8_gru(node, w, r, b, node.name or node.output[0], threshold)
         if loop is not None:
-            return Replacement(loop[0], loop[1], "Loop of int8 GRU steps")
+            kind = f"Loop of int8 GRU steps below batch {threshold}, else GRU on the 8-bit weights"
+            return Replacement(loop[0], loop[1], kind, threshold)
     return _with_folded(node, weights, {1: 1, 2: 1}, "GRU, 8-bit W and R")
 
 

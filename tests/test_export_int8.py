@@ -223,11 +223,13 @@ def test_server_and_triton_repository_run_the_int8_file(exported, tmp_path):
 
 
 def test_gru_loop_design_keeps_padding_and_state_exact(monkeypatch, tmp_path):
-    """The Loop of int8 steps (wide GRUs; forced here at 16 units): per-step outputs zero past
-    each length, streaming state in and out."""
+    """The Loop of int8 steps (wide GRUs; forced here at 16 units, below 4 rows): per-step
+    outputs zero past each length, streaming state in and out; from 4 rows the float32 GRU on
+    the same 8-bit weights."""
     from keras_gates.export import quantize
 
     monkeypatch.setattr(quantize, "LOOP_MIN_UNITS", 0)
+    monkeypatch.setattr(quantize, "gru_float_from_batch", lambda units: 4)
     keras.utils.set_random_seed(2)
     x = keras.Input((None, 4), name="x")
     y = keras.layers.Dense(2, name="dense")(GatedGRU(16, return_sequences=True, name="gru")(x))
@@ -235,16 +237,22 @@ def test_gru_loop_design_keeps_padding_and_state_exact(monkeypatch, tmp_path):
     f32, i8 = tmp_path / "loop32.onnx", tmp_path / "loop8.onnx"
     to_onnx(model, f32, validate=False, print_fn=None)
     result = to_onnx(model, i8, quantize="int8", streaming=True, print_fn=None)
-    assert result.op_counts.get("Loop") == 1 and result.op_counts.get("GRU", 0) == 0
+    assert result.op_counts.get("If") == 1 and result.op_counts.get("GRU", 0) == 0
+    (node,) = [n for n in onnx.load(str(i8)).graph.node if n.op_type == "If"]
+    branches = {a.name: [n.op_type for n in a.g.node] for a in node.attribute}
+    assert "Loop" in branches["then_branch"] and "GRU" in branches["else_branch"]
     assert any(r.case == "2 chunks" for r in result.validation.rows)  # state in, state out
+    assert {r.batch for r in result.validation.rows} >= {1, 4}  # both branches validated
     rng = np.random.default_rng(9)
-    x = padded(rng, len(LENGTHS), max(LENGTHS), 4, LENGTHS)
-    got8 = Predictor(i8, device="cpu").predict(x, lengths=LENGTHS)["dense"]
-    got32 = Predictor(f32, device="cpu").predict(x, lengths=LENGTHS)["dense"]
-    for r, n in enumerate(LENGTHS):
-        want = keras_row(model, x[r : r + 1, :n])[0]
-        np.testing.assert_allclose(got8[r, :n], want, atol=INT8_RTOL * float(np.ptp(want)))
-        np.testing.assert_allclose(got8[r, n:], got32[r, n:], atol=1e-6)  # Dense of zeros
+    predictor8, predictor32 = Predictor(i8, device="cpu"), Predictor(f32, device="cpu")
+    for lengths in (LENGTHS, [*LENGTHS, 6]):  # 3 rows: the Loop; 4 rows: float32
+        x = padded(rng, len(lengths), max(lengths), 4, lengths)
+        got8 = predictor8.predict(x, lengths=lengths)["dense"]
+        got32 = predictor32.predict(x, lengths=lengths)["dense"]
+        for r, n in enumerate(lengths):
+            want = keras_row(model, x[r : r + 1, :n])[0]
+            np.testing.assert_allclose(got8[r, :n], want, atol=INT8_RTOL * float(np.ptp(want)))
+            np.testing.assert_allclose(got8[r, n:], got32[r, n:], atol=1e-6)  # Dense of zeros
 
 
 def test_int8_lstm_file_is_refused_by_from_onnx_with_what_to_inspect(exported):
