@@ -40,6 +40,7 @@ LOOP_MIN_UNITS = 384  # measured: the Loop is slower at batch 1 up to ~320 units
 # 2, 1.00x at 3; 512 units 1.28x at 2, 1.06x at 3, 0.99x at 4; 768 units 1.09x at 4, 0.93x at
 # 5. From there the float32 GRU on the same 8-bit weights runs (0.99-1.00x at batch 4 to 64).
 UNITS_PER_INT8_ROW = 128
+LOOP_ALWAYS_UNITS = 1024  # from here the Loop won at every batch measured (1.10x at batch 64)
 _DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh"]
 
 
@@ -58,8 +59,11 @@ def eligible(node: onnx.NodeProto, w: np.ndarray) -> bool:
     )
 
 
-def float_from_batch(units: int) -> int:
-    """The batch size from which the float32 ``GRU`` is the faster one at ``units``."""
+def float_from_batch(units: int) -> int | None:
+    """The batch size from which the float32 ``GRU`` is the faster one at ``units`` (``None``:
+    at no batch)."""
+    if units >= LOOP_ALWAYS_UNITS:
+        return None
     return max(1, units // UNITS_PER_INT8_ROW - 1)
 
 
@@ -69,12 +73,15 @@ def int8_gru(
     r: np.ndarray,
     b: np.ndarray | None,
     name: str,
-    threshold: int,
+    threshold: int | None,
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None:
     """``If`` the batch has fewer than ``threshold`` rows the ``Loop`` of int8 steps, else the
-    float32 ``GRU`` on the same 8-bit weights; ``None`` when ``node`` is not :func:`eligible`."""
+    float32 ``GRU`` on the same 8-bit weights (no threshold: the ``Loop`` alone); ``None`` when
+    ``node`` is not :func:`eligible`."""
     if not eligible(node, w):
         return None
+    if threshold is None:
+        return int8_loop(node, w, r, b, name)
     outputs = list(node.output)
     looped = onnx.NodeProto()
     looped.CopyFrom(node)

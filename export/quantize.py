@@ -14,7 +14,8 @@ README "int8 export"), one thread, 100 steps:
   - from ``LOOP_MIN_UNITS`` (384) units, a ``Loop`` of int8 steps (:mod:`.gru_loop`): the input
     projection for all steps and ``h @ R`` each step through ``DynamicQuantizeMatMul``; 1.6x
     faster than float32 at batch 1 and 512 units, but its ~15 nodes a step cost more than a
-    narrow float32 step (3.6x slower at 128 units, batch 1);
+    narrow float32 step (3.6x slower at 128 units, batch 1). Below 1024 units it sits behind
+    the same ``If`` as the LSTM: from a few rows the float32 ``GRU`` on its 8-bit weights runs;
   - below, the same ``GRU`` node whose W and R are ``Cast(int8) * scale`` of 8-bit
     initializers: onnxruntime folds the constants once when the session starts and the node
     runs (and packs its weights) as in float32: the file is ~0.28x, the speed that of float32.
@@ -222,15 +223,17 @@ def _lstm(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
 @quantizes("GRU")
 def _gru(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     """From ``LOOP_MIN_UNITS`` units a ``Loop`` of int8 steps (:mod:`.gru_loop`) where the node
-    allows it, else the same ``GRU`` node with W ``[D, 3U, I]`` and R ``[D, 3U, U]`` 8-bit per
-    gate row."""
+    allows it, below a few rows up to 1024 units (float32 on the same 8-bit weights from there),
+    else the same ``GRU`` node with W ``[D, 3U, I]`` and R ``[D, 3U, U]`` 8-bit per gate row."""
     w, r = (weights.get(node.input[i], ndim=3) for i in (1, 2))
     b = weights.get(node.input[3], ndim=2) if len(node.input) > 3 and node.input[3] else None
     if w is not None and r is not None and r.shape[2] >= LOOP_MIN_UNITS:
         threshold = gru_float_from_batch(r.shape[2])
         loop = int8_gru(node, w, r, b, node.name or node.output[0], threshold)
+        kind = "Loop of int8 GRU steps"
+        if threshold is not None:
+            kind += f" below batch {threshold}, else GRU on the 8-bit weights"
         if loop is not None:
-            kind = f"Loop of int8 GRU steps below batch {threshold}, else GRU on the 8-bit weights"
             return Replacement(loop[0], loop[1], kind, threshold)
     return _with_folded(node, weights, {1: 1, 2: 1}, "GRU, 8-bit W and R")
 
