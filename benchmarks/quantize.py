@@ -12,7 +12,7 @@ as one batch (batch 64), relative to the range of Keras' outputs. Then the sunsp
 reported for Keras, float32 and int8.
 
     .venv/bin/python benchmarks/quantize.py [--rounds 11] [--epochs 40] [--out DIR]
-    .venv/bin/python benchmarks/quantize.py --crossover [--kind GRU] [--units 64,128] [--batches 1,2]
+    .venv/bin/python benchmarks/quantize.py --crossover [--kind GRU] [--units 64] [--batches 1,2]
 
 ``--crossover`` measures where the int8 design stops beating float32, by units and batch
 (``--units``, ``--batches``: comma-separated lists): ``DynamicQuantizeLSTM`` against the
