@@ -24,13 +24,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .int8_ops import (
-    DYNAMIC_LEVELS,
     MS_DOMAIN,
     batch_switch,
     branch,
     branch_outputs,
+    dynamic_weight,
     float_weight,
-    quantize_rows,
     zero_padding,
 )
 
@@ -159,13 +158,8 @@ def int8_loop(
     p = name
     inits = []
     for key, weight, part in (("W", w[0], bias[: 3 * units]), ("R", r[0], bias[3 * units :])):
-        values, scale = quantize_rows(weight.T, 1, DYNAMIC_LEVELS)  # [in, 3U], per column
-        inits += [
-            numpy_helper.from_array(values, f"{p}.{key}.int8"),
-            numpy_helper.from_array(scale.reshape(-1), f"{p}.{key}.scale"),
-            numpy_helper.from_array(np.zeros(3 * units, np.int8), f"{p}.{key}.zero_point"),
-            numpy_helper.from_array(part.astype(np.float32), f"{p}.{key}.bias"),
-        ]
+        inits += dynamic_weight(f"{p}.{key}", weight.T)  # [in, 3U]
+        inits.append(numpy_helper.from_array(part.astype(np.float32), f"{p}.{key}.bias"))
     inits += [
         numpy_helper.from_array(np.array([units] * 3, np.int64), f"{p}.gates"),
         numpy_helper.from_array(np.array([units], np.int64), f"{p}.units"),

@@ -14,14 +14,30 @@ DYNAMIC_LEVELS = 63  # weights of the uint8 x int8 kernels: 7 bits (see export/q
 
 
 def quantize_rows(
-    weight: np.ndarray, axis: int, levels: int = LEVELS
+    weight: np.ndarray, axis: int | tuple[int, ...], levels: int = LEVELS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(int8 values, float32 scales)``, one symmetric scale per index of ``axis``:
-    ``weight ~ values * scale`` with ``|values| <= levels``."""
-    others = tuple(i for i in range(weight.ndim) if i != axis)
+    """``(int8 values, float32 scales)``, one symmetric scale per index of ``axis`` (or of the
+    axes given): ``weight ~ values * scale`` with ``|values| <= levels``."""
+    kept = axis if isinstance(axis, tuple) else (axis,)
+    others = tuple(i for i in range(weight.ndim) if i not in kept)
     peak = np.abs(weight).max(axis=others, keepdims=True)
     scale = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
     return np.clip(np.round(weight / scale), -levels, levels).astype(np.int8), scale
+
+
+def dynamic_weight(prefix: str, weight: np.ndarray) -> list[onnx.TensorProto]:
+    """``<prefix>.int8``, ``.scale`` and ``.zero_point`` of ``weight`` ``[..., in, out]`` for the
+    kernels that quantize their input at run time (``DynamicQuantizeLSTM``,
+    ``DynamicQuantizeMatMul``): ``DYNAMIC_LEVELS``, one scale per output column (and leading
+    index), zero points 0."""
+    kept = tuple(i for i in range(weight.ndim) if i != weight.ndim - 2)
+    values, scale = quantize_rows(weight, kept, DYNAMIC_LEVELS)
+    scale = np.squeeze(scale, axis=-2)  # [..., out]
+    return [
+        numpy_helper.from_array(values, f"{prefix}.int8"),
+        numpy_helper.from_array(scale, f"{prefix}.scale"),
+        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{prefix}.zero_point"),
+    ]
 
 
 def zero_padding(name: str, x: str, lengths: str) -> tuple[list[onnx.NodeProto], str]:

@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .int8_ops import (
-    DYNAMIC_LEVELS,
     MS_DOMAIN,
     batch_switch,
     branch,
     branch_outputs,
+    dynamic_weight,
     float_weight,
-    quantize_rows,
     zero_padding,
 )
 
@@ -71,16 +70,8 @@ def _weights(name: str, w: np.ndarray, r: np.ndarray) -> list[onnx.TensorProto]:
     """``<name>.{W,R}.{int8,scale,zero_point}`` in ``DynamicQuantizeLSTM``'s layout (``[D, in,
     4U]``), one scale per direction and gate row."""
     inits = []
-    for key, array in (("W", w), ("R", r)):
-        transposed = np.transpose(array, (0, 2, 1))  # [D, in, 4U]: ONNX rows become columns
-        parts = [quantize_rows(d, 1, DYNAMIC_LEVELS) for d in transposed]
-        scale = np.stack([s.reshape(-1) for _, s in parts])  # [D, 4U]
-        values = np.stack([v for v, _ in parts])
-        inits += [
-            numpy_helper.from_array(values, f"{name}.{key}.int8"),
-            numpy_helper.from_array(scale, f"{name}.{key}.scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}.{key}.zero_point"),
-        ]
+    for key, array in (("W", w), ("R", r)):  # [D, 4U, in] -> [D, in, 4U]: rows become columns
+        inits += dynamic_weight(f"{name}.{key}", np.transpose(array, (0, 2, 1)))
     return inits
 
 

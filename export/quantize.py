@@ -49,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import ExportError
 from .gru_loop import LOOP_MIN_UNITS, int8_gru
 from .gru_loop import float_from_batch as gru_float_from_batch
-from .int8_ops import DYNAMIC_LEVELS, MS_DOMAIN, quantize_rows
+from .int8_ops import MS_DOMAIN, dynamic_weight, quantize_rows
 from .lstm_int8 import float_from_batch, int8_lstm
 
 MODES = ("int8",)
@@ -245,13 +245,7 @@ def _matmul(node: onnx.NodeProto, weights: Weights) -> Replacement | None:
     if kernel is None or weights.get(node.input[0]) is not None:
         return None
     name = node.name or node.output[0]
-    values, scale = quantize_rows(kernel, 1, DYNAMIC_LEVELS)  # per column
-    scale = scale.reshape(-1)
-    inits = [
-        numpy_helper.from_array(values, f"{name}.B.int8"),
-        numpy_helper.from_array(scale, f"{name}.B.scale"),
-        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}.B.zero_point"),
-    ]
+    inits = dynamic_weight(f"{name}.B", kernel)
     new = helper.make_node(
         "DynamicQuantizeMatMul",
         [node.input[0], f"{name}.B.int8", f"{name}.B.scale", f"{name}.B.zero_point"],
